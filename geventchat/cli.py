@@ -1,0 +1,328 @@
+"""Entry point: argv → frozen config, logging, signals. The only module that reads argv or installs handlers.
+
+``geventchat [serve] [options]`` runs the server; ``geventchat client [options]`` runs the client.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import os
+import signal
+import sys
+from collections.abc import Callable, Sequence
+
+import gevent
+import gevent.event
+
+from . import __version__
+from .client import ChatClient, ChatClientError, ClosedByServer
+from .config import DEFAULT_GREETING, DEFAULT_PORT, DEFAULT_PREFIX, Framing, ProtocolConfig, ServerConfig
+from .protocol import ErrorNotice, Reply
+
+log = logging.getLogger("geventchat")
+
+_COMMANDS = ("serve", "client")
+
+
+def _number(minimum: float, *, inclusive: bool) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not math.isfinite(value) or value < minimum or (value == minimum and not inclusive):
+            bound = f">= {minimum:g}" if inclusive else f"> {minimum:g}"
+            raise argparse.ArgumentTypeError(f"{text!r} must be a finite number {bound}")
+        return value
+
+    return parse
+
+
+def _integer(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < minimum or (maximum is not None and value > maximum):
+            upper = f" and <= {maximum}" if maximum is not None else ""
+            raise argparse.ArgumentTypeError(f"{text!r} must be >= {minimum}{upper}")
+        return value
+
+    return parse
+
+
+_positive = _number(0, inclusive=False)
+_non_negative = _number(0, inclusive=True)
+
+
+def _server_parser() -> argparse.ArgumentParser:
+    defaults = ServerConfig()
+    protocol = ProtocolConfig()
+    parser = argparse.ArgumentParser(
+        prog="geventchat [serve]",
+        description="Run the geventchat server (one greenlet per client). "
+        "'geventchat client --help' shows the client's options.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"geventchat {__version__}")
+    net = parser.add_argument_group("network")
+    net.add_argument("--host", default=defaults.host, help="address to bind (loopback unless you say otherwise)")
+    net.add_argument("--port", type=_integer(0, 65535), default=DEFAULT_PORT, help="TCP port; 0 picks a free one")
+    net.add_argument("--backlog", type=_integer(1), default=defaults.backlog, help="listen backlog")
+    net.add_argument(
+        "--max-connections",
+        type=_integer(1),
+        default=None,
+        help="clients served at once; the next gets 'bye: server full' "
+        f"(default: the open-file limit less headroom, here {defaults.connection_limit})",
+    )
+    conv = parser.add_argument_group("protocol")
+    conv.add_argument("--greeting", default=DEFAULT_GREETING, help="line sent to each client on accept")
+    conv.add_argument("--prefix", default=DEFAULT_PREFIX, help="text put before each echoed message")
+    conv.add_argument(
+        "--default-timeout",
+        type=_positive,
+        default=protocol.default_timeout,
+        help="idle timeout (s) until the client negotiates one, or if its request is invalid",
+    )
+    conv.add_argument("--min-timeout", type=_positive, default=protocol.min_timeout, help="smallest idle timeout (s)")
+    conv.add_argument("--max-timeout", type=_positive, default=protocol.max_timeout, help="largest idle timeout (s)")
+    conv.add_argument(
+        "--max-line",
+        type=_integer(1),
+        default=protocol.max_line,
+        help="longest line in bytes; longer lines close the connection",
+    )
+    conv.add_argument(
+        "--framing",
+        choices=[f.value for f in Framing],
+        default=protocol.framing.value,
+        help="line: '\\n'-terminated lines; raw: each received chunk is a message (the original "
+        "tutorial); auto: detect per connection",
+    )
+    ops = parser.add_argument_group("operations")
+    ops.add_argument(
+        "--grace",
+        type=_non_negative,
+        default=defaults.grace,
+        help="seconds clients get to leave after 'bye: server shutting down'",
+    )
+    ops.add_argument(
+        "--linger",
+        type=_non_negative,
+        default=defaults.linger,
+        help="seconds a closing connection drains input so the client can read the last line",
+    )
+    ops.add_argument(
+        "--stats-interval",
+        type=_non_negative,
+        default=defaults.stats_interval,
+        help="seconds between statistics lines at INFO (0 = off)",
+    )
+    ops.add_argument(
+        "--log-level",
+        default="INFO",
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        type=str.upper,
+        help="logging level (stderr)",
+    )
+    return parser
+
+
+def _client_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="geventchat client",
+        description="Talk to a geventchat server. Interactive on a terminal (':q' or Ctrl-D quits); with piped "
+        "input, sends each line, prints each reply, and sends ':q' at the end.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="server address")
+    parser.add_argument("--port", type=_integer(1, 65535), default=DEFAULT_PORT, help="server port")
+    parser.add_argument("--timeout", type=_positive, default=60.0, help="idle timeout (s) to negotiate")
+    parser.add_argument(
+        "--framing",
+        choices=[Framing.LINE.value, Framing.RAW.value],
+        default=Framing.LINE.value,
+        help="raw talks to an unframed server such as the original tutorial's",
+    )
+    parser.add_argument("--prefix", default=DEFAULT_PREFIX, help="the server's reply prefix")
+    parser.add_argument("--connect-timeout", type=_positive, default=5.0, help="seconds to connect and be greeted")
+    parser.add_argument("--reply-timeout", type=_positive, default=10.0, help="seconds to wait for each reply")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``geventchat``; returns the process exit code."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args and args[0] == "client":
+        return run_client(_client_parser().parse_args(args[1:]))
+    if args and args[0] == "serve":
+        args = args[1:]
+    return run_server(_server_parser().parse_args(args))
+
+
+# --------------------------------------------------------------------------------------------------- server
+
+
+def _server_config(args: argparse.Namespace) -> ServerConfig:
+    protocol = ProtocolConfig(
+        greeting=args.greeting,
+        prefix=args.prefix,
+        default_timeout=args.default_timeout,
+        min_timeout=args.min_timeout,
+        max_timeout=args.max_timeout,
+        max_line=args.max_line,
+        framing=Framing(args.framing),
+    )
+    return ServerConfig(
+        host=args.host,
+        port=args.port,
+        protocol=protocol,
+        max_connections=args.max_connections,
+        grace=args.grace,
+        linger=args.linger,
+        stats_interval=args.stats_interval,
+        backlog=args.backlog,
+    )
+
+
+def run_server(args: argparse.Namespace) -> int:
+    from .server import ChatServer
+
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        config = _server_config(args)
+    except ValueError as exc:
+        print(f"geventchat: error: {exc}", file=sys.stderr)
+        return 2
+    server = ChatServer(config)
+    try:
+        server.start()
+    except OSError as exc:
+        print(f"geventchat: cannot listen on {config.host}:{config.port}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    host, port = server.address
+    shown = f"[{host}]" if ":" in host else host
+    print(f"geventchat listening on {shown}:{port}", flush=True)
+    log.info("serving up to %d connections", server.connection_limit)
+
+    signals_seen: list[int] = []
+
+    def on_signal(signum: int) -> None:
+        signals_seen.append(signum)
+        if len(signals_seen) == 1:
+            log.info(
+                "%s: shutting down (grace %gs); send it again to exit at once",
+                signal.Signals(signum).name,
+                config.grace,
+            )
+            gevent.spawn(server.shutdown)
+        else:
+            log.warning("second signal: exiting now")
+            os._exit(1)
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        gevent.signal_handler(signum, on_signal, signum)
+    server.serve_forever()
+    log.info("stopped")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------------- client
+
+
+def run_client(args: argparse.Namespace) -> int:
+    framing = Framing(args.framing)
+    try:
+        client = ChatClient.connect(
+            args.host,
+            args.port,
+            idle_timeout=args.timeout,
+            connect_timeout=args.connect_timeout,
+            reply_timeout=args.reply_timeout,
+            framing=framing,
+            prefix=args.prefix,
+        )
+    except ChatClientError as exc:
+        print(f"geventchat client: {exc}", file=sys.stderr)
+        return 1
+    with client:
+        try:
+            if sys.stdin.isatty():
+                return _interactive(client)
+            return _piped(client)
+        except ClosedByServer as exc:
+            print(f"geventchat client: {exc}", file=sys.stderr)
+            return 1
+        except ChatClientError as exc:
+            print(f"geventchat client: {exc}", file=sys.stderr)
+            return 1
+        except KeyboardInterrupt:
+            return 130
+
+
+def _piped(client: ChatClient) -> int:
+    """Send each stdin line, print each reply line as the server sent it; ':q' at the end of input."""
+    print(client.greeting, flush=True)
+    for raw in sys.stdin:
+        line = raw.rstrip("\r\n")
+        if line == ":q":
+            break
+        client.send(line)
+        event = client.receive()
+        if isinstance(event, Reply):
+            print(event.text, flush=True)
+        elif isinstance(event, ErrorNotice):
+            print(f"error: {event.reason}", file=sys.stderr, flush=True)
+    print(client.quit().text, flush=True)
+    return 0
+
+
+def _interactive(client: ChatClient) -> int:
+    """A prompt; server lines (replies, notices, a bye) are printed as they arrive, even while you type."""
+    from gevent.socket import wait_read
+
+    print(client.greeting)
+    done = gevent.event.Event()
+    outcome: list[int] = []
+
+    def show_server_lines() -> None:
+        try:
+            while True:
+                event = client.receive(timeout=10**9)
+                text = event.text if isinstance(event, Reply) else f"error: {event.reason}"  # type: ignore[union-attr]
+                print(f"\r{text}\n> ", end="", flush=True)
+        except ClosedByServer as exc:
+            print(f"\r{exc}", flush=True)
+            outcome.append(0 if exc.reason is None else 1)
+        except ChatClientError as exc:
+            print(f"\rgeventchat client: {exc}", flush=True)
+            outcome.append(1)
+        done.set()
+
+    reader = gevent.spawn(show_server_lines)
+    print("> ", end="", flush=True)
+    fd = sys.stdin.fileno()
+    while not done.is_set():
+        try:
+            wait_read(fd, timeout=0.2)
+        except TimeoutError:
+            continue
+        except OSError:
+            break
+        line = sys.stdin.readline()
+        text = line.rstrip("\r\n") if line else ":q"  # Ctrl-D quits like :q
+        client.send(text)
+        if text == ":q":
+            break
+    done.wait(client.reply_timeout)
+    reader.kill()
+    return outcome[0] if outcome else 0
+
+
+def entry_point() -> None:
+    """Console-script entry (``geventchat``)."""
+    raise SystemExit(main())

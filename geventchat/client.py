@@ -1,0 +1,331 @@
+"""A geventchat client library: gevent sockets around :class:`~geventchat.protocol.ClientConversation`.
+
+The command-line client, the tests and the Locust users all use it. It cooperates with gevent without needing
+monkey-patching (it uses ``gevent.socket`` directly), so it runs unchanged inside Locust's patched processes.
+
+Every failure is a :class:`ChatClientError` subclass whose :attr:`~ChatClientError.cause` names what happened, in
+words a load-test report can group by: ``connection refused``, ``connect timeout``, ``reset by peer``,
+``closed by server``, ``reply timeout``, ``wrong reply``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import socket
+from collections import deque
+from types import TracebackType
+
+import gevent
+from gevent.socket import socket as GeventSocket
+
+from .config import DEFAULT_PREFIX, Framing
+from .protocol import (
+    Bye,
+    ClientConversation,
+    ClientEvent,
+    ConnectionClosed,
+    ErrorNotice,
+    Greeting,
+    RemoteProtocolError,
+    Reply,
+    quote_peer_text,
+)
+
+__all__ = [
+    "ChatClient",
+    "ChatClientError",
+    "ClosedByServer",
+    "ConnectTimeout",
+    "ConnectionFailed",
+    "ConnectionRefused",
+    "ConnectionReset",
+    "ReplyTimeout",
+    "ServerProtocolError",
+    "WrongReply",
+]
+
+# Raw framing has no delimiter: the timeout must reach an unframed server in a chunk of its own, and nothing
+# the server sends tells us it was read. The original tutorial's server reads it with one recv(); a short pause
+# keeps the first message out of that chunk.
+_RAW_SETTLE = 0.05
+
+
+class ChatClientError(Exception):
+    """Base of client failures. ``cause`` is a short stable label (used as the Locust failure row)."""
+
+    cause = "client error"
+
+
+class ConnectionFailed(ChatClientError):
+    """The connection could not be set up (the server's side or the network's)."""
+
+    cause = "connect failed"
+
+
+class ConnectionRefused(ConnectionFailed):
+    """Nothing listens at the address (the server is down or the address is wrong)."""
+
+    cause = "connection refused"
+
+
+class ConnectTimeout(ConnectionFailed):
+    """No TCP handshake or no greeting within the connect timeout (the server is overloaded or unreachable)."""
+
+    cause = "connect timeout"
+
+
+class ConnectionReset(ChatClientError):
+    """The server's side reset the connection."""
+
+    cause = "reset by peer"
+
+
+class ClosedByServer(ChatClientError):
+    """The server closed the connection: ``reason`` is its ``bye:`` reason, or ``None`` if it closed silently."""
+
+    cause = "closed by server"
+
+    def __init__(self, reason: str | None) -> None:
+        self.reason = reason
+        super().__init__(f"server closed the connection: {reason}" if reason else "server closed the connection")
+
+
+class ReplyTimeout(ChatClientError):
+    """The server did not answer within the reply timeout."""
+
+    cause = "reply timeout"
+
+
+class WrongReply(ChatClientError):
+    """The server answered, but not with the expected echo (the server's fault)."""
+
+    cause = "wrong reply"
+
+
+class ServerProtocolError(ChatClientError):
+    """The server sent something the protocol does not allow (an over-long line, invalid UTF-8)."""
+
+    cause = "protocol error"
+
+
+class _Expired(Exception):
+    """Private to this module so no other Timeout can be mistaken for ours."""
+
+
+class ChatClient:
+    """One connection to a geventchat server.
+
+    Use :meth:`connect` (it reads the greeting and negotiates the idle timeout), then :meth:`request` for a
+    message and its echo, or :meth:`send` / :meth:`receive` to pipeline. :meth:`quit` ends the session politely.
+    Usable as a context manager (closes on exit).
+    """
+
+    def __init__(self, sock: GeventSocket, conversation: ClientConversation, *, reply_timeout: float) -> None:
+        self.sock = sock
+        self.conversation = conversation
+        #: Seconds to wait for each server event before :class:`ReplyTimeout`.
+        self.reply_timeout = reply_timeout
+        #: The server's greeting, once read.
+        self.greeting: str | None = None
+        self._events: deque[ClientEvent] = deque()
+        self._closed_by_server: ClosedByServer | None = None
+
+    @classmethod
+    def connect(
+        cls,
+        host: str,
+        port: int,
+        *,
+        idle_timeout: float | None = None,
+        connect_timeout: float = 5.0,
+        reply_timeout: float = 5.0,
+        framing: Framing = Framing.LINE,
+        prefix: str = DEFAULT_PREFIX,
+        source_address: tuple[str, int] | None = None,
+    ) -> ChatClient:
+        """Connect, read the greeting, and (if ``idle_timeout`` is given) request that idle timeout.
+
+        Raises :class:`ConnectionRefused`, :class:`ConnectTimeout` (no connection or no greeting in
+        ``connect_timeout`` seconds), :class:`ClosedByServer` (for example ``bye: server full``) or
+        :class:`ConnectionReset`.
+        """
+        sock = cls.open_socket(host, port, connect_timeout=connect_timeout, source_address=source_address)
+        client = cls(sock, ClientConversation(prefix, framing=framing), reply_timeout=reply_timeout)
+        try:
+            client.read_greeting(timeout=connect_timeout)
+            if idle_timeout is not None:
+                client.request_timeout(idle_timeout)
+        except BaseException:
+            client.close()
+            raise
+        return client
+
+    @staticmethod
+    def open_socket(
+        host: str, port: int, *, connect_timeout: float = 5.0, source_address: tuple[str, int] | None = None
+    ) -> GeventSocket:
+        """A connected gevent socket with ``TCP_NODELAY``. Raises :class:`ConnectionRefused` or
+        :class:`ConnectTimeout`; other network errors as :class:`ConnectionFailed`."""
+        try:
+            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except socket.gaierror as exc:
+            raise ConnectionFailed(f"cannot resolve {host!r}: {exc.strerror}") from None
+        family, kind, proto, _canon, address = infos[0]
+        sock = GeventSocket(family, kind, proto)
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if source_address is not None:
+                sock.bind(source_address)
+            sock.settimeout(connect_timeout)
+            sock.connect(address)
+            sock.settimeout(None)
+        except BaseException as exc:
+            sock.close()
+            if isinstance(exc, ConnectionRefusedError):
+                raise ConnectionRefused(f"connection refused by {host}:{port}") from None
+            if isinstance(exc, TimeoutError | socket.timeout):
+                raise ConnectTimeout(f"no connection to {host}:{port} within {connect_timeout:g}s") from None
+            if isinstance(exc, OSError):
+                raise ConnectionFailed(f"cannot connect to {host}:{port}: {exc.strerror or exc}") from None
+            raise
+        return sock
+
+    # -- conversation steps
+
+    def read_greeting(self, timeout: float | None = None) -> str:
+        """Wait for the greeting. Raises :class:`ClosedByServer` if the server says ``bye:`` instead."""
+        try:
+            event = self.receive(timeout)
+        except ReplyTimeout:
+            raise ConnectTimeout(f"no greeting within {timeout or self.reply_timeout:g}s") from None
+        if isinstance(event, Greeting):
+            self.greeting = event.text
+            return event.text
+        if isinstance(event, Bye):
+            self._closed_by_server = ClosedByServer(event.reason)
+            raise self._closed_by_server
+        raise WrongReply(f"expected a greeting, got {event!r}")
+
+    def request_timeout(self, seconds: float) -> None:
+        """Ask for an idle timeout of ``seconds`` (the server clamps it to its bounds; it sends nothing back)."""
+        self._sendall(self.conversation.send_timeout(seconds))
+        if self.conversation.framing is Framing.RAW:
+            gevent.sleep(_RAW_SETTLE)
+
+    def send(self, message: str | bytes) -> None:
+        """Send one message without waiting for its reply."""
+        self._sendall(self.conversation.send_message(message))
+
+    def request(self, message: str, *, check: bool = True) -> Reply:
+        """Send ``message`` and return the server's reply (``.message`` is the echo, ``.text`` the whole line).
+
+        Raises :class:`WrongReply` if ``check`` and the echo differs (or the server sent ``error:``),
+        :class:`ReplyTimeout`, :class:`ClosedByServer`, :class:`ConnectionReset`.
+        """
+        self.send(message)
+        return self.expect_reply(message if check else None)
+
+    def expect_reply(self, message: str | None = None) -> Reply:
+        """Wait for the next reply; if ``message`` is given it must be its echo (else :class:`WrongReply`)."""
+        event = self.receive()
+        if isinstance(event, Reply):
+            if message is not None and event.message != message:
+                raise WrongReply(f"expected the echo of {quote_peer_text(message)}, got {quote_peer_text(event.text)}")
+            return event
+        if isinstance(event, ErrorNotice):
+            raise WrongReply(f"server answered error: {event.reason}")
+        raise WrongReply(f"expected a reply, got {event!r}")
+
+    def quit(self) -> Reply:
+        """Send ``:q``, return its reply and wait for the server to close. The connection is closed after."""
+        try:
+            self._sendall(self.conversation.send_quit())
+            reply = self.expect_reply(":q")
+            try:
+                self.receive()
+            except ClosedByServer as closed:
+                if closed.reason is not None:
+                    raise
+            return reply
+        finally:
+            self.close()
+
+    def receive(self, timeout: float | None = None) -> ClientEvent:
+        """The next event from the server (a :class:`Greeting`, :class:`Reply` or :class:`ErrorNotice`).
+
+        A ``bye:`` line or the end of the connection raises :class:`ClosedByServer` instead; no event within
+        ``timeout`` (default: the reply timeout) raises :class:`ReplyTimeout`.
+        """
+        events = self._events
+        if not events:
+            self._fill(self.reply_timeout if timeout is None else timeout)
+        event = events.popleft()
+        if isinstance(event, Bye):
+            self._closed_by_server = ClosedByServer(event.reason)
+            raise self._closed_by_server
+        if isinstance(event, ConnectionClosed):
+            events.appendleft(event)  # stays closed for every later call
+            raise self._closed_by_server or ClosedByServer(None)
+        return event
+
+    def close(self) -> None:
+        """Close the socket (idempotent)."""
+        self.sock.close()
+
+    def __enter__(self) -> ChatClient:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None
+    ) -> None:
+        self.close()
+
+    # -- I/O
+
+    def _fill(self, timeout: float) -> None:
+        conversation = self.conversation
+        events = self._events
+        expired = _Expired()
+        try:
+            with gevent.Timeout(timeout, expired):
+                while not events:
+                    if conversation.closed:
+                        raise ClosedByServer(None)
+                    try:
+                        data = self.sock.recv(65536)
+                    except ConnectionResetError:
+                        raise ConnectionReset("connection reset by the server") from None
+                    except OSError as exc:
+                        if exc.errno == errno.EBADF:
+                            raise ClosedByServer(None) from None
+                        raise ConnectionReset(f"connection broken: {exc.strerror or exc}") from None
+                    try:
+                        events.extend(conversation.receive_data(data))
+                    except RemoteProtocolError as exc:
+                        raise ServerProtocolError(str(exc)) from None
+        except _Expired as exc:
+            if exc is not expired:
+                raise
+            raise ReplyTimeout(f"no answer from the server within {timeout:g}s") from None
+
+    def _sendall(self, data: bytes) -> None:
+        expired = _Expired()
+        try:
+            with gevent.Timeout(self.reply_timeout, expired):
+                self.sock.sendall(data)
+        except _Expired as exc:
+            if exc is not expired:
+                raise
+            raise ReplyTimeout(f"the server did not read our data within {self.reply_timeout:g}s") from None
+        except OSError as exc:
+            # The server may have said why it closed (bye: idle timeout, ...) before the reset: surface that.
+            self._raise_pending_bye()
+            raise ConnectionReset(f"connection broken while sending: {exc.strerror or exc}") from None
+
+    def _raise_pending_bye(self) -> None:
+        with contextlib.suppress(ChatClientError):
+            self._fill(0.05)
+        for event in self._events:
+            if isinstance(event, Bye):
+                raise ClosedByServer(event.reason) from None

@@ -1,0 +1,486 @@
+"""The gevent shell: accept, one greenlet per client, read → feed → write, idle timeouts, graceful shutdown.
+
+The conversation itself lives in :mod:`geventchat.protocol`; this module only moves bytes and keeps time.
+Nothing here monkey-patches: it uses gevent's own socket and timer APIs.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import socket
+import time
+from dataclasses import dataclass, field
+
+import gevent
+import gevent.event
+from gevent import Greenlet
+from gevent.server import StreamServer
+from gevent.socket import socket as GeventSocket
+
+from .config import ServerConfig
+from .protocol import CloseReason, ServerConversation, quote_peer_text
+
+__all__ = ["ChatServer", "ServerStats", "create_listener"]
+
+log = logging.getLogger("geventchat.server")
+
+# accept() errors that mean "out of a resource for now", not "the listener is broken".
+_ACCEPT_RESOURCE_ERRORS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+# Clients rejected with 'bye: server full' that may linger at once; past this they are closed without the
+# lingering close, so a connection flood cannot pin an unbounded number of sockets.
+_MAX_LINGERING_REJECTS = 256
+# Bytes discarded per read while lingering.
+_LINGER_READ = 16384
+
+
+class IdleAlarm(Exception):
+    """Raised by a connection's idle :class:`gevent.Timeout` into its own greenlet."""
+
+
+class IdleExpired(Exception):
+    """No complete message within the idle timeout (the peer's doing)."""
+
+
+class ShutdownRequested(Exception):
+    """Thrown into a connection's greenlet when the server begins a graceful shutdown."""
+
+
+class _LingerOver(Exception):
+    pass
+
+
+class _WindowOver(Exception):
+    pass
+
+
+@dataclass
+class ServerStats:
+    """Counters since start. Updated per received chunk, not per message, to keep the hot path short."""
+
+    current: int = 0
+    total: int = 0
+    rejected_full: int = 0
+    messages: int = 0
+    bytes_in: int = 0
+    bytes_out: int = 0
+    closed: dict[str, int] = field(default_factory=dict)
+
+    def count_close(self, reason: str) -> None:
+        self.closed[reason] = self.closed.get(reason, 0) + 1
+
+
+def create_listener(host: str, port: int, *, backlog: int = 1024, reuse_port: bool = False) -> GeventSocket:
+    """A bound, listening gevent TCP socket (IPv4 or IPv6 by ``host``). ``SO_REUSEPORT`` is set before ``bind``
+    when asked, so several processes can share the port. Raises :class:`OSError` if the address is unusable."""
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    family, kind, proto, _canon, address = infos[0]
+    sock = GeventSocket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind(address)
+        sock.listen(backlog)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+class _Acceptor(StreamServer):
+    """A StreamServer whose accept errors are logged once per episode instead of printed per accept."""
+
+    #: Accepts per readiness event; more than gevent's 100 drains a burst of handshakes in fewer loop turns.
+    max_accept = 256
+
+    def __init__(self, listener: GeventSocket, handle: object) -> None:
+        super().__init__(listener, handle)
+        self._failed_accepts = 0
+
+    def do_read(self):  # type: ignore[no-untyped-def]
+        try:
+            accepted = super().do_read()
+        except OSError as exc:
+            if exc.errno == errno.ECONNABORTED:
+                return None
+            if exc.errno not in _ACCEPT_RESOURCE_ERRORS:
+                raise
+            if self._failed_accepts == 0:
+                log.warning("accept failed (ours: %s); pausing accepts until resources free up", exc.strerror)
+            self._failed_accepts += 1
+            # Same back-off gevent applies to unexpected accept errors, without its traceback per failure.
+            self.stop_accepting()
+            delay = float(self.delay)  # type: ignore[has-type]
+            self._timer = self.loop.timer(delay)
+            self._timer.start(self._start_accepting_if_started)
+            self.delay = min(self.max_delay, delay * 2)
+            return None
+        if self._failed_accepts and accepted:
+            log.warning("accepting again after %d failed accepts", self._failed_accepts)
+            self._failed_accepts = 0
+        return accepted
+
+
+class ChatServer:
+    """A geventchat server: one greenlet per client over a gevent :class:`~gevent.server.StreamServer`.
+
+    ``start()`` binds (unless given a ``listener``) and starts accepting; ``serve_forever()`` blocks until
+    ``shutdown()`` or ``stop()``. ``shutdown()`` is the graceful path: stop accepting, tell every client
+    ``bye: server shutting down``, wait up to ``config.grace`` seconds for them to leave, close the rest.
+    """
+
+    def __init__(self, config: ServerConfig, *, listener: GeventSocket | None = None) -> None:
+        self.config = config
+        self.stats = ServerStats()
+        self._listener = listener
+        self._limit = config.connection_limit
+        self._connections: set[_Connection] = set()
+        self._lingering_rejects = 0
+        self._acceptor: _Acceptor | None = None
+        self._stopped = gevent.event.Event()
+        self._drained = gevent.event.Event()
+        self._drained.set()
+        self._shutting_down = False
+        self._stats_greenlet: Greenlet | None = None
+
+    # -- lifecycle
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """``(host, port)`` actually bound (the real port when configured with port 0)."""
+        if self._acceptor is None:
+            raise RuntimeError("the server is not started")
+        host, port = self._acceptor.socket.getsockname()[:2]
+        return host, port
+
+    @property
+    def connection_limit(self) -> int:
+        return self._limit
+
+    def start(self) -> None:
+        """Bind (if no listener was given) and start accepting. Raises :class:`OSError` if binding fails."""
+        if self._listener is None:
+            self._listener = create_listener(self.config.host, self.config.port, backlog=self.config.backlog)
+        self._acceptor = _Acceptor(self._listener, self._handle)
+        self._acceptor.start()
+        if self.config.stats_interval > 0:
+            self._stats_greenlet = gevent.spawn(self._report_stats, self.config.stats_interval)
+
+    def serve_forever(self) -> None:
+        """Start if needed, then block until the server has stopped."""
+        if self._acceptor is None:
+            self.start()
+        self._stopped.wait()
+
+    def shutdown(self, grace: float | None = None) -> None:
+        """Graceful stop (see the class docstring). Blocks until every connection is gone."""
+        grace = self.config.grace if grace is None else grace
+        self._shutting_down = True
+        if self._acceptor is not None:
+            self._acceptor.close()
+        for connection in list(self._connections):
+            connection.request_shutdown()
+        if not self._drained.wait(grace):
+            log.info("grace period over; closing %d remaining connections", len(self._connections))
+            gevent.killall([c.greenlet for c in self._connections], block=True, timeout=1.0)
+        self._finish()
+
+    def stop(self) -> None:
+        """Immediate stop: close the listener and every connection without notices."""
+        self._shutting_down = True
+        if self._acceptor is not None:
+            self._acceptor.close()
+        gevent.killall([c.greenlet for c in self._connections], block=True, timeout=1.0)
+        self._finish()
+
+    def _finish(self) -> None:
+        if self._stats_greenlet is not None:
+            self._stats_greenlet.kill(block=False)
+        self._stopped.set()
+
+    @property
+    def shutting_down(self) -> bool:
+        return self._shutting_down
+
+    # -- per connection
+
+    def _handle(self, sock: GeventSocket, address: tuple[str, int]) -> None:
+        if self._shutting_down:
+            return  # the socket is closed when we return
+        if len(self._connections) >= self._limit:
+            self._reject_full(sock, address)
+            return
+        connection = _Connection(self, sock, address)
+        self._connections.add(connection)
+        self._drained.clear()
+        stats = self.stats
+        stats.current += 1
+        stats.total += 1
+        try:
+            reason = connection.run()
+        except Exception:
+            # Our bug, not the peer's: log it here so it never reaches the hub's printer or other clients.
+            log.exception("internal error serving %s", _peer(address))
+            reason = "internal error"
+        finally:
+            stats.current -= 1
+            self._connections.discard(connection)
+            if not self._connections:
+                self._drained.set()
+        stats.count_close(reason)
+        if connection.debug:
+            log.debug("%s disconnected: %s", _peer(address), reason)
+
+    def _reject_full(self, sock: GeventSocket, address: tuple[str, int]) -> None:
+        self.stats.rejected_full += 1
+        self.stats.count_close(CloseReason.SERVER_FULL.value)
+        log.debug("%s rejected: server full (%d connections)", _peer(address), len(self._connections))
+        try:
+            sock.send(ServerConversation.reject_full())
+        except OSError:
+            return
+        if self._lingering_rejects >= _MAX_LINGERING_REJECTS:
+            return
+        self._lingering_rejects += 1
+        try:
+            linger_close(sock, self.config.linger)
+        finally:
+            self._lingering_rejects -= 1
+
+    def _report_stats(self, interval: float) -> None:
+        stats = self.stats
+        last = (time.monotonic(), stats.messages, stats.bytes_in, stats.bytes_out)
+        while True:
+            gevent.sleep(interval)
+            now = (time.monotonic(), stats.messages, stats.bytes_in, stats.bytes_out)
+            elapsed = max(now[0] - last[0], 1e-9)
+            log.info(
+                "connections %d current, %d total; %.0f messages/s; %.0f bytes/s in, %.0f bytes/s out",
+                stats.current,
+                stats.total,
+                (now[1] - last[1]) / elapsed,
+                (now[2] - last[2]) / elapsed,
+                (now[3] - last[3]) / elapsed,
+            )
+            last = now
+
+
+def _peer(address: tuple[str, int] | str) -> str:
+    if isinstance(address, tuple):
+        return f"{address[0]}:{address[1]}"
+    return str(address)
+
+
+def linger_close(sock: GeventSocket, seconds: float) -> None:
+    """Half-close, then discard input until the peer closes or ``seconds`` pass (a lingering close, as nginx does).
+
+    Closing a socket with unread input makes the kernel send a reset, and a reset can destroy our last line
+    (``bye: ...``) before the client reads it. Shutting down our sending side first and draining for a bounded
+    time lets the client read everything we sent.
+    """
+    try:
+        sock.shutdown(socket.SHUT_WR)
+        with gevent.Timeout(seconds, _LingerOver):
+            while sock.recv(_LINGER_READ):
+                pass
+    except (OSError, _LingerOver, ShutdownRequested):
+        pass
+
+
+class _Connection:
+    """One client's greenlet state. ``run()`` is the read → feed → write loop."""
+
+    __slots__ = (
+        "_alarm",
+        "_armed_for",
+        "_deadline",
+        "_idle_timer",
+        "_reading",
+        "_shutdown_requested",
+        "address",
+        "conversation",
+        "debug",
+        "greenlet",
+        "server",
+        "sock",
+    )
+
+    def __init__(self, server: ChatServer, sock: GeventSocket, address: tuple[str, int]) -> None:
+        self.server = server
+        self.sock = sock
+        self.address = address
+        self.greenlet = gevent.getcurrent()
+        self.conversation = ServerConversation(server.config.protocol)
+        self.debug = log.isEnabledFor(logging.DEBUG)
+        self._alarm = IdleAlarm()
+        self._idle_timer: gevent.Timeout | None = None
+        self._armed_for = 0.0
+        self._deadline = 0.0
+        self._reading = False
+        self._shutdown_requested = False
+
+    def request_shutdown(self) -> None:
+        """Ask this connection to say ``bye: server shutting down`` and close, without cutting a reply short."""
+        self._shutdown_requested = True
+        if self._reading:
+            # Blocked waiting for input: interrupt the wait. A throw that lands in a send instead (input arrived
+            # first) is absorbed by _write, which finishes the reply before the bye.
+            self.greenlet.kill(ShutdownRequested, block=False)
+
+    def run(self) -> str:
+        """Serve the conversation; returns why it ended (for logs and statistics)."""
+        sock = self.sock
+        conversation = self.conversation
+        stats = self.server.stats
+        config = self.server.config
+        recv_size = config.recv_size
+        if self.debug:
+            log.debug("%s connected", _peer(self.address))
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self._arm(conversation.idle_timeout)
+            self._write(conversation.data_to_send())
+            while not conversation.closed:
+                if self._shutdown_requested:
+                    conversation.close(CloseReason.SHUTDOWN)
+                    break
+                data = self._recv(recv_size)
+                before = conversation.messages_received
+                events = conversation.receive_data(data)
+                if conversation.awaiting_framing_decision:
+                    events += self._detect_framing(config.raw_detect_window)
+                if events:
+                    if conversation.messages_received != before:
+                        stats.messages += conversation.messages_received - before
+                        self._deadline = time.monotonic() + conversation.idle_timeout
+                    if conversation.idle_timeout != self._armed_for:
+                        self._arm(conversation.idle_timeout)
+                    if self.debug:
+                        for event in events:
+                            log.debug("%s: %s", _peer(self.address), _describe(event))
+                stats.bytes_in += len(data)
+                out = conversation.data_to_send()
+                if out:
+                    self._write(out)
+        except IdleExpired:
+            conversation.close(CloseReason.IDLE_TIMEOUT)
+        except ShutdownRequested:
+            conversation.close(CloseReason.SHUTDOWN)
+        except OSError as exc:
+            self._disarm()
+            return f"connection error (peer's side): {exc.strerror or exc}"
+        self._disarm()
+        reason = conversation.close_reason
+        if reason is CloseReason.PEER_CLOSED:
+            return str(reason.value)
+        # We are closing: send what is queued (the reply to ':q' or a 'bye:'), then close without a reset.
+        self._flush_and_linger(conversation.data_to_send(), config.linger)
+        return str(reason.value) if reason is not None else "closed"
+
+    # -- blocking operations, each interruptible by the idle alarm and by shutdown
+
+    def _recv(self, size: int) -> bytes:
+        self._reading = True
+        try:
+            while True:
+                try:
+                    data: bytes = self.sock.recv(size)
+                    return data
+                except IdleAlarm as alarm:
+                    if alarm is not self._alarm:
+                        raise
+                    self._check_deadline()
+        finally:
+            self._reading = False
+
+    def _write(self, data: bytes) -> None:
+        view = memoryview(data)
+        try:
+            while view:
+                try:
+                    sent = self.sock.send(view)
+                except IdleAlarm as alarm:
+                    if alarm is not self._alarm:
+                        raise
+                    self._check_deadline()
+                    continue
+                except ShutdownRequested:
+                    continue  # finish this reply; the loop sends the bye after it
+                view = view[sent:]
+        finally:
+            view.release()
+        self.server.stats.bytes_out += len(data)
+
+    def _detect_framing(self, window: float) -> list:  # type: ignore[type-arg]
+        """Auto framing: bytes without a newline are pending. Wait the window for more; no newline → raw."""
+        conversation = self.conversation
+        events: list = []  # type: ignore[type-arg]
+        deadline = time.monotonic() + window
+        while conversation.awaiting_framing_decision:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                events += conversation.settle_framing()
+                break
+            try:
+                with gevent.Timeout(remaining, _WindowOver):
+                    data = self._recv(self.server.config.recv_size)
+            except _WindowOver:
+                events += conversation.settle_framing()
+                break
+            self.server.stats.bytes_in += len(data)
+            events += conversation.receive_data(data)
+        return events
+
+    # -- the idle timer: one gevent.Timeout per connection, re-armed lazily
+
+    def _arm(self, seconds: float) -> None:
+        """(Re)start the idle timer for ``seconds`` from now.
+
+        Messages do not restart the timer (that would allocate a timer per message); they move ``_deadline``. When
+        the timer fires early because messages arrived meanwhile, :meth:`_check_deadline` re-arms it for what is
+        left.
+        """
+        if self._idle_timer is not None:
+            self._idle_timer.close()
+        self._deadline = time.monotonic() + seconds
+        self._armed_for = seconds
+        self._idle_timer = gevent.Timeout(seconds, self._alarm)
+        self._idle_timer.start()
+
+    def _check_deadline(self) -> None:
+        # The alarm instance is raised again and again; drop its old traceback so it does not grow.
+        self._alarm.__traceback__ = None
+        remaining = self._deadline - time.monotonic()
+        if remaining <= 0:
+            raise IdleExpired()
+        if self._idle_timer is not None:
+            self._idle_timer.close()
+        self._idle_timer = gevent.Timeout(remaining, self._alarm)
+        self._idle_timer.start()
+
+    def _disarm(self) -> None:
+        if self._idle_timer is not None:
+            self._idle_timer.close()
+            self._idle_timer = None
+
+    def _flush_and_linger(self, data: bytes, linger: float) -> None:
+        try:
+            with gevent.Timeout(linger, _LingerOver):
+                view = memoryview(data)
+                while view:
+                    try:
+                        view = view[self.sock.send(view) :]
+                    except ShutdownRequested:
+                        continue
+        except (OSError, _LingerOver):
+            return
+        linger_close(self.sock, linger)
+
+
+def _describe(event: object) -> str:
+    """An event for the debug log, with peer-supplied bytes escaped."""
+    data = getattr(event, "data", None)
+    if isinstance(data, bytes):
+        return f"{type(event).__name__}({quote_peer_text(data)})"
+    return repr(event)
