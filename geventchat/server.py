@@ -138,6 +138,7 @@ class ChatServer:
         self._connections: set[_Connection] = set()
         self._lingering_rejects = 0
         self._acceptor: _Acceptor | None = None
+        self._address: tuple[str, int] | None = None
         self._stopped = gevent.event.Event()
         self._drained = gevent.event.Event()
         self._drained.set()
@@ -149,10 +150,9 @@ class ChatServer:
     @property
     def address(self) -> tuple[str, int]:
         """``(host, port)`` actually bound (the real port when configured with port 0)."""
-        if self._acceptor is None:
+        if self._address is None:
             raise RuntimeError("the server is not started")
-        host, port = self._acceptor.socket.getsockname()[:2]
-        return host, port
+        return self._address
 
     @property
     def connection_limit(self) -> int:
@@ -162,6 +162,8 @@ class ChatServer:
         """Bind (if no listener was given) and start accepting. Raises :class:`OSError` if binding fails."""
         if self._listener is None:
             self._listener = create_listener(self.config.host, self.config.port, backlog=self.config.backlog)
+        host, port = self._listener.getsockname()[:2]
+        self._address = (host, port)
         self._acceptor = _Acceptor(self._listener, self._handle)
         self._acceptor.start()
         if self.config.stats_interval > 0:

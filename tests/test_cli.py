@@ -1,0 +1,94 @@
+"""The command line: help, argument errors, the listening line, signals."""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import subprocess
+import sys
+from collections.abc import Callable
+
+from geventchat.client import ChatClient, ClosedByServer
+
+from .conftest import ServerProcess
+
+
+def geventchat(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "geventchat", *args], capture_output=True, text=True, timeout=20, check=False
+    )
+
+
+def test_help_lists_the_options() -> None:
+    result = geventchat("--help")
+    assert result.returncode == 0
+    for option in ["--port", "--max-connections", "--framing", "--grace", "--min-timeout", "client"]:
+        assert option in result.stdout
+    client_help = geventchat("client", "--help")
+    assert client_help.returncode == 0 and "--timeout" in client_help.stdout and "--framing" in client_help.stdout
+
+
+def test_serve_is_the_default_command() -> None:
+    assert geventchat("serve", "--help").stdout == geventchat("--help").stdout
+
+
+def test_bad_arguments_give_a_clear_message_and_exit_2() -> None:
+    cases = {
+        ("--port", "abc"): "'abc' is not a whole number",
+        ("--port", "70000"): "must be >= 0 and <= 65535",
+        ("--min-timeout", "-1"): "must be a finite number > 0",
+        ("--framing", "xml"): "invalid choice",
+        ("--min-timeout", "5", "--max-timeout", "1"): "min_timeout (5.0) is larger than max_timeout (1.0)",
+        ("client", "--timeout", "nan"): "must be a finite number > 0",
+    }
+    for args, message in cases.items():
+        result = geventchat(*args)
+        assert result.returncode == 2, args
+        assert message in result.stderr, (args, result.stderr)
+        assert "Traceback" not in result.stderr
+
+
+def test_cannot_bind_is_one_line_and_exit_1(server_process: Callable[..., ServerProcess]) -> None:
+    taken = server_process()
+    result = geventchat("--port", str(taken.port))
+    assert result.returncode == 1
+    assert f"cannot listen on 127.0.0.1:{taken.port}" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_listening_line_reports_the_real_port(server_process: Callable[..., ServerProcess]) -> None:
+    server = server_process()
+    assert server.port > 0
+    with ChatClient.connect(server.host, server.port, idle_timeout=5) as client:
+        assert client.request("up").message == "up"
+
+
+def test_sigterm_says_bye_to_every_client_and_exits_0(server_process: Callable[..., ServerProcess]) -> None:
+    server = server_process("--grace", "3")
+    clients = [ChatClient.connect(server.host, server.port, idle_timeout=30) for _ in range(10)]
+    for client in clients:
+        client.request("hello")
+    server.proc.send_signal(signal.SIGTERM)
+    reasons = []
+    for client in clients:
+        try:
+            client.receive(timeout=5)
+        except ClosedByServer as closed:
+            reasons.append(closed.reason)
+        client.close()
+    assert reasons == ["server shutting down"] * 10
+    code, err = server.terminate_and_wait()
+    assert code == 0, err
+    assert "shutting down" in err
+
+
+def test_second_signal_exits_at_once(server_process: Callable[..., ServerProcess]) -> None:
+    server = server_process("--grace", "30")
+    client = ChatClient.connect(server.host, server.port, idle_timeout=30)
+    client.request("hold the server open")
+    server.proc.send_signal(signal.SIGINT)
+    with contextlib.suppress(ClosedByServer):  # the bye; we keep the socket open so the grace would run
+        client.receive(timeout=5)
+    server.proc.send_signal(signal.SIGINT)
+    server.proc.wait(timeout=5)  # far less than the 30 s grace
+    assert server.proc.returncode != 0
+    client.close()

@@ -1,0 +1,368 @@
+"""The gevent server over loopback (port 0), one test per protocol rule, with fractional timeouts."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import struct
+import time
+from collections.abc import Callable
+
+import gevent
+import gevent.pool
+import pytest
+from gevent.socket import create_connection
+
+from geventchat.client import ChatClient, ClosedByServer, ConnectionReset, ReplyTimeout
+from geventchat.config import Framing
+from geventchat.protocol import ErrorNotice
+from geventchat.server import ChatServer
+
+from .conftest import wait_until
+
+PREFIX = "我收到了你的信息:"
+StartServer = Callable[..., ChatServer]
+
+
+def connect(server: ChatServer, **kwargs: object) -> ChatClient:
+    host, port = server.address
+    return ChatClient.connect(host, port, **kwargs)  # type: ignore[arg-type]
+
+
+def expect_bye(client: ChatClient, timeout: float = 5.0) -> str | None:
+    with pytest.raises(ClosedByServer) as closed:
+        client.receive(timeout=timeout)
+    return closed.value.reason
+
+
+# ------------------------------------------------------------------------------------------ rules 1-4
+
+
+def test_rule1_greeting(start_server: StartServer) -> None:
+    server = start_server(greeting="hello there")
+    with connect(server) as client:
+        assert client.greeting == "hello there"
+
+
+def test_rule3_echo_with_prefix_including_empty_and_unicode_lines(start_server: StartServer) -> None:
+    server = start_server()
+    with connect(server, idle_timeout=5) as client:
+        for message in ["hello", "", "世界 ünïcode", "x" * 1000]:
+            reply = client.request(message)
+            assert reply.text == PREFIX + message and reply.message == message
+
+
+def test_rule3_pipelined_messages_come_back_in_order(start_server: StartServer) -> None:
+    server = start_server()
+    with connect(server, idle_timeout=5) as client:
+        client.sock.sendall(b"".join(b"m%d\n" % i for i in range(500)))
+        assert [client.expect_reply().message for _ in range(500)] == [f"m{i}" for i in range(500)]
+
+
+def test_rule4_quit_is_answered_then_the_server_closes(start_server: StartServer) -> None:
+    server = start_server()
+    client = connect(server, idle_timeout=5)
+    assert client.quit().text == PREFIX + ":q"
+    wait_until(lambda: server.stats.current == 0, what="the server to drop the connection")
+    assert server.stats.closed.get("quit") == 1
+
+
+# ------------------------------------------------------------------------------------- rule 2, rule 5
+
+
+def test_rule2_timeout_is_negotiated(start_server: StartServer) -> None:
+    server = start_server()
+    with connect(server, idle_timeout=0.3) as client:
+        started = time.monotonic()
+        assert expect_bye(client) == "idle timeout (0.3s)"
+        assert 0.25 <= time.monotonic() - started < 2.0
+
+
+def test_rule2_timeout_is_clamped(start_server: StartServer) -> None:
+    server = start_server(min_timeout=0.2, max_timeout=0.4)
+    with connect(server, idle_timeout=0.01) as client:
+        assert expect_bye(client) == "idle timeout (0.2s)"
+    with connect(server, idle_timeout=50) as client:
+        assert expect_bye(client) == "idle timeout (0.4s)"
+
+
+@pytest.mark.parametrize("bad", ["abc", "0", "-5", "nan", "inf"])
+def test_rule2_invalid_timeout_gets_error_and_default(start_server: StartServer, bad: str) -> None:
+    server = start_server(default_timeout=0.3)
+    with connect(server) as client:
+        client.send(bad)
+        event = client.receive()
+        assert isinstance(event, ErrorNotice) and "using the default of 0.3s" in event.reason
+        assert client.request("still here").message == "still here"
+        assert expect_bye(client) == "idle timeout (0.3s)"
+
+
+def test_rule2_default_applies_until_negotiated(start_server: StartServer) -> None:
+    server = start_server(default_timeout=0.3)
+    with connect(server) as client:  # never sends a timeout
+        assert expect_bye(client) == "idle timeout (0.3s)"
+
+
+def test_rule5_messages_extend_the_idle_timeout(start_server: StartServer) -> None:
+    server = start_server()
+    with connect(server, idle_timeout=0.4) as client:
+        started = time.monotonic()
+        for i in range(6):  # 6 x 0.15 s = 0.9 s of activity, over twice the timeout
+            gevent.sleep(0.15)
+            assert client.request(f"keepalive {i}").message == f"keepalive {i}"
+        assert time.monotonic() - started > 0.8
+        quiet = time.monotonic()
+        assert expect_bye(client) == "idle timeout (0.4s)"
+        assert 0.3 < time.monotonic() - quiet < 2.0
+
+
+def test_rule5_trickling_bytes_do_not_extend_the_idle_timeout(start_server: StartServer) -> None:
+    server = start_server()
+    with connect(server, idle_timeout=0.4) as client:
+        client.request("last complete message")
+        last_message = time.monotonic()
+        closed: ClosedByServer | None = None
+        for _ in range(40):  # a byte every 50 ms for up to 2 s; the server must cut it at about 0.4 s
+            try:
+                client.sock.sendall(b"x")
+                client.receive(timeout=0.05)
+            except ReplyTimeout:
+                continue
+            except ClosedByServer as exc:
+                closed = exc
+                break
+        assert closed is not None and closed.reason == "idle timeout (0.4s)"
+        assert 0.35 < time.monotonic() - last_message < 1.5
+
+
+def test_rule5_a_reader_that_never_reads_is_closed_at_the_idle_timeout(start_server: StartServer) -> None:
+    server = start_server()
+    host, port = server.address
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect((host, port))
+    sock.sendall(b"0.3\n")
+    line = b"y" * 32768 + b"\n"
+    sock.settimeout(0.05)
+    started = time.monotonic()
+    sent = 0
+    # Keep sending without reading. The server's replies back up, its send blocks, and the idle timer (which
+    # covers sends) must end the connection. Bounded: at most 5 s or 2,000 lines.
+    while time.monotonic() - started < 5 and sent < 2000:
+        try:
+            sock.sendall(line)
+            sent += 1
+        except TimeoutError:
+            if server.stats.closed.get("idle timeout"):
+                break
+            gevent.sleep(0.01)
+        except OSError:
+            break
+    wait_until(lambda: server.stats.closed.get("idle timeout") == 1, timeout=5, what="the idle close")
+    assert time.monotonic() - started < 5
+    sock.close()
+
+
+# ------------------------------------------------------------------------------------------ rules 6, 7
+
+
+def test_rule6_line_too_long(start_server: StartServer) -> None:
+    server = start_server(max_line=100)
+    with connect(server, idle_timeout=5) as client:
+        assert client.request("y" * 100).message == "y" * 100  # the limit itself is fine
+        client.send("z" * 101)
+        assert expect_bye(client) == "line too long (limit 100 bytes)"
+
+
+def test_rule6_and_rule10_bye_survives_input_still_in_flight(start_server: StartServer) -> None:
+    """A lingering close: the client keeps sending after the bye, and still reads the bye, not a reset."""
+    server = start_server(max_line=1000)
+    with connect(server, idle_timeout=5) as client:
+        client.sock.sendall(b"q" * 300_000)  # far over the limit, much of it unread when the server closes
+        assert expect_bye(client) == "line too long (limit 1000 bytes)"
+
+
+def test_rule7_invalid_utf8_gets_error_and_conversation_goes_on(start_server: StartServer) -> None:
+    server = start_server()
+    with connect(server, idle_timeout=5) as client:
+        client.sock.sendall(b"\xc3\x28 broken\n")
+        event = client.receive()
+        assert event == ErrorNotice("message is not valid UTF-8")
+        assert client.request("fine").message == "fine"
+
+
+# ------------------------------------------------------------------------------------------ rule 8
+
+
+def test_rule8_server_full_then_served_again(start_server: StartServer) -> None:
+    server = start_server(max_connections=2)
+    first = connect(server, idle_timeout=5)
+    second = connect(server, idle_timeout=5)
+    with pytest.raises(ClosedByServer) as full:
+        connect(server, idle_timeout=5)
+    assert full.value.reason == "server full"
+    assert first.request("unaffected").message == "unaffected"
+    first.quit()
+    wait_until(lambda: server.stats.current == 1, what="a slot to free")
+    with connect(server, idle_timeout=5) as third:
+        assert third.request("served").message == "served"
+    second.close()
+    assert server.stats.rejected_full == 1
+
+
+# ------------------------------------------------------------------------------------------ rule 9
+
+
+def test_rule9_graceful_shutdown_in_process(start_server: StartServer) -> None:
+    server = start_server(grace=2)
+    clients = [connect(server, idle_timeout=30) for _ in range(20)]
+    for client in clients:
+        client.request("before")
+    stopper = gevent.spawn(server.shutdown)
+    assert all(expect_bye(client) == "server shutting down" for client in clients)
+    for client in clients:
+        client.close()
+    stopper.join(timeout=5)
+    assert stopper.dead and server.stats.current == 0
+    with pytest.raises(OSError):
+        socket.create_connection(server.address, timeout=1).recv(1)
+
+
+def test_rule9_grace_over_closes_the_rest(start_server: StartServer) -> None:
+    server = start_server(grace=0.2, linger=5)
+    client = connect(server, idle_timeout=30)
+    started = time.monotonic()
+    server.shutdown()  # the client reads the bye but never closes: the server must not wait for it forever
+    assert time.monotonic() - started < 3
+    assert server.stats.current == 0
+    client.close()
+
+
+# ------------------------------------------------------------------------------------------ rule 11
+
+
+def test_rule11_auto_detects_an_unframed_client(start_server: StartServer) -> None:
+    server = start_server()
+    sock = create_connection(server.address)
+    greeting = sock.recv(1024)
+    assert greeting.decode().startswith("你好")
+    sock.sendall(b"30hi")  # the tutorial client: timeout and first message in one chunk, no newline
+    assert sock.recv(1024) == (PREFIX + "hi").encode()
+    sock.sendall(b"hello")
+    assert sock.recv(1024) == (PREFIX + "hello").encode()
+    sock.sendall(b":q")
+    assert sock.recv(1024) == (PREFIX + ":q").encode()
+    assert sock.recv(1024) == b""
+    sock.close()
+
+
+def test_rule11_forced_line_framing_waits_for_the_newline(start_server: StartServer) -> None:
+    server = start_server(framing=Framing.LINE)
+    with connect(server) as client:
+        client.sock.sendall(b"0.3")
+        with pytest.raises(Exception, match="no answer"):  # no raw detection: nothing comes back
+            client.receive(timeout=0.3)
+        client.sock.sendall(b"\nok\n")
+        assert client.expect_reply().message == "ok"
+
+
+def test_rule11_forced_raw_framing(start_server: StartServer) -> None:
+    server = start_server(framing=Framing.RAW)
+    with connect(server, idle_timeout=5, framing=Framing.RAW) as client:
+        assert client.greeting == "你好,我是geventchat~"
+        assert client.request("a\nb").message == "a\nb"  # a chunk is a message, newline and all
+
+
+# ------------------------------------------------------------------------------------------ robustness
+
+
+def test_500_concurrent_clients_each_with_a_full_conversation(start_server: StartServer) -> None:
+    server = start_server()
+    host, port = server.address
+
+    def conversation(i: int) -> bool:
+        with ChatClient.connect(host, port, idle_timeout=10, reply_timeout=20, connect_timeout=20) as client:
+            for j in range(3):
+                assert client.request(f"client {i} message {j}").message == f"client {i} message {j}"
+            assert client.quit().message == ":q"
+        return True
+
+    pool = gevent.pool.Pool(500)
+    results = pool.map(conversation, range(500))
+    assert results == [True] * 500
+    wait_until(lambda: server.stats.current == 0, timeout=10, what="all connections to close")
+    assert server.stats.total == 500 and server.stats.closed.get("quit") == 500
+    assert server.stats.messages == 500 * 4
+
+
+def test_reset_mid_line_does_not_disturb_the_server(start_server: StartServer) -> None:
+    server = start_server()
+    victim = connect(server, idle_timeout=5)
+    bystander = connect(server, idle_timeout=5)
+    victim.sock.sendall(b"half a li")
+    victim.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    victim.close()  # RST
+    wait_until(lambda: server.stats.current == 1, what="the reset connection to go")
+    assert bystander.request("still fine").message == "still fine"
+    with connect(server, idle_timeout=5) as fresh:
+        assert fresh.request("new").message == "new"
+    bystander.close()
+
+
+def test_client_closing_before_the_greeting(start_server: StartServer) -> None:
+    server = start_server()
+    for _ in range(20):
+        sock = socket.create_connection(server.address)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        sock.close()
+    wait_until(lambda: server.stats.total == 20 and server.stats.current == 0, what="20 short connections")
+    with connect(server, idle_timeout=5) as client:
+        assert client.request("ok").message == "ok"
+
+
+def test_an_internal_error_stays_in_its_connection(
+    start_server: StartServer,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    from geventchat.protocol import ServerConversation
+
+    original = ServerConversation.receive_data
+
+    def exploding(self: ServerConversation, data: bytes) -> list[object]:
+        if b"boom" in data:
+            raise RuntimeError("simulated bug")
+        return original(self, data)  # type: ignore[return-value]
+
+    monkeypatch.setattr(ServerConversation, "receive_data", exploding)
+    server = start_server()
+    bystander = connect(server, idle_timeout=5)
+    with caplog.at_level(logging.ERROR, logger="geventchat.server"), connect(server, idle_timeout=5) as victim:
+        victim.send("boom")
+        with pytest.raises((ClosedByServer, ConnectionReset)):
+            victim.receive()
+    assert any("internal error" in r.getMessage() for r in caplog.records)
+    assert bystander.request("unaffected").message == "unaffected"
+    assert "simulated bug" not in capfd.readouterr().err  # never reached gevent's hub printer
+    bystander.close()
+
+
+def test_stats_line_is_logged(start_server: StartServer, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.INFO, logger="geventchat.server"):
+        server = start_server(stats_interval=0.05)
+        with connect(server, idle_timeout=5) as client:
+            client.request("count me")
+            wait_until(lambda: any("1 current" in r.getMessage() for r in caplog.records), what="a statistics line")
+    line = next(r.getMessage() for r in caplog.records if "1 current" in r.getMessage())
+    assert "messages/s" in line and "bytes/s in" in line
+
+
+def test_debug_log_escapes_peer_text(start_server: StartServer, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.DEBUG, logger="geventchat.server"):
+        server = start_server()
+        with connect(server, idle_timeout=5) as client:
+            client.request("evil \x1b[2J terminal")
+    text = "\n".join(r.getMessage() for r in caplog.records)
+    assert "\\x1b[2J" in text and "\x1b" not in text
+    assert "connected" in text
