@@ -296,7 +296,8 @@ def _interactive(client: ChatClient) -> int:
                 text = event.text if isinstance(event, Reply) else f"error: {event.reason}"  # type: ignore[union-attr]
                 print(f"\r{text}\n> ", end="", flush=True)
         except ClosedByServer as exc:
-            print(f"\r{exc}", flush=True)
+            # A plain close after our ':q' is the normal end; a 'bye:' says why the server ended it.
+            print(f"\r{exc}" if exc.reason is not None else "\r", flush=True)
             outcome.append(0 if exc.reason is None else 1)
         except ChatClientError as exc:
             print(f"\rgeventchat client: {exc}", flush=True)
