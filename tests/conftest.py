@@ -74,7 +74,11 @@ class ServerProcess:
         self.host, self.port = match.group(1), int(match.group(2))
 
     def terminate_and_wait(self, timeout: float = 10.0) -> tuple[int, str]:
+        """SIGTERM, then wait for exit; returns (exit code, stderr)."""
         self.proc.send_signal(signal.SIGTERM)
+        return self.wait_for_exit(timeout)
+
+    def wait_for_exit(self, timeout: float = 10.0) -> tuple[int, str]:
         _out, err = self.proc.communicate(timeout=timeout)
         return self.proc.returncode, err
 

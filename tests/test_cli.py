@@ -76,7 +76,7 @@ def test_sigterm_says_bye_to_every_client_and_exits_0(server_process: Callable[.
             reasons.append(closed.reason)
         client.close()
     assert reasons == ["server shutting down"] * 10
-    code, err = server.terminate_and_wait()
+    code, err = server.wait_for_exit()
     assert code == 0, err
     assert "shutting down" in err
 
