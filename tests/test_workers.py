@@ -135,3 +135,18 @@ def test_workers_refused_for_other_models() -> None:
     with ServerProcess(["--model", "thread", "--workers", "2", "--port", "0"]) as server:
         assert server.wait(15) == 2
         assert any("--workers applies to the gevent model only" in line for line in server.stderr)
+
+
+def test_workers_leave_gracefully_when_the_supervisor_dies() -> None:
+    psutil = pytest.importorskip("psutil")
+    with start_workers() as server:
+        workers = [psutil.Process(int(pid)) for pid in server.wait_for(READY).groups()]
+        clients = [connect(server.port) for _ in range(4)]
+        server.proc.kill()  # SIGKILL: no forwarding, no cleanup; only the control sockets reaching EOF tell them
+        for client in clients:
+            with pytest.raises(ClosedByServer) as closed:
+                client.receive(timeout=5)
+            assert closed.value.reason == "server shutting down"
+            client.close()
+        _gone, alive = psutil.wait_procs(workers, timeout=10)  # not our children: no exit status to check
+        assert not alive
