@@ -1,4 +1,6 @@
-"""A geventchat server in a subprocess, for tests: waits for its listening line, collects its logs as they come.
+"""A geventchat server in a subprocess whose stdout and stderr are read while it runs, for tests that follow its
+logs (which worker serves a client, a crash and its restart) or start it through ``python -c`` with a fake.
+conftest's ``ServerProcess`` reads stderr only at exit.
 
 Nothing here sleeps: every wait is on a line arriving (a condition variable fed by reader threads) or on the
 process ending, each with a deadline.
@@ -18,7 +20,7 @@ from typing import IO
 LISTENING = re.compile(r"geventchat listening on (?:\[(?P<v6>[^\]]+)\]|(?P<v4>[^:\s]+)):(?P<port>\d+)$")
 
 
-class ServerProcess:
+class WatchedServer:
     """``python -m geventchat ARGS`` (or ``python -c CODE ARGS``) with stdout and stderr captured line by line."""
 
     def __init__(self, args: Sequence[str], *, code: str | None = None) -> None:
@@ -105,7 +107,7 @@ class ServerProcess:
             if stream is not None:
                 stream.close()
 
-    def __enter__(self) -> ServerProcess:
+    def __enter__(self) -> WatchedServer:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
