@@ -150,3 +150,16 @@ def test_workers_leave_gracefully_when_the_supervisor_dies() -> None:
             client.close()
         _gone, alive = psutil.wait_procs(workers, timeout=10)  # not our children: no exit status to check
         assert not alive
+
+
+def test_a_second_signal_kills_the_workers_and_exits_1() -> None:
+    with start_workers() as server:
+        server.wait_for(READY)
+        client = connect(server.port)  # stays connected: the graceful shutdown waits for it
+        server.send_signal(signal.SIGTERM)
+        with pytest.raises(ClosedByServer):
+            client.receive(timeout=5)
+        server.send_signal(signal.SIGTERM)
+        assert server.wait(10) == 1
+        assert any("second signal" in line for line in server.stderr)
+        client.close()
