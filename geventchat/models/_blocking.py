@@ -115,10 +115,12 @@ def accept_until_stopped(
     poller.register(stop.fd, _POLL_IN)
     listener_fd = listener.fileno()
     failed_accepts = 0
+    next_tick = time.monotonic() + tick
     while True:
         ready = poller.poll(tick * 1000)
-        if on_tick is not None:
+        if on_tick is not None and time.monotonic() >= next_tick:
             on_tick()
+            next_tick = time.monotonic() + tick
         if any(fd == stop.fd for fd, _ in ready):
             return
         if not any(fd == listener_fd for fd, _ in ready):

@@ -45,7 +45,8 @@ def serve(config: ServerConfig, announce: Callable[[tuple[str, int]], None]) -> 
         children[:] = alive
 
     def handle(sock: socket.socket, address: tuple[str, int]) -> None:
-        reap()
+        if len(children) >= limit:
+            reap()  # only when it matters: it polls every child (the accept loop also reaps once a second)
         if len(children) >= limit:
             log.debug("%s:%s rejected: server full (%d connections)", address[0], address[1], len(children))
             reject_full(sock)
