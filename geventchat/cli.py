@@ -19,6 +19,7 @@ import gevent.event
 from . import __version__
 from .client import ChatClient, ChatClientError, ClosedByServer
 from .config import DEFAULT_GREETING, DEFAULT_PORT, DEFAULT_PREFIX, Framing, ProtocolConfig, ServerConfig
+from .models import MODELS
 from .protocol import ErrorNotice, Reply
 
 log = logging.getLogger("geventchat")
@@ -78,6 +79,20 @@ def _server_parser() -> argparse.ArgumentParser:
         default=None,
         help="clients served at once; the next gets 'bye: server full' "
         f"(default: the open-file limit less headroom, here {defaults.connection_limit})",
+    )
+    net.add_argument(
+        "--workers",
+        type=_integer(0),
+        default=1,
+        help="worker processes sharing the port (SO_REUSEPORT) under a supervising parent; 0 = one per CPU. "
+        "--max-connections applies to each worker",
+    )
+    net.add_argument(
+        "--model",
+        choices=MODELS,
+        default=MODELS[0],
+        help="concurrency model: gevent (greenlet per client); thread, process and iterative are comparison "
+        "backends for benchmarks, not production modes",
     )
     conv = parser.add_argument_group("protocol")
     conv.add_argument("--greeting", default=DEFAULT_GREETING, help="line sent to each client on accept")
@@ -192,21 +207,38 @@ def _server_config(args: argparse.Namespace) -> ServerConfig:
 def run_server(args: argparse.Namespace) -> int:
     from .server import ChatServer
 
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    several_processes = args.workers != 1 or args.model == "process"
+    # With several processes, each log line says which one wrote it.
+    name = "%(name)s[%(process)d]" if several_processes else "%(name)s"
+    logging.basicConfig(level=args.log_level, format=f"%(asctime)s %(levelname)s {name}: %(message)s")
     try:
         config = _server_config(args)
     except ValueError as exc:
         print(f"geventchat: error: {exc}", file=sys.stderr)
         return 2
+    if args.model != "gevent":
+        if args.workers != 1:
+            print(
+                f"geventchat: error: --workers applies to the gevent model only, not to --model {args.model}",
+                file=sys.stderr,
+            )
+            return 2
+        return _serve_other_model(args.model, config)
+    if args.workers != 1:
+        from .workers import Supervisor, resolve_worker_count
+
+        count = resolve_worker_count(args.workers)
+        if count > 1:
+            try:
+                return Supervisor(config, count, _announce).run()
+            except OSError as exc:
+                return _cannot_listen(config, exc)
     server = ChatServer(config)
     try:
         server.start()
     except OSError as exc:
-        print(f"geventchat: cannot listen on {config.host}:{config.port}: {exc.strerror or exc}", file=sys.stderr)
-        return 1
-    host, port = server.address
-    shown = f"[{host}]" if ":" in host else host
-    print(f"geventchat listening on {shown}:{port}", flush=True)
+        return _cannot_listen(config, exc)
+    _announce(server.address)
     log.info("serving up to %d connections", server.connection_limit)
 
     signals_seen: list[int] = []
@@ -229,6 +261,26 @@ def run_server(args: argparse.Namespace) -> int:
     server.serve_forever()
     log.info("stopped")
     return 0
+
+
+def _announce(address: tuple[str, int]) -> None:
+    host, port = address
+    shown = f"[{host}]" if ":" in host else host
+    print(f"geventchat listening on {shown}:{port}", flush=True)
+
+
+def _cannot_listen(config: ServerConfig, exc: OSError) -> int:
+    print(f"geventchat: cannot listen on {config.host}:{config.port}: {exc.strerror or exc}", file=sys.stderr)
+    return 1
+
+
+def _serve_other_model(model: str, config: ServerConfig) -> int:
+    from .models import serve_model
+
+    try:
+        return serve_model(model, config, _announce)
+    except OSError as exc:
+        return _cannot_listen(config, exc)
 
 
 # --------------------------------------------------------------------------------------------------- client
