@@ -97,6 +97,10 @@ class CloseReason(enum.Enum):
     SHUTDOWN = "server shutting down"
     #: The server was at its connection limit when this client arrived.
     SERVER_FULL = "server full"
+    #: The client's address already had as many connections as the server allows one address.
+    TOO_MANY_FROM_ADDRESS = "too many connections from your address"
+    #: The client did not send its idle-timeout line within the handshake timeout.
+    HANDSHAKE_TIMEOUT = "handshake timeout"
 
 
 @dataclass(frozen=True, slots=True)
@@ -298,6 +302,11 @@ class ServerConversation:
         return self._framing is Framing.AUTO and bool(self._partial)
 
     @property
+    def handshake_done(self) -> bool:
+        """True once the client's first line (its idle-timeout request, valid or not) has been read."""
+        return self._state is not _State.HANDSHAKE
+
+    @property
     def pending_bytes(self) -> int:
         """Bytes of an incomplete message held (never more than ``max_line + 1``)."""
         return len(self._partial)
@@ -374,7 +383,12 @@ class ServerConversation:
     @staticmethod
     def reject_full() -> bytes:
         """What a client gets, instead of the greeting, when the server is at its connection limit."""
-        return f"{BYE_PREFIX}{CloseReason.SERVER_FULL.value}\n".encode()
+        return ServerConversation.reject(CloseReason.SERVER_FULL)
+
+    @staticmethod
+    def reject(reason: CloseReason) -> bytes:
+        """What a client turned away on accept gets instead of the greeting: ``bye: <reason>``."""
+        return f"{BYE_PREFIX}{reason.value}\n".encode()
 
     # -- internals
 

@@ -9,8 +9,10 @@ from __future__ import annotations
 import errno
 import logging
 import socket
+import ssl
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import gevent
 import gevent.event
@@ -19,7 +21,12 @@ from gevent.server import StreamServer
 from gevent.socket import socket as GeventSocket
 
 from .config import ServerConfig
+from .histogram import LatencyHistogram
+from .limits import AddressLimiter
 from .protocol import CloseReason, ServerConversation, quote_peer_text
+
+if TYPE_CHECKING:
+    from .metrics import MetricsEndpoint
 
 __all__ = ["ChatServer", "ServerStats", "create_listener"]
 
@@ -32,6 +39,9 @@ _ACCEPT_RESOURCE_ERRORS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, 
 _MAX_LINGERING_REJECTS = 256
 # Bytes discarded per read while lingering.
 _LINGER_READ = 16384
+# _Connection._armed_for while the handshake timer runs: differs from every idle timeout, so the first events
+# after the handshake re-arm the timer for the negotiated idle timeout.
+_IN_HANDSHAKE = -1.0
 
 
 class IdleAlarm(Exception):
@@ -54,6 +64,10 @@ class _WindowOver(Exception):
     pass
 
 
+class _TLSHandshakeExpired(Exception):
+    """The handshake timeout passed before the TLS handshake finished (no ``bye:`` can be sent in clear)."""
+
+
 @dataclass
 class ServerStats:
     """Counters since start. Updated per received chunk, not per message, to keep the hot path short."""
@@ -65,6 +79,10 @@ class ServerStats:
     bytes_in: int = 0
     bytes_out: int = 0
     closed: dict[str, int] = field(default_factory=dict)
+    #: Accept → handshake done (timeout line read), per connection; None unless metrics are served.
+    handshake_latency: LatencyHistogram | None = None
+    #: Chunk received → its replies written, per chunk that produced output; None unless metrics are served.
+    reply_latency: LatencyHistogram | None = None
 
     def count_close(self, reason: str) -> None:
         self.closed[reason] = self.closed.get(reason, 0) + 1
@@ -144,6 +162,16 @@ class ChatServer:
         self._drained.set()
         self._shutting_down = False
         self._stats_greenlet: Greenlet | None = None
+        self._per_ip = AddressLimiter(config.max_per_ip) if config.max_per_ip is not None else None
+        self._rejecting_full = 0  # clients rejected in the current 'server full' episode (logged once)
+        #: The server's TLS context (from ``config.tls_cert``), or None for plain TCP.
+        self.tls: ssl.SSLContext | None = None
+        if config.tls_cert is not None:
+            from .tls import server_context
+
+            self.tls = server_context(config.tls_cert, config.tls_key)
+        #: The Prometheus endpoint (``config.metrics_port``), once started.
+        self.metrics: MetricsEndpoint | None = None
 
     # -- lifecycle
 
@@ -166,6 +194,11 @@ class ChatServer:
         self._address = (host, port)
         self._acceptor = _Acceptor(self._listener, self._handle)
         self._acceptor.start()
+        if self.config.metrics_port is not None:
+            from .metrics import MetricsEndpoint
+
+            self.metrics = MetricsEndpoint(self.stats, self.config.metrics_host, self.config.metrics_port)
+            self.metrics.start()
         if self.config.stats_interval > 0:
             self._stats_greenlet = gevent.spawn(self._report_stats, self.config.stats_interval)
 
@@ -199,6 +232,8 @@ class ChatServer:
     def _finish(self) -> None:
         if self._stats_greenlet is not None:
             self._stats_greenlet.kill(block=False)
+        if self.metrics is not None:
+            self.metrics.stop()
         self._stopped.set()
 
     @property
@@ -213,6 +248,21 @@ class ChatServer:
         if len(self._connections) >= self._limit:
             self._reject_full(sock, address)
             return
+        if self._rejecting_full:
+            log.warning("accepting clients again after rejecting %d (server full)", self._rejecting_full)
+            self._rejecting_full = 0
+        per_ip = self._per_ip
+        host = address[0] if isinstance(address, tuple) else str(address)
+        if per_ip is not None and not per_ip.acquire(host):
+            self._reject(sock, address, CloseReason.TOO_MANY_FROM_ADDRESS)
+            return
+        try:
+            self._serve(sock, address)
+        finally:
+            if per_ip is not None:
+                per_ip.release(host)
+
+    def _serve(self, sock: GeventSocket, address: tuple[str, int]) -> None:
         connection = _Connection(self, sock, address)
         self._connections.add(connection)
         self._drained.clear()
@@ -226,6 +276,8 @@ class ChatServer:
             log.exception("internal error serving %s", _peer(address))
             reason = "internal error"
         finally:
+            if connection.sock is not sock:
+                connection.sock.close()  # the TLS wrapper owns the fd; the server closes only the plain socket
             stats.current -= 1
             self._connections.discard(connection)
             if not self._connections:
@@ -236,19 +288,38 @@ class ChatServer:
 
     def _reject_full(self, sock: GeventSocket, address: tuple[str, int]) -> None:
         self.stats.rejected_full += 1
-        self.stats.count_close(CloseReason.SERVER_FULL.value)
-        log.debug("%s rejected: server full (%d connections)", _peer(address), len(self._connections))
-        try:
-            sock.send(ServerConversation.reject_full())
-        except OSError:
-            return
-        if self._lingering_rejects >= _MAX_LINGERING_REJECTS:
-            return
+        if not self._rejecting_full:
+            # Once per episode: a flood must not turn into a log flood.
+            log.warning("connection limit (%d) reached; rejecting new clients with 'bye: server full'", self._limit)
+        self._rejecting_full += 1
+        self._reject(sock, address, CloseReason.SERVER_FULL)
+
+    def _reject(self, sock: GeventSocket, address: tuple[str, int], reason: CloseReason) -> None:
+        """Tell a client we will not serve it (``bye: <reason>`` instead of the greeting), then close."""
+        self.stats.count_close(reason.value)
+        log.debug("%s rejected: %s (%d connections)", _peer(address), reason.value, len(self._connections))
+        if self._lingering_rejects >= _MAX_LINGERING_REJECTS and self.tls is not None:
+            return  # a TLS bye needs a handshake: past the cap, close at once
         self._lingering_rejects += 1
         try:
-            linger_close(sock, self.config.linger)
+            if self.tls is not None:
+                try:
+                    with gevent.Timeout(self.config.linger, _LingerOver):
+                        sock = self.tls.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+                        sock.do_handshake()
+                except (OSError, _LingerOver):
+                    sock.close()
+                    return
+            try:
+                sock.send(ServerConversation.reject(reason))
+            except OSError:
+                return
+            if self._lingering_rejects <= _MAX_LINGERING_REJECTS:
+                linger_close(sock, self.config.linger)
         finally:
             self._lingering_rejects -= 1
+            if self.tls is not None:
+                sock.close()
 
     def _report_stats(self, interval: float) -> None:
         stats = self.stats
@@ -294,6 +365,7 @@ class _Connection:
     """One client's greenlet state. ``run()`` is the read → feed → write loop."""
 
     __slots__ = (
+        "_accepted_at",
         "_alarm",
         "_armed_for",
         "_deadline",
@@ -321,6 +393,7 @@ class _Connection:
         self._deadline = 0.0
         self._reading = False
         self._shutdown_requested = False
+        self._accepted_at = time.monotonic()
 
     def request_shutdown(self) -> None:
         """Ask this connection to say ``bye: server shutting down`` and close, without cutting a reply short."""
@@ -337,17 +410,25 @@ class _Connection:
         stats = self.server.stats
         config = self.server.config
         recv_size = config.recv_size
+        reply_latency = stats.reply_latency
+        received_at = 0.0
         if self.debug:
             log.debug("%s connected", _peer(self.address))
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            self._arm(conversation.idle_timeout)
+            # Until the timeout line arrives the (shorter) handshake timeout applies; see _handshake_over.
+            self._arm(min(config.handshake_timeout, conversation.idle_timeout))
+            self._armed_for = _IN_HANDSHAKE
+            if self.server.tls is not None:
+                sock = self._tls_handshake(self.server.tls)
             self._write(conversation.data_to_send())
             while not conversation.closed:
                 if self._shutdown_requested:
                     conversation.close(CloseReason.SHUTDOWN)
                     break
                 data = self._recv(recv_size)
+                if reply_latency is not None:
+                    received_at = time.perf_counter()
                 before = conversation.messages_received
                 events = conversation.receive_data(data)
                 if conversation.awaiting_framing_decision:
@@ -357,6 +438,8 @@ class _Connection:
                         stats.messages += conversation.messages_received - before
                         self._deadline = time.monotonic() + conversation.idle_timeout
                     if conversation.idle_timeout != self._armed_for:
+                        if self._armed_for == _IN_HANDSHAKE:
+                            self._handshake_over()
                         self._arm(conversation.idle_timeout)
                     if self.debug:
                         for event in events:
@@ -365,10 +448,17 @@ class _Connection:
                 out = conversation.data_to_send()
                 if out:
                     self._write(out)
+                    if reply_latency is not None:
+                        reply_latency.observe(time.perf_counter() - received_at)
         except IdleExpired:
-            conversation.close(CloseReason.IDLE_TIMEOUT)
+            conversation.close(
+                CloseReason.IDLE_TIMEOUT if conversation.handshake_done else CloseReason.HANDSHAKE_TIMEOUT
+            )
         except ShutdownRequested:
             conversation.close(CloseReason.SHUTDOWN)
+        except _TLSHandshakeExpired:
+            self._disarm()
+            return CloseReason.HANDSHAKE_TIMEOUT.value
         except OSError as exc:
             self._disarm()
             return f"connection error (peer's side): {exc.strerror or exc}"
@@ -379,6 +469,26 @@ class _Connection:
         # We are closing: send what is queued (the reply to ':q' or a 'bye:'), then close without a reset.
         self._flush_and_linger(conversation.data_to_send(), config.linger)
         return str(reason.value) if reason is not None else "closed"
+
+    def _handshake_over(self) -> None:
+        latency = self.server.stats.handshake_latency
+        if latency is not None:
+            latency.observe(time.monotonic() - self._accepted_at)
+
+    def _tls_handshake(self, context: ssl.SSLContext) -> GeventSocket:
+        """Wrap our socket in TLS and finish the TLS handshake under the (already armed) handshake timer."""
+        self.sock = context.wrap_socket(self.sock, server_side=True, do_handshake_on_connect=False)
+        while True:
+            try:
+                self.sock.do_handshake()
+                return self.sock
+            except IdleAlarm as alarm:
+                if alarm is not self._alarm:
+                    raise
+                try:
+                    self._check_deadline()
+                except IdleExpired:
+                    raise _TLSHandshakeExpired() from None
 
     # -- blocking operations, each interruptible by the idle alarm and by shutdown
 
