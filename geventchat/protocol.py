@@ -572,7 +572,11 @@ class ClientConversation:
             self._partial.clear()
         lines = data.split(NEWLINE)
         tail = lines.pop()
+        max_line = self._max_line
         for line in lines:
+            # Checked for complete lines too, so the verdict does not depend on how TCP chunked the stream.
+            if len(line) > max_line:
+                raise RemoteProtocolError(f"server sent a line longer than {max_line} bytes")
             if line[-1:] == b"\r":
                 line = line[:-1]
             events.append(self._classify(self._decode(line)))
