@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import math
 import socket
 import ssl
 import time
@@ -107,14 +108,24 @@ def create_listener(host: str, port: int, *, backlog: int = 1024, reuse_port: bo
 
 
 class _Acceptor(StreamServer):
-    """A StreamServer whose accept errors are logged once per episode instead of printed per accept."""
+    """A StreamServer whose accept errors are logged once per episode (and at most once per
+    :attr:`log_interval`) instead of printed per accept, with a back-off that really backs off."""
 
     #: Accepts per readiness event; more than gevent's 100 drains a burst of handshakes in fewer loop turns.
     max_accept = 256
+    #: First pause (s) after a failed accept; doubled per consecutive failure up to gevent's ``max_delay`` (1 s).
+    first_delay = 0.05
+    #: Least seconds between two "accept failed" (or two "accepting again") lines: when the open-file limit
+    #: flaps (fds freed, the backlog accepted, exhausted again), the log must not flap with it.
+    log_interval = 10.0
 
     def __init__(self, listener: GeventSocket, handle: object) -> None:
         super().__init__(listener, handle)
         self._failed_accepts = 0
+        # gevent resets self.delay after every do_read() that returns, so the back-off needs its own state.
+        self._backoff = self.first_delay
+        self._failure_logged = -math.inf
+        self._recovery_logged = -math.inf
 
     def do_read(self):  # type: ignore[no-untyped-def]
         try:
@@ -124,19 +135,24 @@ class _Acceptor(StreamServer):
                 return None
             if exc.errno not in _ACCEPT_RESOURCE_ERRORS:
                 raise
-            if self._failed_accepts == 0:
-                log.warning("accept failed (ours: %s); pausing accepts until resources free up", exc.strerror)
             self._failed_accepts += 1
-            # Same back-off gevent applies to unexpected accept errors, without its traceback per failure.
+            now = time.monotonic()
+            if now - self._failure_logged >= self.log_interval:
+                self._failure_logged = now
+                log.warning("accept failed (ours: %s); pausing accepts until resources free up", exc.strerror)
+            # The back-off gevent applies to unexpected accept errors, without its traceback per failure.
             self.stop_accepting()
-            delay = float(self.delay)  # type: ignore[has-type]
-            self._timer = self.loop.timer(delay)
+            self._timer = self.loop.timer(self._backoff)
             self._timer.start(self._start_accepting_if_started)
-            self.delay = min(self.max_delay, delay * 2)
+            self._backoff = min(float(self.max_delay), self._backoff * 2)
             return None
         if self._failed_accepts and accepted:
-            log.warning("accepting again after %d failed accepts", self._failed_accepts)
-            self._failed_accepts = 0
+            self._backoff = self.first_delay
+            now = time.monotonic()
+            if now - self._recovery_logged >= self.log_interval:
+                self._recovery_logged = now
+                log.warning("accepting again after %d failed accepts", self._failed_accepts)
+                self._failed_accepts = 0
         return accepted
 
 
