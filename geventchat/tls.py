@@ -27,8 +27,13 @@ def server_context(cert_file: str, key_file: str | None = None) -> ssl.SSLContex
 def client_context(ca_file: str | None = None) -> ssl.SSLContext:
     """A client-side context (TLS 1.2 or newer) that verifies the server's certificate and host name against
     ``ca_file`` (PEM), or against the system's trusted CAs when ``ca_file`` is None."""
-    context: ssl.SSLContext = gevent_ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=ca_file)
+    # Built by hand: gevent.ssl.create_default_context returns a stdlib (blocking) context.
+    context: ssl.SSLContext = gevent_ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # verifies cert and host name
     context.minimum_version = ssl.TLSVersion.TLSv1_2
+    if ca_file is not None:
+        context.load_verify_locations(cafile=ca_file)
+    else:
+        context.load_default_certs(ssl.Purpose.SERVER_AUTH)
     return context
 
 
