@@ -388,6 +388,7 @@ class _Connection:
         "_idle_timer",
         "_reading",
         "_shutdown_requested",
+        "_write_cut",
         "address",
         "conversation",
         "debug",
@@ -409,6 +410,7 @@ class _Connection:
         self._deadline = 0.0
         self._reading = False
         self._shutdown_requested = False
+        self._write_cut = False
         self._accepted_at = time.monotonic()
 
     def request_shutdown(self) -> None:
@@ -483,7 +485,9 @@ class _Connection:
         if reason is CloseReason.PEER_CLOSED:
             return str(reason.value)
         # We are closing: send what is queued (the reply to ':q' or a 'bye:'), then close without a reset.
-        self._flush_and_linger(conversation.data_to_send(), config.linger)
+        queued = conversation.data_to_send()
+        if not self._write_cut:  # after a cut write the peer is not reading: no last line to protect
+            self._flush_and_linger(queued, config.linger)
         return str(reason.value) if reason is not None else "closed"
 
     def _handshake_over(self) -> None:
@@ -531,7 +535,12 @@ class _Connection:
                 except IdleAlarm as alarm:
                     if alarm is not self._alarm:
                         raise
-                    self._check_deadline()
+                    try:
+                        self._check_deadline()
+                    except IdleExpired:
+                        # Part of this write went out: a bye now would be glued to half a reply line.
+                        self._write_cut = len(view) != len(data)
+                        raise
                     continue
                 except ShutdownRequested:
                     continue  # finish this reply; the loop sends the bye after it

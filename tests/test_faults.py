@@ -11,6 +11,7 @@ import time
 
 import gevent
 import pytest
+from gevent.socket import socket as GeventSocket
 
 from geventchat import ChatClient, ChatServer, ClosedByServer, Framing, ProtocolConfig
 from geventchat.config import DEFAULT_GREETING, DEFAULT_PREFIX
@@ -169,3 +170,35 @@ def test_churn_soak_leaks_no_fds_greenlets_or_memory() -> None:
         assert open_fds() == fds
         assert live_greenlets() <= greenlets + 2
         assert rss_bytes() - rss < SOAK_RSS_GROWTH
+
+
+def test_idle_timeout_in_the_middle_of_a_reply_sends_no_bye_glued_to_it() -> None:
+    with serving(quiet(linger=2.0)) as server:
+        fds = open_fds()
+        sock = GeventSocket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect(server.address)
+        assert read_line(sock) == GREETING
+        sock.sendall(b"0.3\n")
+
+        def send_lines() -> None:
+            line = b"w" * 999 + b"\n"
+            for _ in range(4000):  # 4 MB: more than the socket buffers hold, so the server's write is cut
+                try:
+                    sock.sendall(line * 16)
+                except OSError:
+                    return
+
+        sender = gevent.spawn(send_lines)
+        gevent.sleep(1.0)  # not reading for longer than the 0.3 s idle timeout
+        data = read_until_closed(sock, timeout=10, limit=1 << 26)
+        sender.kill()
+        sock.close()
+        assert data.startswith(PREFIX)
+        glued = [line[-60:] for line in data.split(b"\n") if b"bye: " in line and not line.startswith(b"bye: ")]
+        assert glued == []
+        settle(server)
+        assert server.stats.closed == {"idle timeout": 1}
+        assert fresh_client_works(server.address)
+        settle(server)
+        assert open_fds() == fds
