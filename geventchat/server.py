@@ -469,9 +469,9 @@ class _Connection:
                     if reply_latency is not None:
                         reply_latency.observe(time.perf_counter() - received_at)
         except IdleExpired:
-            conversation.close(
-                CloseReason.IDLE_TIMEOUT if conversation.handshake_done else CloseReason.HANDSHAKE_TIMEOUT
-            )
+            # The handshake timeout is what expired only when it is the shorter of the two.
+            in_handshake = not conversation.handshake_done and config.handshake_timeout < conversation.idle_timeout
+            conversation.close(CloseReason.HANDSHAKE_TIMEOUT if in_handshake else CloseReason.IDLE_TIMEOUT)
         except ShutdownRequested:
             conversation.close(CloseReason.SHUTDOWN)
         except _TLSHandshakeExpired:
