@@ -20,7 +20,7 @@ from . import __version__
 from .client import ChatClient, ChatClientError, ClosedByServer
 from .config import DEFAULT_GREETING, DEFAULT_PORT, DEFAULT_PREFIX, Framing, ProtocolConfig, ServerConfig
 from .models import MODELS
-from .protocol import ErrorNotice, Reply
+from .protocol import ErrorNotice, Reply, escape_controls
 
 log = logging.getLogger("geventchat")
 
@@ -399,7 +399,7 @@ def _piped(client: ChatClient) -> int:
         if isinstance(event, Reply):
             print(event.text, flush=True)
         elif isinstance(event, ErrorNotice):
-            print(f"error: {event.reason}", file=sys.stderr, flush=True)
+            print(f"error: {escape_controls(event.reason)}", file=sys.stderr, flush=True)
     print(client.quit().text, flush=True)
     return 0
 
@@ -408,7 +408,8 @@ def _interactive(client: ChatClient) -> int:
     """A prompt; server lines (replies, notices, a bye) are printed as they arrive, even while you type."""
     from gevent.socket import wait_read
 
-    print(client.greeting)
+    # On a terminal the server's text is escaped: a hostile server must not drive the terminal.
+    print(escape_controls(client.greeting or ""))
     done = gevent.event.Event()
     outcome: list[int] = []
 
@@ -417,7 +418,7 @@ def _interactive(client: ChatClient) -> int:
             while True:
                 event = client.receive(timeout=10**9)
                 text = event.text if isinstance(event, Reply) else f"error: {event.reason}"  # type: ignore[union-attr]
-                print(f"\r{text}\n> ", end="", flush=True)
+                print(f"\r{escape_controls(text)}\n> ", end="", flush=True)
         except ClosedByServer as exc:
             # A plain close after our ':q' is the normal end; a 'bye:' says why the server ended it.
             print(f"\r{exc}" if exc.reason is not None else "\r", flush=True)

@@ -30,6 +30,7 @@ from .protocol import (
     Greeting,
     RemoteProtocolError,
     Reply,
+    escape_controls,
     quote_peer_text,
 )
 
@@ -96,7 +97,9 @@ class ClosedByServer(ChatClientError):
 
     def __init__(self, reason: str | None) -> None:
         self.reason = reason
-        super().__init__(f"server closed the connection: {reason}" if reason else "server closed the connection")
+        # The reason is the server's text: shown escaped, since it ends up on terminals and in logs.
+        shown = escape_controls(reason) if reason else None
+        super().__init__(f"server closed the connection: {shown}" if shown else "server closed the connection")
 
 
 class ReplyTimeout(ChatClientError):

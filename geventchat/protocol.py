@@ -47,6 +47,7 @@ __all__ = [
     "ServerConversation",
     "TimeoutNegotiated",
     "TimeoutRejected",
+    "escape_controls",
     "parse_timeout",
 ]
 
@@ -202,6 +203,14 @@ ClientEvent = Greeting | Reply | ErrorNotice | Bye | ConnectionClosed
 
 _DECIMAL = re.compile(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*")
 _LEADING_DECIMAL = re.compile(rb"\s*(\d+(?:\.\d*)?|\.\d+)")
+
+
+def escape_controls(text: str) -> str:
+    """``text`` with every non-printable character (ANSI escapes, ``\r``, ...) escaped, so peer-controlled text
+    printed on a terminal or in a log shows as what it is and is never interpreted."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
 
 
 def quote_peer_text(text: str | bytes, limit: int = _QUOTE_LIMIT) -> str:
