@@ -38,40 +38,51 @@ def close_reason_label(reason: str) -> str:
 
 
 class StatsCollector(Collector):
-    """Exports one server's :class:`ServerStats` as ``geventchat_*`` metrics."""
+    """Exports one server's :class:`ServerStats` as ``geventchat_*`` metrics.
 
-    def __init__(self, stats: ServerStats) -> None:
+    ``const_labels`` are added to every series: with several worker processes each serves its own endpoint with
+    ``{"worker": "<index>"}``, and ``sum without (worker) (...)`` aggregates them (see docs/hardening.md).
+    """
+
+    def __init__(self, stats: ServerStats, const_labels: dict[str, str] | None = None) -> None:
         self.stats = stats
+        self._names = list(const_labels or {})
+        self._values = list((const_labels or {}).values())
 
     def collect(self) -> Iterable[Metric]:
         stats = self.stats
-        yield GaugeMetricFamily("geventchat_connections", "Clients connected now.", value=stats.current)
-        yield CounterMetricFamily(
-            "geventchat_connections_accepted", "Clients accepted and served since start.", value=stats.total
+        names, values = self._names, self._values
+        connections = GaugeMetricFamily("geventchat_connections", "Clients connected now.", labels=names)
+        connections.add_metric(values, stats.current)
+        yield connections
+        accepted = CounterMetricFamily(
+            "geventchat_connections_accepted", "Clients accepted and served since start.", labels=names
         )
+        accepted.add_metric(values, stats.total)
+        yield accepted
         closed = CounterMetricFamily(
             "geventchat_connections_closed",
             "Connections ended (or turned away on accept), by reason.",
-            labels=["reason"],
+            labels=[*names, "reason"],
         )
         by_label: dict[str, int] = {}
         for reason, count in list(stats.closed.items()):
             label = close_reason_label(reason)
             by_label[label] = by_label.get(label, 0) + count
         for label, count in sorted(by_label.items()):
-            closed.add_metric([label], count)
+            closed.add_metric([*values, label], count)
         yield closed
         messages = CounterMetricFamily(
             "geventchat_messages",
             "Messages: in = complete messages received, out = replies sent (one per message received).",
-            labels=["direction"],
+            labels=[*names, "direction"],
         )
-        messages.add_metric(["in"], stats.messages)
-        messages.add_metric(["out"], stats.messages)
+        messages.add_metric([*values, "in"], stats.messages)
+        messages.add_metric([*values, "out"], stats.messages)
         yield messages
-        octets = CounterMetricFamily("geventchat_bytes", "Bytes received and sent.", labels=["direction"])
-        octets.add_metric(["in"], stats.bytes_in)
-        octets.add_metric(["out"], stats.bytes_out)
+        octets = CounterMetricFamily("geventchat_bytes", "Bytes received and sent.", labels=[*names, "direction"])
+        octets.add_metric([*values, "in"], stats.bytes_in)
+        octets.add_metric([*values, "out"], stats.bytes_out)
         yield octets
         for name, doc, histogram in (
             (
@@ -86,11 +97,9 @@ class StatsCollector(Collector):
             ),
         ):
             if histogram is not None:
-                yield _histogram_family(name, doc, histogram)
-
-
-def _histogram_family(name: str, doc: str, histogram: LatencyHistogram) -> HistogramMetricFamily:
-    return HistogramMetricFamily(name, doc, buckets=histogram.cumulative(), sum_value=histogram.sum)
+                family = HistogramMetricFamily(name, doc, labels=names)
+                family.add_metric(values, histogram.cumulative(), histogram.sum)
+                yield family
 
 
 class MetricsEndpoint:
@@ -100,13 +109,15 @@ class MetricsEndpoint:
     be bound.
     """
 
-    def __init__(self, stats: ServerStats, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(
+        self, stats: ServerStats, host: str = "127.0.0.1", port: int = 0, const_labels: dict[str, str] | None = None
+    ) -> None:
         if stats.handshake_latency is None:
             stats.handshake_latency = LatencyHistogram()
         if stats.reply_latency is None:
             stats.reply_latency = LatencyHistogram()
         self.registry = CollectorRegistry()
-        self.registry.register(StatsCollector(stats))
+        self.registry.register(StatsCollector(stats, const_labels))
         ProcessCollector(registry=self.registry)  # open fds, RSS, CPU: what the hardening tests watch
         self._server = WSGIServer((host, port), make_wsgi_app(self.registry), log=None)
 

@@ -107,3 +107,18 @@ def test_histograms_are_off_without_metrics() -> None:
     stats = ServerStats()
     names = {family.name for family in StatsCollector(stats).collect()}
     assert "geventchat_reply_seconds" not in names and stats.reply_latency is None
+
+
+def test_const_labels_mark_every_series() -> None:
+    stats = ServerStats(current=2, total=5, messages=7, bytes_in=70, bytes_out=90, closed={"quit": 3})
+    stats.reply_latency = LatencyHistogram((0.01,))
+    stats.reply_latency.observe(0.001)
+    samples = [s for family in StatsCollector(stats, {"worker": "1"}).collect() for s in family.samples]
+    assert samples and all(s.labels.get("worker") == "1" for s in samples)
+    values = {
+        (s.name, s.labels.get("reason") or s.labels.get("direction") or s.labels.get("le")): s.value for s in samples
+    }
+    assert values[("geventchat_connections", None)] == 2
+    assert values[("geventchat_connections_closed_total", "quit")] == 3
+    assert values[("geventchat_bytes_total", "out")] == 90
+    assert values[("geventchat_reply_seconds_bucket", "0.01")] == 1
