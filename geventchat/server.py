@@ -164,8 +164,15 @@ class ChatServer:
     ``bye: server shutting down``, wait up to ``config.grace`` seconds for them to leave, close the rest.
     """
 
-    def __init__(self, config: ServerConfig, *, listener: GeventSocket | None = None) -> None:
+    def __init__(
+        self,
+        config: ServerConfig,
+        *,
+        listener: GeventSocket | None = None,
+        metrics_labels: dict[str, str] | None = None,
+    ) -> None:
         self.config = config
+        self._metrics_labels = metrics_labels  # e.g. {"worker": "2"}: added to every metrics series
         self.stats = ServerStats()
         self._listener = listener
         self._limit = config.connection_limit
@@ -213,7 +220,9 @@ class ChatServer:
         if self.config.metrics_port is not None:
             from .metrics import MetricsEndpoint
 
-            self.metrics = MetricsEndpoint(self.stats, self.config.metrics_host, self.config.metrics_port)
+            self.metrics = MetricsEndpoint(
+                self.stats, self.config.metrics_host, self.config.metrics_port, self._metrics_labels
+            )
             self.metrics.start()
         if self.config.stats_interval > 0:
             self._stats_greenlet = gevent.spawn(self._report_stats, self.config.stats_interval)

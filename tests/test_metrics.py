@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from geventchat import ChatClient, ClosedByServer, ProtocolConfig
+from geventchat import ChatClient, ChatServer, ClosedByServer, ProtocolConfig
 from geventchat.histogram import LatencyHistogram
 from geventchat.metrics import StatsCollector, close_reason_label
 from geventchat.server import ServerStats
@@ -107,6 +107,19 @@ def test_histograms_are_off_without_metrics() -> None:
     stats = ServerStats()
     names = {family.name for family in StatsCollector(stats).collect()}
     assert "geventchat_reply_seconds" not in names and stats.reply_latency is None
+
+
+def test_a_worker_endpoint_labels_its_series() -> None:
+    server = ChatServer(quiet(metrics_port=0), metrics_labels={"worker": "3"})
+    server.start()
+    try:
+        assert server.metrics is not None
+        ChatClient.connect(*server.address, idle_timeout=5).quit()
+        samples = scrape(server.metrics.address)
+        assert metric(samples, "geventchat_connections_accepted_total", worker="3") == 1
+        assert metric(samples, "geventchat_connections_accepted_total") == 0  # no unlabelled series
+    finally:
+        server.stop()
 
 
 def test_const_labels_mark_every_series() -> None:
