@@ -30,11 +30,15 @@ __all__ = ["MetricsEndpoint", "StatsCollector", "close_reason_label"]
 #: Every ``connection error (peer's side): <strerror>`` close is exported under this one label value, so the
 #: label set stays small whatever errno texts the peers cause.
 RESET = "reset"
+#: Every ``tls error: <OpenSSL reason>`` close is exported under this one label value.
+TLS_ERROR = "tls error"
 
 
 def close_reason_label(reason: str) -> str:
     """The ``reason`` label for a close reason recorded in :attr:`ServerStats.closed`."""
-    return RESET if reason.startswith("connection error") else reason
+    if reason.startswith("connection error"):
+        return RESET
+    return TLS_ERROR if reason.startswith("tls error") else reason
 
 
 class StatsCollector(Collector):

@@ -486,6 +486,9 @@ class _Connection:
         except _TLSHandshakeExpired:
             self._disarm()
             return CloseReason.HANDSHAKE_TIMEOUT.value
+        except ssl.SSLError as exc:  # not TLS, a bad certificate, a TLS alert: the peer's side too
+            self._disarm()
+            return f"tls error: {exc.reason or exc}"
         except OSError as exc:
             self._disarm()
             return f"connection error (peer's side): {exc.strerror or exc}"

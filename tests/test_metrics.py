@@ -90,6 +90,7 @@ def test_close_reason_labels_are_a_small_set() -> None:
     assert close_reason_label("connection error (peer's side): Connection reset by peer") == "reset"
     assert close_reason_label("connection error (peer's side): Broken pipe") == "reset"
     assert close_reason_label("idle timeout") == "idle timeout"
+    assert close_reason_label("tls error: WRONG_VERSION_NUMBER") == "tls error"
 
 
 def test_latency_histogram_buckets_are_cumulative_and_inclusive() -> None:

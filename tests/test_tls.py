@@ -139,6 +139,21 @@ def test_rejections_are_sent_over_tls(pki: dict[str, str]) -> None:
             first.quit()
 
 
+def test_plain_client_against_a_tls_server_is_a_tls_error(pki: dict[str, str]) -> None:
+    with serving(quiet(tls_cert=pki["cert"], tls_key=pki["key"])) as server:
+        fds = open_fds()
+        plain = raw_connect(server.address)
+        plain.sendall(b"30\nhello\n")
+        assert read_until_closed(plain) == b""  # nothing in clear, not even a bye
+        plain.close()
+        wait_until(lambda: server.stats.current == 0, timeout=5)
+        [(reason, count)] = server.stats.closed.items()
+        assert reason.startswith("tls error: ") and count == 1
+        assert fresh_client_works(server.address, tls=client_context(pki["ca"]))
+        wait_until(lambda: server.stats.current == 0, timeout=5)
+        assert open_fds() == fds
+
+
 def test_tls_client_against_a_plain_server_fails_clearly() -> None:
     with serving(quiet()) as server, pytest.raises(TLSHandshakeFailed):
         ChatClient.connect(*server.address, tls=client_context(), connect_timeout=5)
