@@ -60,3 +60,11 @@ def test_address_limiter_counts_per_host_and_forgets_idle_hosts() -> None:
     for host in ("10.0.0.1", "10.0.0.1", "10.0.0.2"):
         limiter.release(host)
     assert len(limiter) == 0
+
+
+def test_comparison_models_refuse_the_gevent_only_options(capsys: pytest.CaptureFixture[str]) -> None:
+    from geventchat.cli import main
+
+    assert main(["--model", "thread", "--port", "0", "--max-per-ip", "3", "--metrics-port", "0"]) == 2
+    error = capsys.readouterr().err
+    assert "--max-per-ip, --metrics-port applies to the gevent model only, not to --model thread" in error
