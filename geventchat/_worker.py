@@ -6,6 +6,7 @@ starts a hub here.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import signal
 import socket
@@ -30,8 +31,12 @@ def serve_worker(config: ServerConfig, port: int, index: int, control: socket.so
     """
     gevent.reinit()  # harmless without a hub; required if the parent ever created one
     listener = create_listener(config.host, port, backlog=config.backlog, reuse_port=True)
-    server = ChatServer(config, listener=listener)
+    if config.metrics_port:  # one endpoint per worker, each series labelled worker="<index>" (docs/hardening.md)
+        config = dataclasses.replace(config, metrics_port=config.metrics_port + index)
+    server = ChatServer(config, listener=listener, metrics_labels={"worker": str(index)})
     server.start()
+    if server.metrics is not None:
+        log.info("worker %d: metrics on http://%s:%d/metrics", index, *server.metrics.address)
 
     def stop(why: str) -> None:
         if server.shutting_down:

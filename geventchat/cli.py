@@ -20,7 +20,7 @@ from . import __version__
 from .client import ChatClient, ChatClientError, ClosedByServer
 from .config import DEFAULT_GREETING, DEFAULT_PORT, DEFAULT_PREFIX, Framing, ProtocolConfig, ServerConfig
 from .models import MODELS
-from .protocol import ErrorNotice, Reply
+from .protocol import ErrorNotice, Reply, escape_controls
 
 log = logging.getLogger("geventchat")
 
@@ -144,7 +144,35 @@ def _server_parser() -> argparse.ArgumentParser:
         type=str.upper,
         help="logging level (stderr)",
     )
+    _add_hardening_options(parser, defaults)
     return parser
+
+
+def _add_hardening_options(parser: argparse.ArgumentParser, defaults: ServerConfig) -> None:
+    """Per-address cap, handshake timeout, TLS and metrics (README: "Limits and hardening")."""
+    group = parser.add_argument_group("hardening")
+    group.add_argument(
+        "--max-per-ip",
+        type=_integer(1),
+        default=None,
+        help="connections one client address may hold at once; the next gets "
+        "'bye: too many connections from your address' (default: no per-address cap)",
+    )
+    group.add_argument(
+        "--handshake-timeout",
+        type=_positive,
+        default=defaults.handshake_timeout,
+        help="seconds a client has to send its idle-timeout line (and finish TLS) before 'bye: handshake timeout'",
+    )
+    group.add_argument("--tls-cert", default=None, help="PEM certificate chain: serve TLS instead of plain TCP")
+    group.add_argument("--tls-key", default=None, help="PEM private key for --tls-cert (default: inside the cert file)")
+    group.add_argument(
+        "--metrics-port",
+        type=_integer(0, 65535),
+        default=None,
+        help="serve Prometheus metrics at http://METRICS_HOST:PORT/metrics (default: off; 0 picks a free port)",
+    )
+    group.add_argument("--metrics-host", default=defaults.metrics_host, help="address the metrics endpoint binds")
 
 
 def _client_parser() -> argparse.ArgumentParser:
@@ -166,6 +194,8 @@ def _client_parser() -> argparse.ArgumentParser:
     parser.add_argument("--prefix", default=DEFAULT_PREFIX, help="the server's reply prefix")
     parser.add_argument("--connect-timeout", type=_positive, default=5.0, help="seconds to connect and be greeted")
     parser.add_argument("--reply-timeout", type=_positive, default=10.0, help="seconds to wait for each reply")
+    parser.add_argument("--tls", action="store_true", help="talk TLS, verifying the server against the system CAs")
+    parser.add_argument("--tls-ca", default=None, help="PEM CA file to verify the server with (implies --tls)")
     return parser
 
 
@@ -201,7 +231,19 @@ def _server_config(args: argparse.Namespace) -> ServerConfig:
         linger=args.linger,
         stats_interval=args.stats_interval,
         backlog=args.backlog,
+        max_per_ip=args.max_per_ip,
+        handshake_timeout=args.handshake_timeout,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        metrics_port=args.metrics_port,
+        metrics_host=args.metrics_host,
     )
+
+
+def _gevent_only_options(config: ServerConfig) -> list[str]:
+    """The hardening options given that only the gevent server implements."""
+    given = {"--max-per-ip": config.max_per_ip, "--tls-cert": config.tls_cert, "--metrics-port": config.metrics_port}
+    return [flag for flag, value in given.items() if value is not None]
 
 
 def run_server(args: argparse.Namespace) -> int:
@@ -223,7 +265,23 @@ def run_server(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
             return 2
+        gevent_only = _gevent_only_options(config)
+        if gevent_only:
+            print(
+                f"geventchat: error: {', '.join(gevent_only)} applies to the gevent model only, "
+                f"not to --model {args.model}",
+                file=sys.stderr,
+            )
+            return 2
         return _serve_other_model(args.model, config)
+    if config.tls_cert is not None:
+        from .tls import server_context
+
+        try:  # here, once, so a bad certificate is one clear error rather than crashing workers
+            server_context(config.tls_cert, config.tls_key)
+        except OSError as exc:  # ssl.SSLError is an OSError
+            print(f"geventchat: cannot load the TLS certificate or key: {exc.strerror or exc}", file=sys.stderr)
+            return 2
     if args.workers != 1:
         from .workers import Supervisor, resolve_worker_count
 
@@ -239,6 +297,9 @@ def run_server(args: argparse.Namespace) -> int:
     except OSError as exc:
         return _cannot_listen(config, exc)
     _announce(server.address)
+    if server.metrics is not None:
+        metrics_host, metrics_port = server.metrics.address
+        print(f"geventchat metrics on http://{metrics_host}:{metrics_port}/metrics", flush=True)
     log.info("serving up to %d connections", server.connection_limit)
 
     signals_seen: list[int] = []
@@ -288,6 +349,15 @@ def _serve_other_model(model: str, config: ServerConfig) -> int:
 
 def run_client(args: argparse.Namespace) -> int:
     framing = Framing(args.framing)
+    tls = None
+    if args.tls or args.tls_ca:
+        from .tls import client_context
+
+        try:
+            tls = client_context(args.tls_ca)
+        except OSError as exc:
+            print(f"geventchat client: cannot load the CA file: {exc.strerror or exc}", file=sys.stderr)
+            return 1
     try:
         client = ChatClient.connect(
             args.host,
@@ -297,6 +367,7 @@ def run_client(args: argparse.Namespace) -> int:
             reply_timeout=args.reply_timeout,
             framing=framing,
             prefix=args.prefix,
+            tls=tls,
         )
     except ChatClientError as exc:
         print(f"geventchat client: {exc}", file=sys.stderr)
@@ -328,7 +399,7 @@ def _piped(client: ChatClient) -> int:
         if isinstance(event, Reply):
             print(event.text, flush=True)
         elif isinstance(event, ErrorNotice):
-            print(f"error: {event.reason}", file=sys.stderr, flush=True)
+            print(f"error: {escape_controls(event.reason)}", file=sys.stderr, flush=True)
     print(client.quit().text, flush=True)
     return 0
 
@@ -337,7 +408,8 @@ def _interactive(client: ChatClient) -> int:
     """A prompt; server lines (replies, notices, a bye) are printed as they arrive, even while you type."""
     from gevent.socket import wait_read
 
-    print(client.greeting)
+    # On a terminal the server's text is escaped: a hostile server must not drive the terminal.
+    print(escape_controls(client.greeting or ""))
     done = gevent.event.Event()
     outcome: list[int] = []
 
@@ -346,7 +418,7 @@ def _interactive(client: ChatClient) -> int:
             while True:
                 event = client.receive(timeout=10**9)
                 text = event.text if isinstance(event, Reply) else f"error: {event.reason}"  # type: ignore[union-attr]
-                print(f"\r{text}\n> ", end="", flush=True)
+                print(f"\r{escape_controls(text)}\n> ", end="", flush=True)
         except ClosedByServer as exc:
             # A plain close after our ':q' is the normal end; a 'bye:' says why the server ended it.
             print(f"\r{exc}" if exc.reason is not None else "\r", flush=True)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import socket
+import ssl
 from collections import deque
 from types import TracebackType
 
@@ -29,6 +30,7 @@ from .protocol import (
     Greeting,
     RemoteProtocolError,
     Reply,
+    escape_controls,
     quote_peer_text,
 )
 
@@ -42,6 +44,7 @@ __all__ = [
     "ConnectionReset",
     "ReplyTimeout",
     "ServerProtocolError",
+    "TLSHandshakeFailed",
     "WrongReply",
 ]
 
@@ -75,6 +78,12 @@ class ConnectTimeout(ConnectionFailed):
     cause = "connect timeout"
 
 
+class TLSHandshakeFailed(ConnectionFailed):
+    """The TLS handshake failed: the certificate did not verify, or the server does not speak TLS."""
+
+    cause = "tls handshake failed"
+
+
 class ConnectionReset(ChatClientError):
     """The server's side reset the connection."""
 
@@ -88,7 +97,9 @@ class ClosedByServer(ChatClientError):
 
     def __init__(self, reason: str | None) -> None:
         self.reason = reason
-        super().__init__(f"server closed the connection: {reason}" if reason else "server closed the connection")
+        # The reason is the server's text: shown escaped, since it ends up on terminals and in logs.
+        shown = escape_controls(reason) if reason else None
+        super().__init__(f"server closed the connection: {shown}" if shown else "server closed the connection")
 
 
 class ReplyTimeout(ChatClientError):
@@ -143,14 +154,18 @@ class ChatClient:
         framing: Framing = Framing.LINE,
         prefix: str = DEFAULT_PREFIX,
         source_address: tuple[str, int] | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> ChatClient:
         """Connect, read the greeting, and (if ``idle_timeout`` is given) request that idle timeout.
 
+        ``tls``: talk TLS with this context (:func:`geventchat.tls.client_context` builds one), verifying the
+        server's certificate for ``host``.
+
         Raises :class:`ConnectionRefused`, :class:`ConnectTimeout` (no connection or no greeting in
-        ``connect_timeout`` seconds), :class:`ClosedByServer` (for example ``bye: server full``) or
-        :class:`ConnectionReset`.
+        ``connect_timeout`` seconds), :class:`TLSHandshakeFailed`, :class:`ClosedByServer` (for example
+        ``bye: server full``) or :class:`ConnectionReset`.
         """
-        sock = cls.open_socket(host, port, connect_timeout=connect_timeout, source_address=source_address)
+        sock = cls.open_socket(host, port, connect_timeout=connect_timeout, source_address=source_address, tls=tls)
         client = cls(sock, ClientConversation(prefix, framing=framing), reply_timeout=reply_timeout)
         try:
             client.read_greeting(timeout=connect_timeout)
@@ -163,10 +178,22 @@ class ChatClient:
 
     @staticmethod
     def open_socket(
-        host: str, port: int, *, connect_timeout: float = 5.0, source_address: tuple[str, int] | None = None
+        host: str,
+        port: int,
+        *,
+        connect_timeout: float = 5.0,
+        source_address: tuple[str, int] | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> GeventSocket:
-        """A connected gevent socket with ``TCP_NODELAY``. Raises :class:`ConnectionRefused` or
-        :class:`ConnectTimeout`; other network errors as :class:`ConnectionFailed`."""
+        """A connected gevent socket with ``TCP_NODELAY`` (TLS-wrapped, handshake done, if ``tls`` is given).
+        Raises :class:`ConnectionRefused`, :class:`ConnectTimeout` or :class:`TLSHandshakeFailed`; other network
+        errors as :class:`ConnectionFailed`. ``tls`` must be a :mod:`gevent.ssl` context (else :class:`TypeError`),
+        so that the handshake does not block other greenlets."""
+        if tls is not None:
+            from .tls import is_cooperative
+
+            if not is_cooperative(tls):
+                raise TypeError("tls must be a gevent.ssl context: build it with geventchat.tls.client_context()")
         try:
             infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
         except socket.gaierror as exc:
@@ -179,9 +206,14 @@ class ChatClient:
                 sock.bind(source_address)
             sock.settimeout(connect_timeout)
             sock.connect(address)
+            if tls is not None:
+                sock = tls.wrap_socket(sock, server_hostname=host, do_handshake_on_connect=False)
+                sock.do_handshake()
             sock.settimeout(None)
         except BaseException as exc:
             sock.close()
+            if isinstance(exc, ssl.SSLError | ssl.CertificateError):
+                raise TLSHandshakeFailed(f"TLS handshake with {host}:{port} failed: {exc}") from None
             if isinstance(exc, ConnectionRefusedError):
                 raise ConnectionRefused(f"connection refused by {host}:{port}") from None
             if isinstance(exc, TimeoutError | socket.timeout):

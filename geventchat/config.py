@@ -101,8 +101,24 @@ class ServerConfig:
     backlog: int = 1024
     #: Bytes asked of each ``recv``.
     recv_size: int = 65536
+    # -- hardening (docs: README "Limits and hardening")
+    #: Most connections one client address may hold at once; the next gets
+    #: ``bye: too many connections from your address``. ``None``: no per-address cap.
+    max_per_ip: int | None = None
+    #: Seconds a new client has to send its idle-timeout line (and, with TLS, finish the TLS handshake) before
+    #: ``bye: handshake timeout``. Shorter than the default idle timeout so idle sockets cannot pile up cheaply.
+    handshake_timeout: float = 10.0
+    #: PEM certificate chain for TLS; ``None`` serves plain TCP.
+    tls_cert: str | None = None
+    #: PEM private key for ``tls_cert`` (``None``: the key is in the certificate file).
+    tls_key: str | None = None
+    #: Port for the Prometheus metrics endpoint (``/metrics``); ``None`` serves no metrics, 0 picks a free port.
+    metrics_port: int | None = None
+    #: Address the metrics endpoint binds (loopback unless you say otherwise).
+    metrics_host: str = "127.0.0.1"
 
     def __post_init__(self) -> None:
+        self._check_hardening()
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port must be between 0 and 65535, not {self.port}")
         if self.max_connections is not None and self.max_connections < 1:
@@ -113,6 +129,16 @@ class ServerConfig:
                 raise ValueError(f"{name} must be a finite number of seconds >= 0, not {value!r}")
         if self.backlog < 1 or self.recv_size < 1:
             raise ValueError("backlog and recv_size must be positive")
+
+    def _check_hardening(self) -> None:
+        if self.max_per_ip is not None and self.max_per_ip < 1:
+            raise ValueError(f"max_per_ip must be at least 1, not {self.max_per_ip}")
+        if not (math.isfinite(self.handshake_timeout) and self.handshake_timeout > 0):
+            raise ValueError(f"handshake_timeout must be a positive finite number, not {self.handshake_timeout!r}")
+        if self.tls_key is not None and self.tls_cert is None:
+            raise ValueError("tls_key needs tls_cert")
+        if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
+            raise ValueError(f"metrics_port must be between 0 and 65535, not {self.metrics_port}")
 
     @property
     def connection_limit(self) -> int:

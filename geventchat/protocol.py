@@ -47,6 +47,7 @@ __all__ = [
     "ServerConversation",
     "TimeoutNegotiated",
     "TimeoutRejected",
+    "escape_controls",
     "parse_timeout",
 ]
 
@@ -97,6 +98,10 @@ class CloseReason(enum.Enum):
     SHUTDOWN = "server shutting down"
     #: The server was at its connection limit when this client arrived.
     SERVER_FULL = "server full"
+    #: The client's address already had as many connections as the server allows one address.
+    TOO_MANY_FROM_ADDRESS = "too many connections from your address"
+    #: The client did not send its idle-timeout line within the handshake timeout.
+    HANDSHAKE_TIMEOUT = "handshake timeout"
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,6 +205,14 @@ _DECIMAL = re.compile(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*")
 _LEADING_DECIMAL = re.compile(rb"\s*(\d+(?:\.\d*)?|\.\d+)")
 
 
+def escape_controls(text: str) -> str:
+    """``text`` with every non-printable character (ANSI escapes, ``\r``, ...) escaped, so peer-controlled text
+    printed on a terminal or in a log shows as what it is and is never interpreted."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
 def quote_peer_text(text: str | bytes, limit: int = _QUOTE_LIMIT) -> str:
     """Peer-controlled text made safe to print or log: quoted, control characters escaped, length capped."""
     if isinstance(text, bytes):
@@ -298,6 +311,11 @@ class ServerConversation:
         return self._framing is Framing.AUTO and bool(self._partial)
 
     @property
+    def handshake_done(self) -> bool:
+        """True once the client's first line (its idle-timeout request, valid or not) has been read."""
+        return self._state is not _State.HANDSHAKE
+
+    @property
     def pending_bytes(self) -> int:
         """Bytes of an incomplete message held (never more than ``max_line + 1``)."""
         return len(self._partial)
@@ -374,7 +392,12 @@ class ServerConversation:
     @staticmethod
     def reject_full() -> bytes:
         """What a client gets, instead of the greeting, when the server is at its connection limit."""
-        return f"{BYE_PREFIX}{CloseReason.SERVER_FULL.value}\n".encode()
+        return ServerConversation.reject(CloseReason.SERVER_FULL)
+
+    @staticmethod
+    def reject(reason: CloseReason) -> bytes:
+        """What a client turned away on accept gets instead of the greeting: ``bye: <reason>``."""
+        return f"{BYE_PREFIX}{reason.value}\n".encode()
 
     # -- internals
 
@@ -558,7 +581,11 @@ class ClientConversation:
             self._partial.clear()
         lines = data.split(NEWLINE)
         tail = lines.pop()
+        max_line = self._max_line
         for line in lines:
+            # Checked for complete lines too, so the verdict does not depend on how TCP chunked the stream.
+            if len(line) > max_line:
+                raise RemoteProtocolError(f"server sent a line longer than {max_line} bytes")
             if line[-1:] == b"\r":
                 line = line[:-1]
             events.append(self._classify(self._decode(line)))

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import errno
 import logging
+import math
 import socket
+import ssl
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import gevent
 import gevent.event
@@ -19,7 +22,12 @@ from gevent.server import StreamServer
 from gevent.socket import socket as GeventSocket
 
 from .config import ServerConfig
+from .histogram import LatencyHistogram
+from .limits import AddressLimiter
 from .protocol import CloseReason, ServerConversation, quote_peer_text
+
+if TYPE_CHECKING:
+    from .metrics import MetricsEndpoint
 
 __all__ = ["ChatServer", "ServerStats", "create_listener"]
 
@@ -32,6 +40,9 @@ _ACCEPT_RESOURCE_ERRORS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, 
 _MAX_LINGERING_REJECTS = 256
 # Bytes discarded per read while lingering.
 _LINGER_READ = 16384
+# _Connection._armed_for while the handshake timer runs: differs from every idle timeout, so the first events
+# after the handshake re-arm the timer for the negotiated idle timeout.
+_IN_HANDSHAKE = -1.0
 
 
 class IdleAlarm(Exception):
@@ -54,6 +65,10 @@ class _WindowOver(Exception):
     pass
 
 
+class _TLSHandshakeExpired(Exception):
+    """The handshake timeout passed before the TLS handshake finished (no ``bye:`` can be sent in clear)."""
+
+
 @dataclass
 class ServerStats:
     """Counters since start. Updated per received chunk, not per message, to keep the hot path short."""
@@ -65,6 +80,10 @@ class ServerStats:
     bytes_in: int = 0
     bytes_out: int = 0
     closed: dict[str, int] = field(default_factory=dict)
+    #: Accept → handshake done (timeout line read), per connection; None unless metrics are served.
+    handshake_latency: LatencyHistogram | None = None
+    #: Chunk received → its replies written, per chunk that produced output; None unless metrics are served.
+    reply_latency: LatencyHistogram | None = None
 
     def count_close(self, reason: str) -> None:
         self.closed[reason] = self.closed.get(reason, 0) + 1
@@ -89,14 +108,24 @@ def create_listener(host: str, port: int, *, backlog: int = 1024, reuse_port: bo
 
 
 class _Acceptor(StreamServer):
-    """A StreamServer whose accept errors are logged once per episode instead of printed per accept."""
+    """A StreamServer whose accept errors are logged once per episode (and at most once per
+    :attr:`log_interval`) instead of printed per accept, with a back-off that really backs off."""
 
     #: Accepts per readiness event; more than gevent's 100 drains a burst of handshakes in fewer loop turns.
     max_accept = 256
+    #: First pause (s) after a failed accept; doubled per consecutive failure up to gevent's ``max_delay`` (1 s).
+    first_delay = 0.05
+    #: Least seconds between two "accept failed" (or two "accepting again") lines: when the open-file limit
+    #: flaps (fds freed, the backlog accepted, exhausted again), the log must not flap with it.
+    log_interval = 10.0
 
     def __init__(self, listener: GeventSocket, handle: object) -> None:
         super().__init__(listener, handle)
         self._failed_accepts = 0
+        # gevent resets self.delay after every do_read() that returns, so the back-off needs its own state.
+        self._backoff = self.first_delay
+        self._failure_logged = -math.inf
+        self._recovery_logged = -math.inf
 
     def do_read(self):  # type: ignore[no-untyped-def]
         try:
@@ -106,19 +135,24 @@ class _Acceptor(StreamServer):
                 return None
             if exc.errno not in _ACCEPT_RESOURCE_ERRORS:
                 raise
-            if self._failed_accepts == 0:
-                log.warning("accept failed (ours: %s); pausing accepts until resources free up", exc.strerror)
             self._failed_accepts += 1
-            # Same back-off gevent applies to unexpected accept errors, without its traceback per failure.
+            now = time.monotonic()
+            if now - self._failure_logged >= self.log_interval:
+                self._failure_logged = now
+                log.warning("accept failed (ours: %s); pausing accepts until resources free up", exc.strerror)
+            # The back-off gevent applies to unexpected accept errors, without its traceback per failure.
             self.stop_accepting()
-            delay = float(self.delay)  # type: ignore[has-type]
-            self._timer = self.loop.timer(delay)
+            self._timer = self.loop.timer(self._backoff)
             self._timer.start(self._start_accepting_if_started)
-            self.delay = min(self.max_delay, delay * 2)
+            self._backoff = min(float(self.max_delay), self._backoff * 2)
             return None
         if self._failed_accepts and accepted:
-            log.warning("accepting again after %d failed accepts", self._failed_accepts)
-            self._failed_accepts = 0
+            self._backoff = self.first_delay
+            now = time.monotonic()
+            if now - self._recovery_logged >= self.log_interval:
+                self._recovery_logged = now
+                log.warning("accepting again after %d failed accepts", self._failed_accepts)
+                self._failed_accepts = 0
         return accepted
 
 
@@ -130,8 +164,15 @@ class ChatServer:
     ``bye: server shutting down``, wait up to ``config.grace`` seconds for them to leave, close the rest.
     """
 
-    def __init__(self, config: ServerConfig, *, listener: GeventSocket | None = None) -> None:
+    def __init__(
+        self,
+        config: ServerConfig,
+        *,
+        listener: GeventSocket | None = None,
+        metrics_labels: dict[str, str] | None = None,
+    ) -> None:
         self.config = config
+        self._metrics_labels = metrics_labels  # e.g. {"worker": "2"}: added to every metrics series
         self.stats = ServerStats()
         self._listener = listener
         self._limit = config.connection_limit
@@ -144,6 +185,16 @@ class ChatServer:
         self._drained.set()
         self._shutting_down = False
         self._stats_greenlet: Greenlet | None = None
+        self._per_ip = AddressLimiter(config.max_per_ip) if config.max_per_ip is not None else None
+        self._rejecting_full = 0  # clients rejected in the current 'server full' episode (logged once)
+        #: The server's TLS context (from ``config.tls_cert``), or None for plain TCP.
+        self.tls: ssl.SSLContext | None = None
+        if config.tls_cert is not None:
+            from .tls import server_context
+
+            self.tls = server_context(config.tls_cert, config.tls_key)
+        #: The Prometheus endpoint (``config.metrics_port``), once started.
+        self.metrics: MetricsEndpoint | None = None
 
     # -- lifecycle
 
@@ -166,6 +217,13 @@ class ChatServer:
         self._address = (host, port)
         self._acceptor = _Acceptor(self._listener, self._handle)
         self._acceptor.start()
+        if self.config.metrics_port is not None:
+            from .metrics import MetricsEndpoint
+
+            self.metrics = MetricsEndpoint(
+                self.stats, self.config.metrics_host, self.config.metrics_port, self._metrics_labels
+            )
+            self.metrics.start()
         if self.config.stats_interval > 0:
             self._stats_greenlet = gevent.spawn(self._report_stats, self.config.stats_interval)
 
@@ -199,6 +257,8 @@ class ChatServer:
     def _finish(self) -> None:
         if self._stats_greenlet is not None:
             self._stats_greenlet.kill(block=False)
+        if self.metrics is not None:
+            self.metrics.stop()
         self._stopped.set()
 
     @property
@@ -213,6 +273,21 @@ class ChatServer:
         if len(self._connections) >= self._limit:
             self._reject_full(sock, address)
             return
+        if self._rejecting_full:
+            log.warning("accepting clients again after rejecting %d (server full)", self._rejecting_full)
+            self._rejecting_full = 0
+        per_ip = self._per_ip
+        host = address[0] if isinstance(address, tuple) else str(address)
+        if per_ip is not None and not per_ip.acquire(host):
+            self._reject(sock, address, CloseReason.TOO_MANY_FROM_ADDRESS)
+            return
+        try:
+            self._serve(sock, address)
+        finally:
+            if per_ip is not None:
+                per_ip.release(host)
+
+    def _serve(self, sock: GeventSocket, address: tuple[str, int]) -> None:
         connection = _Connection(self, sock, address)
         self._connections.add(connection)
         self._drained.clear()
@@ -226,6 +301,8 @@ class ChatServer:
             log.exception("internal error serving %s", _peer(address))
             reason = "internal error"
         finally:
+            if connection.sock is not sock:
+                connection.sock.close()  # the TLS wrapper owns the fd; the server closes only the plain socket
             stats.current -= 1
             self._connections.discard(connection)
             if not self._connections:
@@ -236,19 +313,38 @@ class ChatServer:
 
     def _reject_full(self, sock: GeventSocket, address: tuple[str, int]) -> None:
         self.stats.rejected_full += 1
-        self.stats.count_close(CloseReason.SERVER_FULL.value)
-        log.debug("%s rejected: server full (%d connections)", _peer(address), len(self._connections))
-        try:
-            sock.send(ServerConversation.reject_full())
-        except OSError:
-            return
-        if self._lingering_rejects >= _MAX_LINGERING_REJECTS:
-            return
+        if not self._rejecting_full:
+            # Once per episode: a flood must not turn into a log flood.
+            log.warning("connection limit (%d) reached; rejecting new clients with 'bye: server full'", self._limit)
+        self._rejecting_full += 1
+        self._reject(sock, address, CloseReason.SERVER_FULL)
+
+    def _reject(self, sock: GeventSocket, address: tuple[str, int], reason: CloseReason) -> None:
+        """Tell a client we will not serve it (``bye: <reason>`` instead of the greeting), then close."""
+        self.stats.count_close(reason.value)
+        log.debug("%s rejected: %s (%d connections)", _peer(address), reason.value, len(self._connections))
+        if self._lingering_rejects >= _MAX_LINGERING_REJECTS and self.tls is not None:
+            return  # a TLS bye needs a handshake: past the cap, close at once
         self._lingering_rejects += 1
         try:
-            linger_close(sock, self.config.linger)
+            if self.tls is not None:
+                try:
+                    with gevent.Timeout(self.config.linger, _LingerOver):
+                        sock = self.tls.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+                        sock.do_handshake()
+                except (OSError, _LingerOver):
+                    sock.close()
+                    return
+            try:
+                sock.send(ServerConversation.reject(reason))
+            except OSError:
+                return
+            if self._lingering_rejects <= _MAX_LINGERING_REJECTS:
+                linger_close(sock, self.config.linger)
         finally:
             self._lingering_rejects -= 1
+            if self.tls is not None:
+                sock.close()
 
     def _report_stats(self, interval: float) -> None:
         stats = self.stats
@@ -294,12 +390,14 @@ class _Connection:
     """One client's greenlet state. ``run()`` is the read → feed → write loop."""
 
     __slots__ = (
+        "_accepted_at",
         "_alarm",
         "_armed_for",
         "_deadline",
         "_idle_timer",
         "_reading",
         "_shutdown_requested",
+        "_write_cut",
         "address",
         "conversation",
         "debug",
@@ -321,6 +419,8 @@ class _Connection:
         self._deadline = 0.0
         self._reading = False
         self._shutdown_requested = False
+        self._write_cut = False
+        self._accepted_at = time.monotonic()
 
     def request_shutdown(self) -> None:
         """Ask this connection to say ``bye: server shutting down`` and close, without cutting a reply short."""
@@ -337,17 +437,25 @@ class _Connection:
         stats = self.server.stats
         config = self.server.config
         recv_size = config.recv_size
+        reply_latency = stats.reply_latency
+        received_at = 0.0
         if self.debug:
             log.debug("%s connected", _peer(self.address))
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            self._arm(conversation.idle_timeout)
+            # Until the timeout line arrives the (shorter) handshake timeout applies; see _handshake_over.
+            self._arm(min(config.handshake_timeout, conversation.idle_timeout))
+            self._armed_for = _IN_HANDSHAKE
+            if self.server.tls is not None:
+                sock = self._tls_handshake(self.server.tls)
             self._write(conversation.data_to_send())
             while not conversation.closed:
                 if self._shutdown_requested:
                     conversation.close(CloseReason.SHUTDOWN)
                     break
                 data = self._recv(recv_size)
+                if reply_latency is not None:
+                    received_at = time.perf_counter()
                 before = conversation.messages_received
                 events = conversation.receive_data(data)
                 if conversation.awaiting_framing_decision:
@@ -357,6 +465,8 @@ class _Connection:
                         stats.messages += conversation.messages_received - before
                         self._deadline = time.monotonic() + conversation.idle_timeout
                     if conversation.idle_timeout != self._armed_for:
+                        if self._armed_for == _IN_HANDSHAKE:
+                            self._handshake_over()
                         self._arm(conversation.idle_timeout)
                     if self.debug:
                         for event in events:
@@ -365,10 +475,20 @@ class _Connection:
                 out = conversation.data_to_send()
                 if out:
                     self._write(out)
+                    if reply_latency is not None:
+                        reply_latency.observe(time.perf_counter() - received_at)
         except IdleExpired:
-            conversation.close(CloseReason.IDLE_TIMEOUT)
+            # The handshake timeout is what expired only when it is the shorter of the two.
+            in_handshake = not conversation.handshake_done and config.handshake_timeout < conversation.idle_timeout
+            conversation.close(CloseReason.HANDSHAKE_TIMEOUT if in_handshake else CloseReason.IDLE_TIMEOUT)
         except ShutdownRequested:
             conversation.close(CloseReason.SHUTDOWN)
+        except _TLSHandshakeExpired:
+            self._disarm()
+            return CloseReason.HANDSHAKE_TIMEOUT.value
+        except ssl.SSLError as exc:  # not TLS, a bad certificate, a TLS alert: the peer's side too
+            self._disarm()
+            return f"tls error: {exc.reason or exc}"
         except OSError as exc:
             self._disarm()
             return f"connection error (peer's side): {exc.strerror or exc}"
@@ -377,8 +497,30 @@ class _Connection:
         if reason is CloseReason.PEER_CLOSED:
             return str(reason.value)
         # We are closing: send what is queued (the reply to ':q' or a 'bye:'), then close without a reset.
-        self._flush_and_linger(conversation.data_to_send(), config.linger)
+        queued = conversation.data_to_send()
+        if not self._write_cut:  # after a cut write the peer is not reading: no last line to protect
+            self._flush_and_linger(queued, config.linger)
         return str(reason.value) if reason is not None else "closed"
+
+    def _handshake_over(self) -> None:
+        latency = self.server.stats.handshake_latency
+        if latency is not None:
+            latency.observe(time.monotonic() - self._accepted_at)
+
+    def _tls_handshake(self, context: ssl.SSLContext) -> GeventSocket:
+        """Wrap our socket in TLS and finish the TLS handshake under the (already armed) handshake timer."""
+        self.sock = context.wrap_socket(self.sock, server_side=True, do_handshake_on_connect=False)
+        while True:
+            try:
+                self.sock.do_handshake()
+                return self.sock
+            except IdleAlarm as alarm:
+                if alarm is not self._alarm:
+                    raise
+                try:
+                    self._check_deadline()
+                except IdleExpired:
+                    raise _TLSHandshakeExpired() from None
 
     # -- blocking operations, each interruptible by the idle alarm and by shutdown
 
@@ -405,7 +547,12 @@ class _Connection:
                 except IdleAlarm as alarm:
                     if alarm is not self._alarm:
                         raise
-                    self._check_deadline()
+                    try:
+                        self._check_deadline()
+                    except IdleExpired:
+                        # Part of this write went out: a bye now would be glued to half a reply line.
+                        self._write_cut = len(view) != len(data)
+                        raise
                     continue
                 except ShutdownRequested:
                     continue  # finish this reply; the loop sends the bye after it

@@ -1,0 +1,138 @@
+"""Prometheus metrics for ``--metrics-port``: a collector that reads :class:`~geventchat.server.ServerStats` at
+scrape time, served over HTTP by gevent's WSGI server.
+
+The hot path stays as it was: connections bump plain integer counters per received chunk (as before metrics
+existed) and, when metrics are on, observe two :class:`~geventchat.histogram.LatencyHistogram` (a ``bisect`` and two
+additions, no lock). Nothing here runs per message; :class:`StatsCollector` turns the counters into Prometheus
+families only when scraped.
+
+Needs the ``metrics`` extra (``pip install geventchat[metrics]``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+from gevent.pywsgi import WSGIServer
+from prometheus_client import CollectorRegistry, make_wsgi_app
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.process_collector import ProcessCollector
+from prometheus_client.registry import Collector
+
+from .histogram import LatencyHistogram
+
+if TYPE_CHECKING:
+    from .server import ServerStats
+
+__all__ = ["MetricsEndpoint", "StatsCollector", "close_reason_label"]
+
+#: Every ``connection error (peer's side): <strerror>`` close is exported under this one label value, so the
+#: label set stays small whatever errno texts the peers cause.
+RESET = "reset"
+#: Every ``tls error: <OpenSSL reason>`` close is exported under this one label value.
+TLS_ERROR = "tls error"
+
+
+def close_reason_label(reason: str) -> str:
+    """The ``reason`` label for a close reason recorded in :attr:`ServerStats.closed`."""
+    if reason.startswith("connection error"):
+        return RESET
+    return TLS_ERROR if reason.startswith("tls error") else reason
+
+
+class StatsCollector(Collector):
+    """Exports one server's :class:`ServerStats` as ``geventchat_*`` metrics.
+
+    ``const_labels`` are added to every series: with several worker processes each serves its own endpoint with
+    ``{"worker": "<index>"}``, and ``sum without (worker) (...)`` aggregates them (see docs/hardening.md).
+    """
+
+    def __init__(self, stats: ServerStats, const_labels: dict[str, str] | None = None) -> None:
+        self.stats = stats
+        self._names = list(const_labels or {})
+        self._values = list((const_labels or {}).values())
+
+    def collect(self) -> Iterable[Metric]:
+        stats = self.stats
+        names, values = self._names, self._values
+        connections = GaugeMetricFamily("geventchat_connections", "Clients connected now.", labels=names)
+        connections.add_metric(values, stats.current)
+        yield connections
+        accepted = CounterMetricFamily(
+            "geventchat_connections_accepted", "Clients accepted and served since start.", labels=names
+        )
+        accepted.add_metric(values, stats.total)
+        yield accepted
+        closed = CounterMetricFamily(
+            "geventchat_connections_closed",
+            "Connections ended (or turned away on accept), by reason.",
+            labels=[*names, "reason"],
+        )
+        by_label: dict[str, int] = {}
+        for reason, count in list(stats.closed.items()):
+            label = close_reason_label(reason)
+            by_label[label] = by_label.get(label, 0) + count
+        for label, count in sorted(by_label.items()):
+            closed.add_metric([*values, label], count)
+        yield closed
+        messages = CounterMetricFamily(
+            "geventchat_messages",
+            "Messages: in = complete messages received, out = replies sent (one per message received).",
+            labels=[*names, "direction"],
+        )
+        messages.add_metric([*values, "in"], stats.messages)
+        messages.add_metric([*values, "out"], stats.messages)
+        yield messages
+        octets = CounterMetricFamily("geventchat_bytes", "Bytes received and sent.", labels=[*names, "direction"])
+        octets.add_metric([*values, "in"], stats.bytes_in)
+        octets.add_metric([*values, "out"], stats.bytes_out)
+        yield octets
+        for name, doc, histogram in (
+            (
+                "geventchat_handshake_seconds",
+                "Accept to the client's idle-timeout line read (TLS handshake included).",
+                stats.handshake_latency,
+            ),
+            (
+                "geventchat_reply_seconds",
+                "Server-side reply latency: a chunk received to its replies written to the socket.",
+                stats.reply_latency,
+            ),
+        ):
+            if histogram is not None:
+                family = HistogramMetricFamily(name, doc, labels=names)
+                family.add_metric(values, histogram.cumulative(), histogram.sum)
+                yield family
+
+
+class MetricsEndpoint:
+    """``GET /metrics`` on ``host:port`` (0 picks a free port), from the server's own gevent hub.
+
+    Turns on the latency histograms of ``stats``. Raises :class:`OSError` from :meth:`start` if the port cannot
+    be bound.
+    """
+
+    def __init__(
+        self, stats: ServerStats, host: str = "127.0.0.1", port: int = 0, const_labels: dict[str, str] | None = None
+    ) -> None:
+        if stats.handshake_latency is None:
+            stats.handshake_latency = LatencyHistogram()
+        if stats.reply_latency is None:
+            stats.reply_latency = LatencyHistogram()
+        self.registry = CollectorRegistry()
+        self.registry.register(StatsCollector(stats, const_labels))
+        ProcessCollector(registry=self.registry)  # open fds, RSS, CPU: what the hardening tests watch
+        self._server = WSGIServer((host, port), make_wsgi_app(self.registry), log=None)
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """``(host, port)`` actually bound."""
+        host, port = self._server.socket.getsockname()[:2]
+        return host, port
+
+    def start(self) -> None:
+        self._server.start()
+
+    def stop(self) -> None:
+        self._server.stop(timeout=1)

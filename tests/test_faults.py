@@ -1,0 +1,204 @@
+"""Faults a real network produces, against an in-process server: resets mid-line, half-closed connections,
+clients gone before the greeting, silent handshakes, too many connections from one address, and churn.
+
+Each test checks that a fresh client is still served afterwards and that this process's open-file count is
+back where it was once the server has let go of every connection."""
+
+from __future__ import annotations
+
+import socket
+import time
+
+import gevent
+import pytest
+from gevent.socket import socket as GeventSocket
+
+from geventchat import ChatClient, ChatServer, ClosedByServer, Framing, ProtocolConfig
+from geventchat.config import DEFAULT_GREETING, DEFAULT_PREFIX
+
+from .faultkit import (
+    fresh_client_works,
+    live_greenlets,
+    open_fds,
+    quiet,
+    raw_connect,
+    read_line,
+    read_until_closed,
+    reset_close,
+    rss_bytes,
+    serving,
+    wait_until,
+)
+
+GREETING = (DEFAULT_GREETING + "\n").encode()
+PREFIX = DEFAULT_PREFIX.encode()
+
+
+def settle(server: ChatServer) -> None:
+    wait_until(lambda: server.stats.current == 0 and server._lingering_rejects == 0, timeout=10)
+
+
+def test_resets_in_the_middle_of_a_line() -> None:
+    with serving(quiet()) as server:
+        fds = open_fds()
+        for _ in range(50):
+            sock = raw_connect(server.address)
+            assert read_line(sock) == GREETING
+            sock.sendall(b"5\nhello\nhalf a li")
+            assert read_line(sock) == PREFIX + b"hello\n"
+            reset_close(sock)
+        settle(server)
+        resets = sum(n for reason, n in server.stats.closed.items() if reason.startswith("connection error"))
+        assert resets + server.stats.closed.get("peer closed", 0) == 50
+        assert resets > 0
+        assert fresh_client_works(server.address)
+        settle(server)
+        assert open_fds() == fds
+
+
+def test_half_closed_client_gets_every_reply_then_eof() -> None:
+    with serving(quiet()) as server:
+        fds = open_fds()
+        sock = raw_connect(server.address)
+        sock.sendall(b"5\none\ntwo\nthree\nunterminated")
+        sock.shutdown(socket.SHUT_WR)
+        received = read_until_closed(sock)
+        sock.close()
+        assert received == GREETING + b"".join(PREFIX + m + b"\n" for m in (b"one", b"two", b"three"))
+        settle(server)
+        assert server.stats.closed == {"peer closed": 1}
+        assert fresh_client_works(server.address)
+        settle(server)
+        assert open_fds() == fds
+
+
+def test_clients_that_leave_before_the_greeting() -> None:
+    with serving(quiet()) as server:
+        fds = open_fds()
+        for index in range(200):
+            sock = raw_connect(server.address)
+            if index % 2:
+                reset_close(sock)
+            else:
+                sock.close()
+        settle(server)
+        assert server.stats.total == 200
+        assert fresh_client_works(server.address)
+        settle(server)
+        assert open_fds() == fds
+
+
+def test_handshake_timeout_closes_silent_clients_but_not_negotiated_ones() -> None:
+    protocol = ProtocolConfig(framing=Framing.LINE)
+    with serving(quiet(handshake_timeout=0.3, protocol=protocol)) as server:
+        fds = open_fds()
+        silent = raw_connect(server.address)
+        partial = raw_connect(server.address)
+        started = time.monotonic()
+        assert read_line(silent) == GREETING and read_line(partial) == GREETING
+        partial.sendall(b"3")  # half a timeout line is not a handshake
+        negotiated = ChatClient.connect(*server.address, idle_timeout=1.0)
+        for sock in (silent, partial):
+            assert read_until_closed(sock) == b"bye: handshake timeout\n"
+            sock.close()
+        assert 0.25 <= time.monotonic() - started < 2.0
+        # The negotiated client is held to its own idle timeout (1 s), not to the handshake timeout.
+        with pytest.raises(ClosedByServer) as closed:
+            negotiated.receive(timeout=5)
+        assert closed.value.reason == "idle timeout (1s)"
+        assert time.monotonic() - started >= 0.95
+        negotiated.close()
+        settle(server)
+        assert server.stats.closed == {"handshake timeout": 2, "idle timeout": 1}
+        assert fresh_client_works(server.address)
+        settle(server)
+        assert open_fds() == fds
+
+
+def test_max_per_ip_turns_away_the_extra_connection_with_a_reason() -> None:
+    with serving(quiet(max_per_ip=3)) as server:
+        fds = open_fds()
+        held = [ChatClient.connect(*server.address, idle_timeout=30) for _ in range(3)]
+        with pytest.raises(ClosedByServer) as refused:
+            ChatClient.connect(*server.address, idle_timeout=30)
+        assert refused.value.reason == "too many connections from your address"
+        # Another address is not affected, and a slot comes back when a client leaves.
+        assert fresh_client_works(server.address, source_address=("127.0.0.2", 0))
+        held.pop().quit()
+        wait_until(lambda: server.stats.current == 2, timeout=5)
+        held.append(ChatClient.connect(*server.address, idle_timeout=30))
+        assert held[-1].request("back in").message == "back in"
+        for client in held:
+            client.quit()
+        settle(server)
+        assert server.stats.closed["too many connections from your address"] == 1
+        assert len(server._per_ip) == 0  # type: ignore[arg-type]
+        assert open_fds() == fds
+
+
+#: Churn soak bounds (the longer run is benchmarks/soak.py).
+SOAK_CYCLES = 2000
+SOAK_CONCURRENCY = 10
+SOAK_RSS_GROWTH = 4 << 20
+
+
+def test_churn_soak_leaks_no_fds_greenlets_or_memory() -> None:
+    with serving(quiet()) as server:
+
+        def cycles(count: int) -> None:
+            def one_client(n: int) -> None:
+                for i in range(n):
+                    with ChatClient.connect(*server.address, idle_timeout=5) as client:
+                        assert client.request(f"m{i}").message == f"m{i}"
+                        client.quit()
+
+            workers = [gevent.spawn(one_client, count // SOAK_CONCURRENCY) for _ in range(SOAK_CONCURRENCY)]
+            gevent.joinall(workers, timeout=60, raise_error=True)
+            assert all(w.successful() for w in workers)
+            settle(server)
+
+        cycles(500)  # warm-up: allocator pools, gevent's free lists
+        fds, greenlets, rss = open_fds(), live_greenlets(), rss_bytes()
+        started = time.monotonic()
+        cycles(SOAK_CYCLES)
+        elapsed = time.monotonic() - started
+        print(
+            f"soak: {SOAK_CYCLES} cycles in {elapsed:.1f}s; fds {fds}->{open_fds()}; greenlets {greenlets}->"
+            f"{live_greenlets()}; rss {rss >> 10}->{rss_bytes() >> 10} KiB"
+        )
+        assert server.stats.closed["quit"] == SOAK_CYCLES + 500
+        assert open_fds() == fds
+        assert live_greenlets() <= greenlets + 2
+        assert rss_bytes() - rss < SOAK_RSS_GROWTH
+
+
+def test_idle_timeout_in_the_middle_of_a_reply_sends_no_bye_glued_to_it() -> None:
+    with serving(quiet(linger=2.0)) as server:
+        fds = open_fds()
+        sock = GeventSocket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect(server.address)
+        assert read_line(sock) == GREETING
+        sock.sendall(b"0.3\n")
+
+        def send_lines() -> None:
+            line = b"w" * 999 + b"\n"
+            for _ in range(4000):  # 4 MB: more than the socket buffers hold, so the server's write is cut
+                try:
+                    sock.sendall(line * 16)
+                except OSError:
+                    return
+
+        sender = gevent.spawn(send_lines)
+        gevent.sleep(1.0)  # not reading for longer than the 0.3 s idle timeout
+        data = read_until_closed(sock, timeout=10, limit=1 << 26)
+        sender.kill()
+        sock.close()
+        assert data.startswith(PREFIX)
+        glued = [line[-60:] for line in data.split(b"\n") if b"bye: " in line and not line.startswith(b"bye: ")]
+        assert glued == []
+        settle(server)
+        assert server.stats.closed == {"idle timeout": 1}
+        assert fresh_client_works(server.address)
+        settle(server)
+        assert open_fds() == fds

@@ -1,0 +1,138 @@
+"""The Prometheus endpoint: scrape it while clients come and go, and check the values move as they should."""
+
+from __future__ import annotations
+
+import pytest
+
+from geventchat import ChatClient, ChatServer, ClosedByServer, ProtocolConfig
+from geventchat.histogram import LatencyHistogram
+from geventchat.metrics import StatsCollector, close_reason_label
+from geventchat.server import ServerStats
+
+from .faultkit import metric, quiet, raw_connect, read_line, reset_close, scrape, serving, wait_until
+
+
+def test_metrics_follow_connections_messages_and_closes() -> None:
+    config = quiet(metrics_port=0, max_connections=4, protocol=ProtocolConfig(max_line=100))
+    with serving(config) as server:
+        assert server.metrics is not None
+        endpoint = server.metrics.address
+        before = scrape(endpoint)
+        assert metric(before, "geventchat_connections") == 0
+        assert metric(before, "geventchat_connections_accepted_total") == 0
+        assert metric(before, "process_open_fds") > 0
+
+        held = [ChatClient.connect(*server.address, idle_timeout=30) for _ in range(3)]
+        for i in range(10):
+            held[0].request(f"message {i}")
+        during = scrape(endpoint)
+        assert metric(during, "geventchat_connections") == 3
+        assert metric(during, "geventchat_connections_accepted_total") == 3
+        assert metric(during, "geventchat_messages_total", direction="in") == 10
+        assert metric(during, "geventchat_messages_total", direction="out") == 10
+        assert metric(during, "geventchat_bytes_total", direction="in") > len(b"message 0\n") * 10
+        assert (
+            metric(during, "geventchat_bytes_total", direction="out")
+            > len("我收到了你的信息:message 0\n".encode()) * 10
+        )
+        assert metric(during, "geventchat_handshake_seconds_count") == 3
+        assert metric(during, "geventchat_handshake_seconds_bucket", le="+Inf") == 3
+        assert metric(during, "geventchat_reply_seconds_count") == 10
+        assert 0 < metric(during, "geventchat_reply_seconds_sum") < 10
+
+        # One close of each kind the server can see.
+        held.pop().quit()  # quit
+        wait_until(lambda: server.stats.current == 2, timeout=5)
+        idle = ChatClient.connect(*server.address, idle_timeout=0.1)
+        extra = ChatClient.connect(*server.address, idle_timeout=30)  # the 4th: now full
+        with pytest.raises(ClosedByServer):
+            ChatClient.connect(*server.address)  # server full
+        with pytest.raises(ClosedByServer):
+            idle.receive(timeout=5)  # idle timeout
+        idle.close()
+        too_long = raw_connect(server.address)
+        assert read_line(too_long).startswith("你好".encode())
+        too_long.sendall(b"30\n" + b"z" * 200 + b"\n")
+        assert read_line(too_long) == b"bye: line too long (limit 100 bytes)\n"
+        too_long.close()
+        extra.close()
+        reset = raw_connect(server.address)
+        read_line(reset)
+        reset.sendall(b"30\nhalf")
+        wait_until(lambda: server.stats.current == 3, timeout=5)
+        reset_close(reset)
+        wait_until(lambda: server.stats.current == 2, timeout=5)
+        after = scrape(endpoint)
+        closed = {
+            reason: metric(after, "geventchat_connections_closed_total", reason=reason)
+            for reason in ("quit", "idle timeout", "server full", "line too long", "peer closed", "reset")
+        }
+        assert closed == {
+            "quit": 1,
+            "idle timeout": 1,
+            "server full": 1,
+            "line too long": 1,
+            "peer closed": 1,
+            "reset": 1,
+        }
+        assert metric(after, "geventchat_connections") == 2
+        assert metric(after, "geventchat_connections_accepted_total") == 7
+        server.shutdown(grace=2)  # the two held clients are told 'bye: server shutting down'
+        for client in held:
+            client.close()
+    samples = [s for family in StatsCollector(server.stats).collect() for s in family.samples]
+    values = {(s.name, s.labels.get("reason")): s.value for s in samples}
+    assert values[("geventchat_connections", None)] == 0
+    assert values[("geventchat_connections_closed_total", "server shutting down")] == 2
+
+
+def test_close_reason_labels_are_a_small_set() -> None:
+    assert close_reason_label("connection error (peer's side): Connection reset by peer") == "reset"
+    assert close_reason_label("connection error (peer's side): Broken pipe") == "reset"
+    assert close_reason_label("idle timeout") == "idle timeout"
+    assert close_reason_label("tls error: WRONG_VERSION_NUMBER") == "tls error"
+
+
+def test_latency_histogram_buckets_are_cumulative_and_inclusive() -> None:
+    histogram = LatencyHistogram((0.001, 0.01))
+    for seconds in (0.0005, 0.001, 0.002, 5.0):
+        histogram.observe(seconds)
+    assert histogram.cumulative() == [("0.001", 2), ("0.01", 3), ("+Inf", 4)]
+    assert histogram.count == 4
+    assert histogram.sum == pytest.approx(5.0035)
+    with pytest.raises(ValueError):
+        LatencyHistogram((0.1, 0.01))
+
+
+def test_histograms_are_off_without_metrics() -> None:
+    stats = ServerStats()
+    names = {family.name for family in StatsCollector(stats).collect()}
+    assert "geventchat_reply_seconds" not in names and stats.reply_latency is None
+
+
+def test_a_worker_endpoint_labels_its_series() -> None:
+    server = ChatServer(quiet(metrics_port=0), metrics_labels={"worker": "3"})
+    server.start()
+    try:
+        assert server.metrics is not None
+        ChatClient.connect(*server.address, idle_timeout=5).quit()
+        samples = scrape(server.metrics.address)
+        assert metric(samples, "geventchat_connections_accepted_total", worker="3") == 1
+        assert metric(samples, "geventchat_connections_accepted_total") == 0  # no unlabelled series
+    finally:
+        server.stop()
+
+
+def test_const_labels_mark_every_series() -> None:
+    stats = ServerStats(current=2, total=5, messages=7, bytes_in=70, bytes_out=90, closed={"quit": 3})
+    stats.reply_latency = LatencyHistogram((0.01,))
+    stats.reply_latency.observe(0.001)
+    samples = [s for family in StatsCollector(stats, {"worker": "1"}).collect() for s in family.samples]
+    assert samples and all(s.labels.get("worker") == "1" for s in samples)
+    values = {
+        (s.name, s.labels.get("reason") or s.labels.get("direction") or s.labels.get("le")): s.value for s in samples
+    }
+    assert values[("geventchat_connections", None)] == 2
+    assert values[("geventchat_connections_closed_total", "quit")] == 3
+    assert values[("geventchat_bytes_total", "out")] == 90
+    assert values[("geventchat_reply_seconds_bucket", "0.01")] == 1
