@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import ipaddress
 import socket
 import ssl
+import sys
 from collections import deque
 from types import TracebackType
+from typing import Any
 
 import gevent
 from gevent.socket import socket as GeventSocket
@@ -52,6 +55,12 @@ __all__ = [
 # the server sends tells us it was read. The original tutorial's server reads it with one recv(); a short pause
 # keeps the first message out of that chunk.
 _RAW_SETTLE = 0.05
+
+
+# Linux's IP_BIND_ADDRESS_NO_PORT (24); not every Python names it.
+_IP_BIND_ADDRESS_NO_PORT: int | None = getattr(
+    socket, "IP_BIND_ADDRESS_NO_PORT", 24 if sys.platform == "linux" else None
+)
 
 
 class ChatClientError(Exception):
@@ -124,6 +133,26 @@ class _Expired(Exception):
     """Private to this module so no other Timeout can be mistaken for ours."""
 
 
+def _resolve(host: str, port: int) -> tuple[socket.AddressFamily, socket.SocketKind, int, tuple[Any, ...]]:
+    """``(family, type, proto, address)`` for ``host``. An IP literal needs no lookup: under gevent's monkey-patching
+    ``getaddrinfo`` goes through a thread pool and costs ~0.3 ms even for ``127.0.0.1``, which would dominate the
+    connect time a load test measures."""
+    try:
+        ip = ipaddress.ip_address(host) if "%" not in host else None  # scoped IPv6 needs getaddrinfo's scope id
+    except ValueError:
+        ip = None
+    if ip is not None:
+        if ip.version == 6:
+            return socket.AF_INET6, socket.SOCK_STREAM, socket.IPPROTO_TCP, (host, port, 0, 0)
+        return socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP, (host, port)
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise ConnectionFailed(f"cannot resolve {host!r}: {exc.strerror}") from None
+    family, kind, proto, _canon, address = infos[0]
+    return family, kind, proto, address
+
+
 class ChatClient:
     """One connection to a geventchat server.
 
@@ -141,6 +170,9 @@ class ChatClient:
         self.greeting: str | None = None
         self._events: deque[ClientEvent] = deque()
         self._closed_by_server: ClosedByServer | None = None
+        # Private to this client, so no other timer's exception (or another client's) can be mistaken for ours.
+        self._expired = _Expired()
+        self._cached_timer: gevent.Timeout | None = None
 
     @classmethod
     def connect(
@@ -194,15 +226,15 @@ class ChatClient:
 
             if not is_cooperative(tls):
                 raise TypeError("tls must be a gevent.ssl context: build it with geventchat.tls.client_context()")
-        try:
-            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-        except socket.gaierror as exc:
-            raise ConnectionFailed(f"cannot resolve {host!r}: {exc.strerror}") from None
-        family, kind, proto, _canon, address = infos[0]
+        family, kind, proto, address = _resolve(host, port)
         sock = GeventSocket(family, kind, proto)
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if source_address is not None:
+                if source_address[1] == 0 and _IP_BIND_ADDRESS_NO_PORT is not None:
+                    # Pick the source port at connect(), per destination, not at bind() for any destination:
+                    # otherwise one source address runs out of ports after ~28k connections in total.
+                    sock.setsockopt(socket.IPPROTO_IP, _IP_BIND_ADDRESS_NO_PORT, 1)
                 sock.bind(source_address)
             sock.settimeout(connect_timeout)
             sock.connect(address)
@@ -283,6 +315,20 @@ class ChatClient:
         finally:
             self.close()
 
+    @property
+    def has_unread(self) -> bool:
+        """True if something the server sent is waiting: a received event not yet returned, or part of a line."""
+        return bool(self._events) or self.conversation.pending_bytes > 0
+
+    def feed(self, data: bytes) -> None:
+        """Hand the conversation bytes the caller read from :attr:`sock` itself (``b""`` for end of input); their
+        events come out of the next :meth:`receive` / :meth:`expect_reply`. For callers with their own read fast
+        path, such as the Locust users. Raises :class:`ServerProtocolError`."""
+        try:
+            self._events.extend(self.conversation.receive_data(data))
+        except RemoteProtocolError as exc:
+            raise ServerProtocolError(str(exc)) from None
+
     def receive(self, timeout: float | None = None) -> ClientEvent:
         """The next event from the server (a :class:`Greeting`, :class:`Reply` or :class:`ErrorNotice`).
 
@@ -304,6 +350,9 @@ class ChatClient:
     def close(self) -> None:
         """Close the socket (idempotent)."""
         self.sock.close()
+        if self._cached_timer is not None:
+            self._cached_timer.close()
+            self._cached_timer = None
 
     def __enter__(self) -> ChatClient:
         return self
@@ -315,45 +364,69 @@ class ChatClient:
 
     # -- I/O
 
+    def _timer(self, seconds: float) -> gevent.Timeout:
+        """A stopped timer that throws this client's ``_Expired`` after ``seconds``.
+
+        One timer is kept and restarted for the usual wait (a new ``gevent.Timeout`` per send and per receive was the
+        largest cost of a request after the system calls); another length, or a nested wait while it runs, gets a
+        fresh one.
+        """
+        timer = self._cached_timer
+        if timer is None or timer.seconds != seconds or timer.pending:
+            timer = gevent.Timeout(seconds, self._expired)
+            if self._cached_timer is None or not self._cached_timer.pending:
+                self._cached_timer = timer
+        return timer
+
+    def _reply_timeout(self, timeout: float) -> ReplyTimeout:
+        self._expired.__traceback__ = None  # raised again and again: do not let it keep old frames alive
+        return ReplyTimeout(f"no answer from the server within {timeout:g}s")
+
     def _fill(self, timeout: float) -> None:
         conversation = self.conversation
         events = self._events
-        expired = _Expired()
+        timer = self._timer(timeout)
+        timer.start()
         try:
-            with gevent.Timeout(timeout, expired):
-                while not events:
-                    if conversation.closed:
-                        raise ClosedByServer(None)
-                    try:
-                        data = self.sock.recv(65536)
-                    except ConnectionResetError:
-                        raise ConnectionReset("connection reset by the server") from None
-                    except OSError as exc:
-                        if exc.errno == errno.EBADF:
-                            raise ClosedByServer(None) from None
-                        raise ConnectionReset(f"connection broken: {exc.strerror or exc}") from None
-                    try:
-                        events.extend(conversation.receive_data(data))
-                    except RemoteProtocolError as exc:
-                        raise ServerProtocolError(str(exc)) from None
+            while not events:
+                if conversation.closed:
+                    raise ClosedByServer(None)
+                try:
+                    data = self.sock.recv(65536)
+                except ConnectionResetError:
+                    raise ConnectionReset("connection reset by the server") from None
+                except OSError as exc:
+                    if exc.errno == errno.EBADF:
+                        raise ClosedByServer(None) from None
+                    raise ConnectionReset(f"connection broken: {exc.strerror or exc}") from None
+                try:
+                    events.extend(conversation.receive_data(data))
+                except RemoteProtocolError as exc:
+                    raise ServerProtocolError(str(exc)) from None
         except _Expired as exc:
-            if exc is not expired:
+            if exc is not self._expired:
                 raise
-            raise ReplyTimeout(f"no answer from the server within {timeout:g}s") from None
+            raise self._reply_timeout(timeout) from None
+        finally:
+            timer.cancel()
 
     def _sendall(self, data: bytes) -> None:
-        expired = _Expired()
+        timer = self._timer(self.reply_timeout)
+        timer.start()
         try:
-            with gevent.Timeout(self.reply_timeout, expired):
-                self.sock.sendall(data)
+            self.sock.sendall(data)
         except _Expired as exc:
-            if exc is not expired:
+            if exc is not self._expired:
                 raise
+            self._expired.__traceback__ = None
             raise ReplyTimeout(f"the server did not read our data within {self.reply_timeout:g}s") from None
         except OSError as exc:
+            timer.cancel()
             # The server may have said why it closed (bye: idle timeout, ...) before the reset: surface that.
             self._raise_pending_bye()
             raise ConnectionReset(f"connection broken while sending: {exc.strerror or exc}") from None
+        finally:
+            timer.cancel()
 
     def _raise_pending_bye(self) -> None:
         with contextlib.suppress(ChatClientError):
