@@ -170,9 +170,6 @@ class ChatClient:
         self.greeting: str | None = None
         self._events: deque[ClientEvent] = deque()
         self._closed_by_server: ClosedByServer | None = None
-        # Private to this client, so no other timer's exception (or another client's) can be mistaken for ours.
-        self._expired = _Expired()
-        self._cached_timer: gevent.Timeout | None = None
 
     @classmethod
     def connect(
@@ -234,7 +231,8 @@ class ChatClient:
                 if source_address[1] == 0 and _IP_BIND_ADDRESS_NO_PORT is not None:
                     # Pick the source port at connect(), per destination, not at bind() for any destination:
                     # otherwise one source address runs out of ports after ~28k connections in total.
-                    sock.setsockopt(socket.IPPROTO_IP, _IP_BIND_ADDRESS_NO_PORT, 1)
+                    with contextlib.suppress(OSError):  # an optimisation only
+                        sock.setsockopt(socket.IPPROTO_IP, _IP_BIND_ADDRESS_NO_PORT, 1)
                 sock.bind(source_address)
             sock.settimeout(connect_timeout)
             sock.connect(address)
@@ -350,9 +348,6 @@ class ChatClient:
     def close(self) -> None:
         """Close the socket (idempotent)."""
         self.sock.close()
-        if self._cached_timer is not None:
-            self._cached_timer.close()
-            self._cached_timer = None
 
     def __enter__(self) -> ChatClient:
         return self
@@ -364,69 +359,45 @@ class ChatClient:
 
     # -- I/O
 
-    def _timer(self, seconds: float) -> gevent.Timeout:
-        """A stopped timer that throws this client's ``_Expired`` after ``seconds``.
-
-        One timer is kept and restarted for the usual wait (a new ``gevent.Timeout`` per send and per receive was the
-        largest cost of a request after the system calls); another length, or a nested wait while it runs, gets a
-        fresh one.
-        """
-        timer = self._cached_timer
-        if timer is None or timer.seconds != seconds or timer.pending:
-            timer = gevent.Timeout(seconds, self._expired)
-            if self._cached_timer is None or not self._cached_timer.pending:
-                self._cached_timer = timer
-        return timer
-
-    def _reply_timeout(self, timeout: float) -> ReplyTimeout:
-        self._expired.__traceback__ = None  # raised again and again: do not let it keep old frames alive
-        return ReplyTimeout(f"no answer from the server within {timeout:g}s")
-
     def _fill(self, timeout: float) -> None:
         conversation = self.conversation
         events = self._events
-        timer = self._timer(timeout)
-        timer.start()
+        expired = _Expired()
         try:
-            while not events:
-                if conversation.closed:
-                    raise ClosedByServer(None)
-                try:
-                    data = self.sock.recv(65536)
-                except ConnectionResetError:
-                    raise ConnectionReset("connection reset by the server") from None
-                except OSError as exc:
-                    if exc.errno == errno.EBADF:
-                        raise ClosedByServer(None) from None
-                    raise ConnectionReset(f"connection broken: {exc.strerror or exc}") from None
-                try:
-                    events.extend(conversation.receive_data(data))
-                except RemoteProtocolError as exc:
-                    raise ServerProtocolError(str(exc)) from None
+            with gevent.Timeout(timeout, expired):
+                while not events:
+                    if conversation.closed:
+                        raise ClosedByServer(None)
+                    try:
+                        data = self.sock.recv(65536)
+                    except ConnectionResetError:
+                        raise ConnectionReset("connection reset by the server") from None
+                    except OSError as exc:
+                        if exc.errno == errno.EBADF:
+                            raise ClosedByServer(None) from None
+                        raise ConnectionReset(f"connection broken: {exc.strerror or exc}") from None
+                    try:
+                        events.extend(conversation.receive_data(data))
+                    except RemoteProtocolError as exc:
+                        raise ServerProtocolError(str(exc)) from None
         except _Expired as exc:
-            if exc is not self._expired:
+            if exc is not expired:
                 raise
-            raise self._reply_timeout(timeout) from None
-        finally:
-            timer.cancel()
+            raise ReplyTimeout(f"no answer from the server within {timeout:g}s") from None
 
     def _sendall(self, data: bytes) -> None:
-        timer = self._timer(self.reply_timeout)
-        timer.start()
+        expired = _Expired()
         try:
-            self.sock.sendall(data)
+            with gevent.Timeout(self.reply_timeout, expired):
+                self.sock.sendall(data)
         except _Expired as exc:
-            if exc is not self._expired:
+            if exc is not expired:
                 raise
-            self._expired.__traceback__ = None
             raise ReplyTimeout(f"the server did not read our data within {self.reply_timeout:g}s") from None
         except OSError as exc:
-            timer.cancel()
             # The server may have said why it closed (bye: idle timeout, ...) before the reset: surface that.
             self._raise_pending_bye()
             raise ConnectionReset(f"connection broken while sending: {exc.strerror or exc}") from None
-        finally:
-            timer.cancel()
 
     def _raise_pending_bye(self) -> None:
         with contextlib.suppress(ChatClientError):
