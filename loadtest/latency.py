@@ -181,14 +181,14 @@ class LatencyRecorder:
         return self._step(scenario, step).fold()
 
     def rows(self) -> list[LatencyRow]:
-        """The summary, one row per (scenario, step) seen, sorted by scenario then first appearance of the step."""
+        """The summary, one row per (scenario, step) seen, grouped by scenario, in order of first appearance."""
         rows = []
         for (scenario, step), entry in self._steps.items():
             histogram = entry.fold()
             count = histogram.get_total_count()
             if count == 0 and entry.failures == 0:
                 continue
-            values = histogram.get_percentile_to_value_dict([p for _label, p in PERCENTILES]) if count else {}
+            mean, values = _distribution(histogram)
             rows.append(
                 LatencyRow(
                     scenario=scenario,
@@ -196,7 +196,7 @@ class LatencyRecorder:
                     count=count,
                     failures=entry.failures,
                     min=histogram.get_min_value() if count else 0,
-                    mean=round(histogram.get_mean_value(), 1) if count else 0.0,
+                    mean=round(mean, 1),
                     p50=values.get(50.0, 0),
                     p90=values.get(90.0, 0),
                     p99=values.get(99.0, 0),
@@ -206,6 +206,33 @@ class LatencyRecorder:
             )
         order = {scenario: index for index, scenario in enumerate(dict.fromkeys(r.scenario for r in rows))}
         return sorted(rows, key=lambda r: order[r.scenario])
+
+
+def _distribution(histogram: HdrHistogram) -> tuple[float, dict[float, int]]:
+    """Mean and :data:`PERCENTILES` of a histogram, in one pass over its non-empty buckets.
+
+    Same results as HdrHistogram's own ``get_mean_value`` / ``get_percentile_to_value_dict``, which walk every one
+    of the ~22,000 buckets (1 µs to 1 hour) in Python per call: seconds for a summary of twenty rows.
+    """
+    total = histogram.get_total_count()
+    if not total:
+        return 0.0, {}
+    value_at = histogram.get_value_from_index
+    lowest, highest = histogram.get_lowest_equivalent_value, histogram.get_highest_equivalent_value
+    targets = sorted((histogram.get_target_count_at_percentile(p), p) for _label, p in PERCENTILES)
+    values: dict[float, int] = {}
+    weighted = 0
+    seen = 0
+    for index, count in enumerate(histogram.counts):
+        if not count:
+            continue
+        value = value_at(index)
+        low, high = lowest(value), highest(value)
+        weighted += count * (low + ((high + 1 - low) >> 1))
+        seen += count
+        while targets and seen >= targets[0][0]:
+            values[targets.pop(0)[1]] = high
+    return weighted / total, values
 
 
 _COLUMNS = ("count", "failures", "min", "mean", "p50", "p90", "p99", "p99_9", "max")
