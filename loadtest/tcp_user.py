@@ -235,7 +235,15 @@ class ChatSession:
 
     def connect(self, idle_timeout: float | None) -> bool:
         """Steps ``connect`` (TCP handshake), ``greeting`` (until the greeting is read) and, if ``idle_timeout`` is
-        given, ``timeout`` (sending it; the server answers only if it is invalid)."""
+        given, ``timeout`` (sending it; the server answers only if it is invalid). After a failure it pauses
+        ``--gc-reconnect-delay`` seconds, so a dead or full server does not turn the users into a busy loop."""
+        if self._connect(idle_timeout):
+            return True
+        if self.settings.reconnect_delay:
+            gevent.sleep(self.settings.reconnect_delay)
+        return False
+
+    def _connect(self, idle_timeout: float | None) -> bool:
         self.close()
         settings = self.settings
         target, source = self.context.next_endpoints()
@@ -246,10 +254,7 @@ class ChatSession:
                 target.host, target.port, connect_timeout=settings.connect_timeout, source_address=source
             )
         except ChatClientError as exc:
-            self._error("connect", started, exc)
-            if settings.reconnect_delay:
-                gevent.sleep(settings.reconnect_delay)
-            return False
+            return self._error("connect", started, exc)
         self._succeeded("connect", started)
         conversation = ClientConversation(settings.prefix)
         client = self.client = ChatClient(sock, conversation, reply_timeout=settings.reply_timeout)
