@@ -173,6 +173,8 @@ class ChatSession:
         self._sequence = 0
         #: ``perf_counter()`` when the last echo was sent.
         self.last_sent = 0.0
+        #: The message whose echo is awaited, while an echo step runs.
+        self.in_flight: str | None = None
         #: Reply deadline of the echo in flight (``perf_counter()`` time), 0 when none: see :class:`Watchdog`.
         self.deadline = 0.0
         #: The greenlet running the echo in flight, for the watchdog.
@@ -294,6 +296,7 @@ class ChatSession:
         self._sequence += 1
         message, line, expected = self._ring[self._sequence % _MESSAGE_RING]
         self.busy = True
+        self.in_flight = message
         started = self.last_sent = time.perf_counter()
         try:
             if self._fast:
@@ -319,6 +322,22 @@ class ChatSession:
         except OSError as exc:
             return self._broken(step, started, client, exc)
         self._succeeded(step, started, self._reply_length)
+        self.busy = False
+        self.in_flight = None
+        return True
+
+    def settle(self) -> bool:
+        """For a user stopped while waiting for an echo: read that echo (not reported), so the connection can still
+        end politely. ``True`` if the connection is back in step."""
+        client, message = self.client, self.in_flight
+        if client is None or message is None:
+            return False
+        try:
+            client.expect_reply(message)
+        except ChatClientError:
+            self.close()
+            return False
+        self.in_flight = None
         self.busy = False
         return True
 
@@ -385,6 +404,7 @@ class ChatSession:
         """Drop the connection without a goodbye (idempotent)."""
         client, self.client = self.client, None
         self.busy = False
+        self.in_flight = None
         self._fast = False
         if client is not None:
             client.close()
@@ -423,8 +443,10 @@ class GeventChatUser(User):
         session = self.session
         if session is None:
             return
+        if session.busy and session.in_flight is not None:
+            session.settle()  # stopped while waiting for an echo: let it arrive, then say goodbye
         if session.busy or not session.connected:
-            session.close()  # stopped mid-step: the conversation is in an unknown state
+            session.close()  # stopped in the middle of connecting: nothing to be polite about
         else:
             session.quit()
 
