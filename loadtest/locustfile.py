@@ -47,8 +47,9 @@ class ChatUser(GeventChatUser):
 
     @task
     def chat(self) -> None:
-        if self.ensure_connected(self.settings.timeout):
-            self.session.echo()  # type: ignore[union-attr]
+        session = self.session
+        if session is not None and (session.client is not None or session.connect(self.settings.timeout)):
+            session.echo()
 
 
 class IdleUser(GeventChatUser):

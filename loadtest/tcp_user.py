@@ -305,7 +305,11 @@ class ChatSession:
                     self.greenlet = gevent.getcurrent()  # a user's greenlet runs all its tasks
                 self.deadline = started + self.settings.reply_timeout
                 try:
-                    sock.sendall(line)
+                    # send(), not sendall(): gevent's sendall() asks the kernel for the buffer size on every call;
+                    # a short line goes out whole, and if not the rest follows.
+                    sent = sock.send(line)
+                    if sent < len(line):
+                        sock.sendall(line[sent:])
                     data = sock.recv(65536)
                 finally:
                     self.deadline = 0.0
@@ -449,10 +453,3 @@ class GeventChatUser(User):
             session.close()  # stopped in the middle of connecting: nothing to be polite about
         else:
             session.quit()
-
-    def ensure_connected(self, idle_timeout: float | None) -> bool:
-        """Connect unless connected; ``False`` if that failed (already reported)."""
-        session = self.session
-        if session is None:
-            raise StopUser()
-        return session.connected or session.connect(idle_timeout)
