@@ -310,3 +310,32 @@ def test_locust_command_line_refuses_a_missing_host(tmp_path: Path) -> None:
     assert completed.returncode == 2
     assert "no host given" in completed.stderr
     assert "tcp://HOST:PORT" in completed.stderr
+
+
+def test_gc_shape_ramps_in_steps_then_ends_the_test(start_server: Callable[..., ChatServer], tmp_path: Path) -> None:
+    host, port = start_server(linger=0.5).address
+    completed = gevent.subprocess.run(
+        [
+            str(LOCUST),
+            "-f",
+            str(ROOT / "loadtest" / "locustfile.py"),
+            "--headless",
+            "--only-summary",
+            "--host",
+            f"{host}:{port}",
+            "--gc-shape",
+            "2,0.5,4,1",
+            "--gc-think-time",
+            "0.01",
+            "ChatUser",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=45,
+        cwd=tmp_path,
+    )
+    output = completed.stdout + completed.stderr
+    assert completed.returncode == 0, output[-3000:]
+    steps = [line for line in output.splitlines() if "Shape test updating to" in line]
+    assert [line.split("updating to ")[1].split()[0] for line in steps] == ["2", "4"]
+    assert "Shape test completed" in output
