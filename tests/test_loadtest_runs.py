@@ -263,7 +263,9 @@ def test_a_bad_host_stops_the_run_before_any_user_starts(tmp_path: Path) -> None
     assert summary == {"exit_code": 2}
 
 
-def test_locust_command_line_smoke(start_server: Callable[..., ChatServer], tmp_path: Path) -> None:
+def test_locust_command_line_smoke_with_two_worker_processes(
+    start_server: Callable[..., ChatServer], tmp_path: Path
+) -> None:
     host, port = start_server(linger=0.5).address
     completed = gevent.subprocess.run(
         [
@@ -277,6 +279,8 @@ def test_locust_command_line_smoke(start_server: Callable[..., ChatServer], tmp_
             "4",
             "-t",
             "2s",
+            "--processes",
+            "2",  # a master and two workers: the µs histograms must be merged
             "--host",
             f"{host}:{port}",
             "--csv",
@@ -296,7 +300,10 @@ def test_locust_command_line_smoke(start_server: Callable[..., ChatServer], tmp_
     data = json.loads((tmp_path / "out" / "run_latency_us.json").read_text(encoding="utf-8"))
     echo = next(r for r in data["rows"] if r["step"] == "echo")
     assert echo["count"] > 0 and echo["failures"] == 0
-    assert (tmp_path / "out" / "run_stats.csv").exists()
+    # Every echo the workers reported to Locust is in the master's merged µs histogram.
+    stats = (tmp_path / "out" / "run_stats.csv").read_text(encoding="utf-8").splitlines()
+    locust_echo = next(line.split(",") for line in stats if line.startswith("tcp,echo,"))
+    assert int(locust_echo[2]) == echo["count"]
 
 
 def test_locust_command_line_refuses_a_missing_host(tmp_path: Path) -> None:
