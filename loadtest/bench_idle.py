@@ -46,7 +46,7 @@ def main() -> None:
     parser.add_argument("--hold", type=int, default=40, help="seconds to hold after the ramp (default 40)")
     parser.add_argument("--processes", type=int, default=2, help="Locust worker processes (default 2)")
     parser.add_argument("--timeout", type=float, default=20.0, help="idle timeout the users negotiate (s)")
-    parser.add_argument("--margin", type=float, default=2.0, help="--gc-idle-margin (s)")
+    parser.add_argument("--margin", type=float, default=5.0, help="--gc-idle-margin (s)")
     parser.add_argument("--sources", default="127.0.0.1-127.0.0.8", help="--gc-source-addresses")
     args = parser.parse_args()
 

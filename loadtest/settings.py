@@ -87,7 +87,7 @@ class Settings:
     #: Seconds to wait for each reply.
     reply_timeout: float = 5.0
     #: IdleUser speaks this many seconds before its idle timeout would run out.
-    idle_margin: float = 2.0
+    idle_margin: float = 5.0
     #: Idle timeout (s) TimeoutUser negotiates before going silent.
     short_timeout: float = 1.0
     #: How late (s) after its timeout TimeoutUser still accepts the server's ``bye:``.
