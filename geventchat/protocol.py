@@ -547,6 +547,11 @@ class ClientConversation:
     def framing(self) -> Framing:
         return self._framing
 
+    @property
+    def pending_bytes(self) -> int:
+        """Bytes of an incomplete line held (line framing)."""
+        return len(self._partial)
+
     def receive_data(self, data: bytes) -> list[ClientEvent]:
         """Feed bytes from the server (``b""`` at end of input). Raises :class:`RemoteProtocolError` if the server
         sends a line over the limit or invalid UTF-8 in line framing."""
@@ -570,10 +575,16 @@ class ClientConversation:
             else:
                 events.append(Reply(text, text.removeprefix(self._prefix)))
             return events
-        if NEWLINE not in data:
+        end = data.find(NEWLINE)
+        if end < 0:
             if len(self._partial) + len(data) > self._max_line:
                 raise RemoteProtocolError(f"server sent a line longer than {self._max_line} bytes")
             self._partial += data
+            return events
+        if end == len(data) - 1 and not self._partial:
+            # The usual case, one whole line (a reply): no split, no list of lines, no tail to keep.
+            line = data[:-2] if data[-2:-1] == b"\r" else data[:-1]
+            events.append(self._classify(self._decode(line)))
             return events
         if self._partial:
             self._partial += data

@@ -1,0 +1,126 @@
+"""Run the load test in-process (a Locust ``Environment`` with a local runner) and print a JSON summary.
+
+    python loadtest/run_programmatic.py --host 127.0.0.1:8888 --users 20 --seconds 3 ChatUser [--gc-think-time 0 ...]
+
+The tests run this in a subprocess (importing Locust monkey-patches the whole process, which the test process must
+not be), and ``bench_locust.py`` uses it to measure a steady window precisely. Options it does not know are passed
+to Locust's own parser, so every ``--gc-*`` option works. The JSON (one object on stdout)::
+
+    {"requests": {"echo": 1234, ...}, "failures": {"echo": 0, ...},
+     "causes": {"connect": {"connection refused": 17}, ...},
+     "latency_us": [{"scenario": "ChatUser", "step": "echo", "count": 1234, "p50": 41, ...}, ...],
+     "locust_median_ms": {"echo": 0.04, ...},
+     "window": {"seconds": 2.0, "requests": 80000, "requests_per_s": 40000.0, "cpu_us_per_request": 24.1},
+     "exit_code": 0}
+
+``window`` counts the ``--measure-step`` step (default ``echo``) between ``--warmup`` seconds after every user has
+started and the end of the run, with the process's CPU time over the same window.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+
+def _load_locustfile(path: Path) -> Any:
+    spec = importlib.util.spec_from_file_location("locustfile", path)
+    if spec is None or spec.loader is None:
+        raise SystemExit(f"cannot load {path}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["locustfile"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("user_classes", nargs="+", help="User classes to run (ChatUser, IdleUser, ...)")
+    parser.add_argument("--host", default="", help="tcp://HOST:PORT or HOST:PORT")
+    parser.add_argument("--users", type=int, default=10)
+    parser.add_argument("--spawn-rate", type=float, default=0.0, help="users/s (default: all at once)")
+    parser.add_argument("--seconds", type=float, default=3.0, help="seconds to run once every user has started")
+    parser.add_argument("--warmup", type=float, default=0.0, help="seconds after spawning before the window opens")
+    parser.add_argument("--measure-step", default="echo", help="step counted in the window (default echo)")
+    parser.add_argument("--spawn-timeout", type=float, default=60.0, help="seconds allowed for spawning")
+    parser.add_argument(
+        "--locustfile", default=str(ROOT / "loadtest" / "locustfile.py"), help="default: loadtest/locustfile.py"
+    )
+    args, locust_args = parser.parse_known_args(argv)
+
+    import gevent  # after the locustfile: importing Locust monkey-patches first
+
+    module = _load_locustfile(Path(args.locustfile))
+    from locust import events
+    from locust.argument_parser import get_parser
+    from locust.env import Environment
+
+    options = get_parser(default_config_files=[]).parse_args(
+        ["--headless", *(["--host", args.host] if args.host else []), *locust_args]
+    )
+    user_classes = [getattr(module, name) for name in args.user_classes]
+    environment = Environment(user_classes=user_classes, events=events, host=args.host or None, parsed_options=options)
+    runner = environment.create_local_runner()
+    try:
+        events.init.fire(environment=environment, runner=runner, web_ui=None)
+    except SystemExit as exc:
+        print(json.dumps({"exit_code": exc.code}))
+        return int(exc.code) if isinstance(exc.code, int) else 2
+
+    runner.start(args.users, spawn_rate=args.spawn_rate or args.users)
+    deadline = time.monotonic() + args.spawn_timeout
+    while runner.user_count < args.users and time.monotonic() < deadline:
+        gevent.sleep(0.05)
+    gevent.sleep(args.warmup)
+    step = runner.stats.get(args.measure_step, "tcp")
+    first = (time.perf_counter(), time.process_time(), step.num_requests)
+    gevent.sleep(args.seconds)
+    last = (time.perf_counter(), time.process_time(), step.num_requests)
+    spawned = runner.user_count
+    runner.quit()
+    events.quitting.fire(environment=environment, reverse=True)
+    exit_code = 1 if runner.stats.errors or runner.exceptions else 0
+    events.quit.fire(exit_code=exit_code)
+
+    requests = {name: entry.num_requests for (name, _method), entry in sorted(runner.stats.entries.items())}
+    failures = {name: entry.num_failures for (name, _method), entry in sorted(runner.stats.entries.items())}
+    causes: dict[str, dict[str, int]] = {}
+    for error in runner.stats.errors.values():
+        by_cause = causes.setdefault(error.name, {})
+        by_cause[str(error.error)] = by_cause.get(str(error.error), 0) + error.occurrences
+    recorder = getattr(environment, "geventchat_latency", None)
+    latency = [row.__dict__ for row in recorder.rows()] if recorder is not None else []
+    seconds, cpu, counted = last[0] - first[0], last[1] - first[1], last[2] - first[2]
+    summary = {
+        "users": spawned,
+        "requests": requests,
+        "failures": failures,
+        "causes": causes,
+        "latency_us": latency,
+        "locust_median_ms": {
+            name: entry.median_response_time for (name, _method), entry in sorted(runner.stats.entries.items())
+        },
+        "exceptions": [str(e["msg"]) for e in runner.exceptions.values()],
+        "window": {
+            "seconds": round(seconds, 3),
+            "requests": counted,
+            "requests_per_s": round(counted / seconds, 1) if seconds else 0.0,
+            "cpu_us_per_request": round(cpu / counted * 1e6, 2) if counted else None,
+        },
+        "exit_code": exit_code,
+    }
+    print(json.dumps(summary, ensure_ascii=False))
+    return exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
