@@ -102,6 +102,10 @@ class Settings:
     shape: StepSpec | None = None
     #: Base path for the µs latency CSV/JSON (``""``: next to ``--csv`` if given, else none).
     latency_file: str = ""
+    #: Talk TLS to the server (a server started with ``--tls-cert``), verifying its certificate.
+    tls: bool = False
+    #: PEM file of the CA that signed the server's certificate (``""``: the system's trusted CAs).
+    tls_ca: str = ""
 
     def __post_init__(self) -> None:
         positive = {
@@ -153,6 +157,8 @@ class Settings:
                 prefix=str(options.gc_prefix),
                 shape=parse_step_spec(str(options.gc_shape)),
                 latency_file=str(options.gc_latency_file),
+                tls=_flag(options.gc_tls),
+                tls_ca=str(options.gc_tls_ca),
             )
         except BadTarget as exc:
             raise BadSettings(f"--gc-source-addresses: {exc}") from None
@@ -160,6 +166,18 @@ class Settings:
             if isinstance(exc, BadSettings):
                 raise
             raise BadSettings(f"bad --gc-* option value: {exc}") from None
+
+
+def _flag(value: Any) -> bool:
+    """A boolean option: a real bool from argparse, or text from the web UI / locust.conf."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("", "0", "false", "no", "off"):
+        return False
+    raise BadSettings(f"--gc-tls expects true or false, not {value!r}")
 
 
 def add_arguments(parser: Any) -> None:
@@ -243,4 +261,15 @@ def add_arguments(parser: Any) -> None:
         default="",
         help="Write the µs latency summary to PATH.csv and PATH.json (default: PREFIX_latency_us.* with --csv)",
         include_in_web_ui=False,
+    )
+    group.add_argument(
+        "--gc-tls",
+        action="store_true",
+        default=defaults.tls,
+        help="Talk TLS to the server (one started with --tls-cert), verifying its certificate",
+    )
+    group.add_argument(
+        "--gc-tls-ca",
+        default=defaults.tls_ca,
+        help="With --gc-tls: PEM file of the CA that signed the server's certificate. Default: the system's CAs",
     )

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import ssl
 import time
 import weakref
 from typing import Any
@@ -27,6 +28,7 @@ from locust.exception import StopUser
 from geventchat.client import ChatClient, ChatClientError, ClosedByServer, ReplyTimeout
 from geventchat.config import Framing
 from geventchat.protocol import ClientConversation, Greeting, Reply
+from geventchat.tls import client_context
 
 from .failures import BYE_TOO_EARLY, BYE_TOO_LATE, CLOSED_WITHOUT_BYE, StepFailed, cause_of
 from .latency import LatencyRecorder
@@ -106,6 +108,8 @@ class RunContext:
         self.watchdog = Watchdog(min(0.25, settings.reply_timeout / 4))
         self._targets = itertools.cycle(targets)
         self._sources = itertools.cycle(settings.source_addresses) if settings.source_addresses else None
+        #: One TLS context per run, shared by every connection (building one per connection is costly).
+        self.tls = _tls_context(settings) if settings.tls else None
 
     def close(self) -> None:
         """Stop this run's watchdog (a new run builds its own)."""
@@ -116,6 +120,13 @@ class RunContext:
         ``--gc-source-addresses``."""
         source = (next(self._sources), 0) if self._sources is not None else None
         return next(self._targets), source
+
+
+def _tls_context(settings: Settings) -> ssl.SSLContext:
+    try:
+        return client_context(settings.tls_ca or None)
+    except (OSError, ssl.SSLError) as exc:
+        raise BadSettings(f"--gc-tls-ca {settings.tls_ca!r}: {exc.strerror or exc}") from None
 
 
 def start_run(environment: Any) -> RunContext:
@@ -253,7 +264,11 @@ class ChatSession:
         started = time.perf_counter()
         try:
             sock = ChatClient.open_socket(
-                target.host, target.port, connect_timeout=settings.connect_timeout, source_address=source
+                target.host,
+                target.port,
+                connect_timeout=settings.connect_timeout,
+                source_address=source,
+                tls=self.context.tls,
             )
         except ChatClientError as exc:
             return self._error("connect", started, exc)

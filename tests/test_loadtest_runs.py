@@ -24,6 +24,8 @@ from gevent.socket import socket as GeventSocket
 from geventchat.config import DEFAULT_GREETING, DEFAULT_PREFIX
 from geventchat.server import ChatServer
 
+from .test_tls import pki  # noqa: F401 - the fixture: a CA and a server certificate made for the test
+
 ROOT = Path(__file__).resolve().parent.parent
 RUNNER = ROOT / "loadtest" / "run_programmatic.py"
 LOCUST = Path(sys.executable).parent / "locust"
@@ -346,3 +348,18 @@ def test_gc_shape_ramps_in_steps_then_ends_the_test(start_server: Callable[..., 
     steps = [line for line in output.splitlines() if "Shape test updating to" in line]
     assert [line.split("updating to ")[1].split()[0] for line in steps] == ["2", "4"]
     assert "Shape test completed" in output
+
+
+def test_users_talk_tls_to_a_tls_server(pki: dict[str, str], tmp_path: Path) -> None:  # noqa: F811 - the fixture
+    from .faultkit import quiet, serving
+
+    with serving(quiet(tls_cert=pki["cert"], tls_key=pki["key"])) as server:
+        host, port = server.address
+        common = ("--host", f"{host}:{port}", "--users", "2", "--seconds", "1.5", "ChatUser", "--gc-think-time", "0.01")
+        trusted = run_users(*common, "--gc-tls", "--gc-tls-ca", pki["ca"], cwd=tmp_path)
+        untrusted = run_users(*common, "--gc-tls", "--gc-tls-ca", pki["other_ca"], cwd=tmp_path)
+    assert trusted["causes"] == {} and trusted["requests"]["echo"] > 0, trusted["causes"]
+    # A certificate our CA did not sign fails at connect, under its own cause.
+    connect_causes = untrusted["causes"].get("connect", {})
+    assert connect_causes and all(c.startswith("tls handshake failed: ") for c in connect_causes), untrusted["causes"]
+    assert untrusted["requests"].get("echo", 0) == 0
