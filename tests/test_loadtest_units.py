@@ -109,14 +109,19 @@ def _options(**overrides: object) -> Namespace:
         "gc_prefix": defaults.prefix,
         "gc_shape": "",
         "gc_latency_file": "",
+        "gc_tls": defaults.tls,
+        "gc_tls_ca": defaults.tls_ca,
     }
     values.update(overrides)
     return Namespace(**values)
 
 
 def test_settings_come_from_locust_options_including_web_ui_strings() -> None:
-    settings = Settings.from_options(_options(gc_think_time="0.25", gc_source_addresses="127.0.0.2-127.0.0.3"))
+    settings = Settings.from_options(
+        _options(gc_think_time="0.25", gc_source_addresses="127.0.0.2-127.0.0.3", gc_tls="true", gc_tls_ca="ca.pem")
+    )
     assert settings.think_time == 0.25
+    assert settings.tls is True and settings.tls_ca == "ca.pem"  # the web UI sends flags as text
     assert settings.source_addresses == ("127.0.0.2", "127.0.0.3")
     assert Settings.from_options(None) == Settings()
 
@@ -131,6 +136,7 @@ def test_settings_come_from_locust_options_including_web_ui_strings() -> None:
         ({"gc_message_size": "big"}, "--gc-"),
         ({"gc_source_addresses": "nowhere"}, "--gc-source-addresses"),
         ({"gc_shape": "1,2"}, "--gc-shape"),
+        ({"gc_tls": "maybe"}, "--gc-tls"),
     ],
 )
 def test_bad_option_values_name_the_option(overrides: dict[str, object], option: str) -> None:
