@@ -670,17 +670,26 @@ class _Connection:
             self._idle_timer = None
 
     def _flush_and_linger(self, data: bytes, linger: float) -> None:
+        """Send ``data`` within ``linger`` seconds, then :func:`linger_close` (inline here, timed by this
+        connection's own timer rather than two gevent.Timeouts: it is paid on every connection's way out)."""
+        sock = self.sock
         try:
-            with gevent.Timeout(linger, _LingerOver):
-                view = memoryview(data)
-                while view:
-                    try:
-                        view = view[self.sock.send(view) :]
-                    except ShutdownRequested:
-                        continue
-        except (OSError, _LingerOver):
-            return
-        linger_close(self.sock, linger)
+            self._start_timer(linger, _LingerOver)
+            view = memoryview(data)
+            while view:
+                try:
+                    view = view[sock.send(view) :]
+                except ShutdownRequested:
+                    continue
+            view.release()
+            self._start_timer(linger, _LingerOver)
+            sock.shutdown(socket.SHUT_WR)
+            while sock.recv(_LINGER_READ):
+                pass
+        except (OSError, _LingerOver, ShutdownRequested):
+            pass
+        finally:
+            self._disarm()
 
 
 def _describe(event: object) -> str:
