@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     preset.add_argument("--tiny", dest="preset", action="store_const", const="tiny", help="smoke-test size")
     run.set_defaults(preset="quick")
     run.add_argument("--servers", nargs="+", help="only these servers (names as in the report)")
-    run.add_argument("--phases", nargs="+", choices=["echo", "churn", "rate", "hold"])
+    run.add_argument("--phases", nargs="+", choices=["echo", "churn", "rate", "hold", "gc"])
     run.add_argument("--connections", nargs="+", type=int, help="connection counts for the echo phase")
     run.add_argument("--duration", type=float)
     run.add_argument("--repeats", type=int)

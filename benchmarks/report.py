@@ -42,12 +42,26 @@ class Results:
             if server not in self.servers:
                 self.servers.append(server)
             # Hold counts differ per server (a process per client holds hundreds, not thousands): one row each.
-            key = 0 if record["mode"] == "hold" else record.get("connections", record.get("concurrency", 0))
+            key = 0 if record["mode"] in ("hold", "gc") else record.get("connections", record.get("concurrency", 0))
             self._groups[(server, record["mode"], key)].append(record)
 
     def median(self, server: str, mode: str, key: int, field: str) -> float | None:
         values = [r[field] for r in self._groups.get((server, mode, key), []) if field in r]
         return statistics.median(values) if values else None
+
+    def paired_ratios(self, a: str, b: str, mode: str, key: int, field: str) -> list[float]:
+        """``a``'s figure divided by ``b``'s from the same repeat (measured back to back), one per repeat."""
+        by_repeat = {rec["repeat"]: rec[field] for rec in self._groups.get((b, mode, key), []) if rec.get(field)}
+        return [
+            rec[field] / by_repeat[rec["repeat"]]
+            for rec in self._groups.get((a, mode, key), [])
+            if field in rec and rec["repeat"] in by_repeat
+        ]
+
+    def paired_ratio(self, a: str, b: str, mode: str, key: int, field: str) -> float | None:
+        """Median of :meth:`paired_ratios`."""
+        ratios = self.paired_ratios(a, b, mode, key, field)
+        return statistics.median(ratios) if ratios else None
 
     def runs(self, server: str, mode: str, key: int) -> int:
         return len(self._groups.get((server, mode, key), []))
@@ -114,8 +128,11 @@ def render(data: dict[str, Any], title: str, plots: list[str]) -> str:
         f"Offered load = {s['rate_fraction']:.0%} of the same server's closed-loop maximum at"
         f" {s['rate_connections']} connections in the same run; latency counted from when each request was due.",
         "",
-        "| server | offered/s | answered/s | p50 ms | p99 ms | p99.9 ms |",
-        "|---|---:|---:|---:|---:|---:|",
+        "Server CPU is the share of its core the server used: well below 100% while latency grows means the server"
+        " was waiting for its turn on a core shared with other work, not working.",
+        "",
+        "| server | offered/s | answered/s | p50 ms | p99 ms | p99.9 ms | server CPU |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
     n = s["rate_connections"]
     for server in r.servers:
@@ -124,7 +141,8 @@ def render(data: dict[str, Any], title: str, plots: list[str]) -> str:
         lines.append(
             f"| {server} | {_fmt(r.median(server, 'rate', n, 'offered_per_s'))} | "
             f"{_fmt(r.median(server, 'rate', n, 'replies_per_s'))} | {_fmt(r.median(server, 'rate', n, 'p50'), 2)} | "
-            f"{_fmt(r.median(server, 'rate', n, 'p99'), 2)} | {_fmt(r.median(server, 'rate', n, 'p99.9'), 2)} |"
+            f"{_fmt(r.median(server, 'rate', n, 'p99'), 2)} | {_fmt(r.median(server, 'rate', n, 'p99.9'), 2)} | "
+            f"{_fmt((r.median(server, 'rate', n, 'server_cpu') or 0) * 100)}% |"
         )
     c = s["churn_concurrency"]
     lines += [
@@ -168,12 +186,43 @@ def render(data: dict[str, Any], title: str, plots: list[str]) -> str:
             f"{_fmt(r.median(server, 'hold', 0, 'handshake_max'), 1)} | "
             f"{_fmt(r.median(server, 'hold', 0, 'answered'))} |"
         )
+    lines += _gc_section(r)
     lines += _hold_many(r)
     for error in r.errors():
         lines.append(f"\nRun {error['repeat']} of {error['server']} failed: {error['error']}")
     if plots:
         lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in plots]
     return "\n".join(lines) + "\n"
+
+
+def _gc_section(r: Results) -> list[str]:
+    names = [n for n in ("geventchat gc off", "geventchat gc on") if r.runs(n, "gc", 0)]
+    if not names:
+        return []
+    lines = [
+        "",
+        f"## Garbage-collector pauses while geventchat takes on {r.settings['hold']:,} connections",
+        "",
+        "Timed inside the server (`gc.callbacks`, `benchmarks/gcpause.py`) while the clients open 10 at a time;"
+        " `off` is CPython's defaults (`--gc-tuning off`), `on` is geventchat's default (`gc.freeze()` after"
+        " start-up, full collections rare).",
+        "",
+        "| --gc-tuning | collections gen 0 / 1 / 2 | longest full collection ms | longest pause ms | total paused ms"
+        " | handshake p99 / max ms |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for name in names:
+        recs = [rec for rec in r._groups[(name, "gc", 0)] if "collections" in rec]
+        if not recs:
+            continue
+        counts = " / ".join(f"{statistics.median(rec['collections'][g] for rec in recs):.0f}" for g in ("0", "1", "2"))
+        lines.append(
+            f"| {name.rsplit(' ', 1)[1]} | {counts} | {_fmt(r.median(name, 'gc', 0, 'full_collection_max_ms'), 1)}"
+            f" | {_fmt(r.median(name, 'gc', 0, 'pause_max_ms'), 1)} | {_fmt(r.median(name, 'gc', 0, 'pause_total_ms'))}"
+            f" | {_fmt(r.median(name, 'gc', 0, 'handshake_p99'), 1)}"
+            f" / {_fmt(r.median(name, 'gc', 0, 'handshake_max'), 1)} |"
+        )
+    return lines
 
 
 def _hold_many(r: Results) -> list[str]:
@@ -206,29 +255,45 @@ def _generator_ceiling(r: Results) -> list[str]:
         return []
     gen = r.median(fastest, "echo", 100, "loadgen_cpu") or 0.0
     srv = r.median(fastest, "echo", 100, "server_cpu") or 0.0
+    if gen >= GENERATOR_BOUND:
+        verdict = "the generator was the limit there"
+    elif srv >= GENERATOR_BOUND:
+        verdict = "the server was the limit there"
+    else:
+        verdict = "neither had its core to itself (other work on the machine) and they waited on each other"
+    ceiling = f" At {gen / rate * 1e6:.1f} µs of generator CPU per reply, a whole core drives about" if gen else ""
+    ceiling += f" {rate / gen:,.0f} replies/s." if gen else ""
     return [
         "",
         f"Load generator ceiling: against the fastest reference server ({fastest}, 100 connections) it drove"
-        f" {rate:,.0f} replies/s using {gen:.0%} of its core while the server used {srv:.0%} of its own; "
-        + ("the generator was the limit there." if gen >= srv else "the server was the limit there.")
-        + f" Every figure well below {rate:,.0f}/s without a † was the server's limit.",
+        f" {rate:,.0f} replies/s using {gen:.0%} of its core while the server used {srv:.0%} of its own;"
+        f" {verdict}.{ceiling}",
     ]
 
 
 def _targets(r: Results) -> list[str]:
     s = r.settings
     ours, base = GEVENTCHAT, BASELINE
-    lines = ["## Targets (ratios measured in this run)", "", "| target | measured | |", "|---|---:|---|"]
+    lines = [
+        "## Targets (ratios measured in this run)",
+        "",
+        "Ratios are medians over repeats of the two servers' figures measured back to back in the same repeat.",
+        "",
+        "| target | measured | |",
+        "|---|---:|---|",
+    ]
 
-    def row(name: str, value: float | None, ok: bool | None, unit: str = "") -> None:
+    def row(name: str, value: float | None, ok: bool | None, unit: str = "", spread: list[float] | None = None) -> None:
         verdict = "-" if ok is None else ("hit" if ok else "missed")
-        lines.append(f"| {name} | {_fmt(value, 2)}{unit} | {verdict} |")
+        each = f" (each repeat: {', '.join(f'{v:.2f}' for v in spread)})" if spread and len(spread) > 1 else ""
+        lines.append(f"| {name} | {_fmt(value, 2)}{unit}{each} | {verdict} |")
 
-    ours100 = r.median(ours, "echo", 100, "replies_per_s")
-    vs_min = _ratio(ours100, r.median(base, "echo", 100, "replies_per_s"))
-    row("geventchat @100 ≥ 1.2x minimal gevent", vs_min, None if vs_min is None else vs_min >= 1.2, "x")
-    vs_uv = _ratio(ours100, r.median("uvloop-streams", "echo", 100, "replies_per_s"))
-    row("geventchat @100 ≥ 1.0x asyncio streams on uvloop", vs_uv, None if vs_uv is None else vs_uv >= 1.0, "x")
+    vs_min = r.paired_ratio(ours, base, "echo", 100, "replies_per_s")
+    spread = r.paired_ratios(ours, base, "echo", 100, "replies_per_s")
+    row("geventchat @100 ≥ 1.2x minimal gevent", vs_min, None if vs_min is None else vs_min >= 1.2, "x", spread)
+    vs_uv = r.paired_ratio(ours, "uvloop-streams", "echo", 100, "replies_per_s")
+    spread = r.paired_ratios(ours, "uvloop-streams", "echo", 100, "replies_per_s")
+    row("geventchat @100 ≥ 1.0x asyncio streams on uvloop", vs_uv, None if vs_uv is None else vs_uv >= 1.0, "x", spread)
 
     def cpu_per_reply(server: str) -> float | None:
         cpu, rate = r.median(server, "echo", 100, "server_cpu"), r.median(server, "echo", 100, "replies_per_s")
@@ -243,8 +308,9 @@ def _targets(r: Results) -> list[str]:
     kb = kb / 1024 if kb is not None else None
     row("memory per idle connection ≤ 8 KB", kb, None if kb is None else kb <= 8, " KB")
     c = s["churn_concurrency"]
-    churn = _ratio(r.median(ours, "churn", c, "cycles_per_s"), r.median(base, "churn", c, "cycles_per_s"))
-    row("churn ≥ 1.5x minimal gevent", churn, None if churn is None else churn >= 1.5, "x")
+    churn = r.paired_ratio(ours, base, "churn", c, "cycles_per_s")
+    spread = r.paired_ratios(ours, base, "churn", c, "cycles_per_s")
+    row("churn ≥ 1.5x minimal gevent", churn, None if churn is None else churn >= 1.5, "x", spread)
     p99 = r.median(ours, "rate", s["rate_connections"], "p99")
     row(
         f"p99 at {s['rate_connections']} connections, {s['rate_fraction']:.0%} load < 5 ms",
@@ -252,6 +318,11 @@ def _targets(r: Results) -> list[str]:
         None if p99 is None else p99 < 5,
         " ms",
     )
+    before_pause = r.median(f"{ours} gc off", "gc", 0, "pause_max_ms")
+    after_pause = r.median(f"{ours} gc on", "gc", 0, "pause_max_ms")
+    if before_pause is not None and after_pause is not None:
+        row(f"longest collector pause taking on {s['hold']:,}: CPython defaults (before)", before_pause, None, " ms")
+        row(f"longest collector pause taking on {s['hold']:,}: --gc-tuning on (after)", after_pause, None, " ms")
     after = r.median(ours, "hold", 0, "handshake_p99")
     before = r.median(f"{ours} gc-untuned", "hold", 0, "handshake_p99")
     if before is not None:
@@ -285,7 +356,8 @@ def plot(data: dict[str, Any], directory: Path, stem: str) -> list[str]:
         axis.set_ylabel(label)
         axis.grid(True, alpha=0.3)
     right.set_yscale("log")
-    left.legend(fontsize=8)
+    if left.get_legend_handles_labels()[1]:
+        left.legend(fontsize=8)
     left.set_title("Throughput, one server core")
     right.set_title("p99 latency (closed loop)")
     fig.tight_layout()

@@ -127,7 +127,7 @@ class Settings:
     hold: int = 15000
     rate_connections: int = 1000
     rate_fraction: float = 0.5
-    phases: tuple[str, ...] = ("echo", "churn", "rate", "hold")
+    phases: tuple[str, ...] = ("echo", "churn", "rate", "hold", "gc")
     #: Idle connections for the many-connections hold (geventchat with workers; 0 = skip), once per invocation.
     hold_many: int = 0
     hold_many_workers: int = 8
@@ -259,6 +259,19 @@ def hold(
     }
 
 
+def gc_pauses(connections: int, tuning: str) -> dict[str, Any]:
+    """Collector pauses inside a geventchat server taking on ``connections`` (see :mod:`benchmarks.gcpause`)."""
+    command = [PYTHON, "-m", "benchmarks.gcpause", "--connections", str(connections), "--gc-tuning", tuning]
+    if SERVER_CPU is not None and LOADGEN_CPU is not None:
+        command += ["--cpu", str(SERVER_CPU), "--loadgen-cpu", str(LOADGEN_CPU)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
+    lines = [line for line in result.stdout.splitlines() if line.startswith("{")]
+    if result.returncode != 0 or not lines:
+        raise BenchmarkError(f"gc pause measurement failed: {result.stderr.strip()[-500:]}")
+    record: dict[str, Any] = json.loads(lines[-1])
+    return record
+
+
 def _read_record(process: subprocess.Popen[str], timeout: float) -> dict[str, Any]:
     assert process.stdout is not None
     ready, _, _ = select.select([process.stdout], [], [], timeout)
@@ -328,6 +341,14 @@ def run_matrix(settings: Settings, log: Any = print) -> dict[str, Any]:
         finally:
             for server in running.values():
                 server.stop()
+        if "gc" in settings.phases and any(spec.name == "geventchat" for spec in settings.servers):
+            for tuning in ("off", "on"):
+                spec = ServerSpec(f"geventchat gc {tuning}", ())
+                try:
+                    result = gc_pauses(settings.hold, tuning)
+                except BenchmarkError as exc:
+                    result = {"mode": "error", "phase": "gc", "error": str(exc)}
+                record(spec, repeat, result)
     if settings.hold_many and geventchat_supports("--workers"):
         workers = settings.hold_many_workers
         spec = ServerSpec(
@@ -375,6 +396,12 @@ def _summary(record: dict[str, Any]) -> str:
     if mode == "churn":
         rate = record["cycles_per_s"]
         return f"  {name:24} churn@{record['concurrency']} {rate:8.0f} cycles/s errors {record['errors']}"
+    if mode == "gc":
+        return (
+            f"  {name:24} gc: collections {record['collections']} longest full "
+            f"{record['full_collection_max_ms']:.1f} ms, longest {record['pause_max_ms']:.1f} ms, "
+            f"total {record['pause_total_ms']:.0f} ms; handshake p99 {record['handshake_p99']:.1f} ms"
+        )
     if mode == "hold":
         return (
             f"  {name:24} hold {record['opened']}/{record['connections']} in {record['open_seconds']:.1f}s "
