@@ -149,10 +149,12 @@ def render(data: dict[str, Any], title: str, plots: list[str]) -> str:
         "",
         f"## Connection churn at {c} concurrent",
         "",
-        "One cycle: connect, greeting, timeout line, one echo, `:q`, its echo, close.",
+        "One cycle: connect, greeting, timeout line, one echo, `:q`, its echo, close. A cycle costs the Python"
+        " generator about as much CPU as the server, so on this machine cycles/s is often the generator's (or the"
+        " shared machine's) limit; server CPU per cycle is the server's own cost.",
         "",
-        "| server | cycles/s | cycle p99 ms | errors |",
-        "|---|---:|---:|---:|",
+        "| server | cycles/s | cycle p99 ms | errors | server CPU µs/cycle | generator CPU |",
+        "|---|---:|---:|---:|---:|---:|",
     ]
     for server in r.servers:
         rate = r.median(server, "churn", c, "cycles_per_s")
@@ -160,7 +162,11 @@ def render(data: dict[str, Any], title: str, plots: list[str]) -> str:
             continue
         marked = _fmt(rate, mark=r.generator_bound(server, "churn", c))
         p99, errors = r.median(server, "churn", c, "p99"), r.median(server, "churn", c, "errors")
-        lines.append(f"| {server} | {marked} | {_fmt(p99, 1)} | {_fmt(errors)} |")
+        cpu, gen = r.median(server, "churn", c, "server_cpu"), r.median(server, "churn", c, "loadgen_cpu")
+        per_cycle = _fmt(cpu / rate * 1e6 if cpu and rate else None)
+        lines.append(
+            f"| {server} | {marked} | {_fmt(p99, 1)} | {_fmt(errors)} | {per_cycle} | {_fmt((gen or 0) * 100)}% |"
+        )
     lines += [
         "",
         f"## Idle connections held ({s['hold']:,} unless the opened column says otherwise)",
@@ -311,6 +317,14 @@ def _targets(r: Results) -> list[str]:
     churn = r.paired_ratio(ours, base, "churn", c, "cycles_per_s")
     spread = r.paired_ratios(ours, base, "churn", c, "cycles_per_s")
     row("churn ≥ 1.5x minimal gevent", churn, None if churn is None else churn >= 1.5, "x", spread)
+
+    def cpu_per_cycle(server: str) -> float | None:
+        cpu, rate = r.median(server, "churn", c, "server_cpu"), r.median(server, "churn", c, "cycles_per_s")
+        return cpu / rate if cpu and rate else None
+
+    ratio = _ratio(cpu_per_cycle(base), cpu_per_cycle(ours))
+    if ratio is not None:
+        row(f"(context) server CPU per churn cycle, {base} / geventchat", ratio, None, "x")
     p99 = r.median(ours, "rate", s["rate_connections"], "p99")
     row(
         f"p99 at {s['rate_connections']} connections, {s['rate_fraction']:.0%} load < 5 ms",
@@ -348,8 +362,10 @@ def plot(data: dict[str, Any], directory: Path, stem: str) -> list[str]:
         if all(v is None for v in rates):
             continue
         style = {"linewidth": 3} if server == GEVENTCHAT else {}
-        left.plot(conns, [v or 0 for v in rates], marker="o", label=server, **style)
-        right.plot(conns, [v or 0 for v in p99s], marker="o", label=server, **style)
+        measured = [(n, rate, p99) for n, rate, p99 in zip(conns, rates, p99s, strict=True) if rate is not None]
+        xs = [n for n, _, _ in measured]
+        left.plot(xs, [rate for _, rate, _ in measured], marker="o", label=server, **style)
+        right.plot(xs, [p99 for _, _, p99 in measured], marker="o", label=server, **style)
     for axis, label in ((left, "replies/s"), (right, "p99 latency (ms)")):
         axis.set_xscale("log")
         axis.set_xlabel("concurrent connections")
@@ -374,7 +390,8 @@ def plot(data: dict[str, Any], directory: Path, stem: str) -> list[str]:
     churn = [(s, v) for s, v in churn if v is not None]
     if mem:
         left.barh([s for s, _ in mem], [v for _, v in mem], color="tab:orange")
-        left.set_xlabel(f"KB per idle connection ({h:,} held)")
+        left.set_xscale("log")  # a process per client is ~300x a greenlet: only a log scale shows both
+        left.set_xlabel(f"KB per idle connection ({h:,} held unless the report says otherwise; log scale)")
         left.invert_yaxis()
     if churn:
         right.barh([s for s, _ in churn], [v for _, v in churn], color="tab:green")
