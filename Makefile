@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 ARGS ?=
 
-.PHONY: run test lint typecheck pytest clean
+.PHONY: run test lint typecheck pytest bench clean
 
 # The venv is rebuilt only when pyproject.toml changes (the stamp records the last install).
 $(VENV)/.installed: pyproject.toml
@@ -27,6 +27,12 @@ typecheck: $(VENV)/.installed
 
 pytest: $(VENV)/.installed
 	$(BIN)/python -m pytest $(ARGS)
+
+# The benchmark matrix (server on CPU 0, load generator on CPU 1); writes benchmarks/results/<date>.md and plots.
+# BENCH=--full for 5 s runs repeated three times (about half an hour); the default is --quick.
+BENCH ?= --quick
+bench: $(VENV)/.installed
+	$(BIN)/python -m benchmarks run $(BENCH)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -138,6 +138,13 @@ def _server_parser() -> argparse.ArgumentParser:
         help="seconds between statistics lines at INFO (0 = off)",
     )
     ops.add_argument(
+        "--gc-tuning",
+        choices=["on", "off"],
+        default="on",
+        help="after start-up, gc.freeze() and make full collections rare (docs/performance.md); "
+        "off keeps CPython's defaults",
+    )
+    ops.add_argument(
         "--log-level",
         default="INFO",
         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
@@ -287,6 +294,7 @@ def run_server(args: argparse.Namespace) -> int:
 
         count = resolve_worker_count(args.workers)
         if count > 1:
+            _tune_gc(args)  # before the fork: the workers inherit the frozen start-up objects and the thresholds
             try:
                 return Supervisor(config, count, _announce).run()
             except OSError as exc:
@@ -296,6 +304,7 @@ def run_server(args: argparse.Namespace) -> int:
         server.start()
     except OSError as exc:
         return _cannot_listen(config, exc)
+    _tune_gc(args)
     _announce(server.address)
     if server.metrics is not None:
         metrics_host, metrics_port = server.metrics.address
@@ -322,6 +331,13 @@ def run_server(args: argparse.Namespace) -> int:
     server.serve_forever()
     log.info("stopped")
     return 0
+
+
+def _tune_gc(args: argparse.Namespace) -> None:
+    if args.gc_tuning == "on":
+        from .gctuning import tune_collector
+
+        log.debug("garbage collector thresholds %s, start-up objects frozen", tune_collector())
 
 
 def _announce(address: tuple[str, int]) -> None:

@@ -20,6 +20,7 @@ is closing this connection, and says why).
 from __future__ import annotations
 
 import enum
+import functools
 import math
 import re
 from dataclasses import dataclass
@@ -238,6 +239,12 @@ def parse_timeout(text: str, minimum: float, maximum: float) -> tuple[float, flo
     return min(max(requested, minimum), maximum), requested
 
 
+@functools.lru_cache(maxsize=16)
+def _encoded(text: str) -> bytes:
+    """One shared encoding of a configured text, instead of a copy per connection."""
+    return text.encode()
+
+
 def format_seconds(seconds: float) -> str:
     """``30`` for whole seconds, ``0.5`` otherwise: how timeouts are written in notices."""
     return f"{seconds:g}"
@@ -250,6 +257,11 @@ class _State(enum.Enum):
     HANDSHAKE = "handshake"  # waiting for the timeout line
     CHATTING = "chatting"
     CLOSED = "closed"
+
+
+_CHATTING = _State.CHATTING
+_LINE = Framing.LINE
+_QUIT_LINE = _QUIT_BYTES + NEWLINE
 
 
 class ServerConversation:
@@ -280,7 +292,7 @@ class ServerConversation:
         self._config = config
         self._framing = config.framing
         self._max_line = config.max_line
-        self._prefix = config.prefix.encode()
+        self._prefix = _encoded(config.prefix)
         self._state = _State.HANDSHAKE
         self._partial = bytearray()
         #: The idle timeout in force, in seconds (the default until the client negotiates one).
@@ -337,7 +349,24 @@ class ServerConversation:
         Returns the events they completed (often none). Replies and notices are queued for :meth:`data_to_send`.
         Raises :class:`LocalProtocolError` if the conversation is already closed.
         """
-        if self._state is _State.CLOSED:
+        state = self._state
+        if (
+            state is _CHATTING
+            and self._framing is _LINE
+            and data
+            and data.find(NEWLINE) == len(data) - 1
+            and len(data) <= self._max_line + 1
+            and not self._partial
+            and data.isascii()
+            and data != _QUIT_LINE
+            and not data.endswith(b"\r\n")
+        ):
+            # The common case in one step: one whole plain line, nothing pending. Same result as the general
+            # path below (the reply is the prefix plus the line as received), with no split, slice or join.
+            self._out.append(self._prefix + data)
+            self.messages_received += 1
+            return [MessageReceived(data[:-1])]
+        if state is _State.CLOSED:
             raise LocalProtocolError("receive_data() called on a closed conversation")
         events: list[ServerEvent] = []
         if not data:
