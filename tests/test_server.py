@@ -366,3 +366,19 @@ def test_debug_log_escapes_peer_text(start_server: StartServer, caplog: pytest.L
     text = "\n".join(r.getMessage() for r in caplog.records)
     assert "\\x1b[2J" in text and "\x1b" not in text
     assert "connected" in text
+
+
+def test_a_polite_quit_closes_without_lingering(start_server: StartServer) -> None:
+    """After ':q' with nothing unread, a plain close cannot reset anything: no lingering for the client's EOF."""
+    server = start_server(linger=30)
+    sock = create_connection(server.address)
+    sock.sendall(b"5\n:q\n")
+    received = b""
+    while not received.endswith(b"\n") or received.count(b"\n") < 2:
+        chunk = sock.recv(1024)
+        assert chunk, received
+        received += chunk
+    assert received.endswith((PREFIX + ":q\n").encode())
+    assert sock.recv(1024) == b""  # the server's FIN, while we keep our side open
+    wait_until(lambda: server.stats.current == 0, timeout=3, what="the server to let go (linger is 30 s)")
+    sock.close()
