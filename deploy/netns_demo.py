@@ -77,7 +77,10 @@ PROOF_VARIABLES = {
     "LOCUST_USERS": "10",
     "LOCUST_SPAWN_RATE": "10",
     "LOCUST_RUN_TIME": "4s",
+    "LOCUST_EXPECT_WORKERS_MAX_WAIT": "20",
 }
+#: Seconds the whole proof may take before it gives up (and still tears everything down).
+DEADLINE = 80
 #: The failover run: users keep arriving after the kill, so there are new connections to watch.
 FAILOVER_VARIABLES = {"LOCUST_USERS": "16", "LOCUST_SPAWN_RATE": "4", "LOCUST_RUN_TIME": "7s"}
 #: Arguments the proof adds to the master's compose command, only to read the results back.
@@ -86,6 +89,10 @@ PROOF_ONLY_MASTER_ARGS = ("--json-file",)
 
 class ProofFailed(Exception):
     """A check of the proof did not hold (the message says which, with what was seen)."""
+
+
+class DeadlineExceeded(ProofFailed):
+    """The proof as a whole took longer than its deadline, or was asked to stop (SIGTERM)."""
 
 
 class Unavailable(Exception):
@@ -605,6 +612,10 @@ class Proof:
             self.say(
                 f"HAProxy marked {victim} DOWN {detected:.1f}s after the kill (health checks every 500 ms, fall 2)"
             )
+            haproxy_log = next(p for p in self.lab.processes if p.name == "haproxy").text()
+            down = [line for line in haproxy_log.splitlines() if " is DOWN" in line and not line.startswith("[")]
+            if down:
+                self.say(f"  haproxy: {down[-1]}")
 
         result = self.run_locust("failover", FAILOVER_VARIABLES, during=kill_midway)
         after = self.backend()
@@ -644,9 +655,32 @@ def _seconds(span: str) -> float:
     return int(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[match.group(2)]
 
 
-def run(variables: Mapping[str, str], *, keep_logs: bool = False, say: Callable[[str], None] = print) -> dict[str, Any]:
+def _interrupt(signum: int, _frame: object) -> None:
+    # Raised in the main thread wherever it is, so the finally clause below still tears everything down.
+    what = "the proof's deadline passed" if signum == signal.SIGALRM else f"{signal.Signals(signum).name} received"
+    raise DeadlineExceeded(what)
+
+
+def run(
+    variables: Mapping[str, str],
+    *,
+    keep_logs: bool = False,
+    say: Callable[[str], None] = print,
+    deadline: int = DEADLINE,
+) -> dict[str, Any]:
     """Build, prove, tear down. Returns the report; raises :class:`ProofFailed` (after teardown) on failure."""
     check_available()
+    previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGALRM, signal.SIGTERM)}
+    signal.alarm(deadline)
+    try:
+        return _run(variables, keep_logs=keep_logs, say=say)
+    finally:
+        signal.alarm(0)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _run(variables: Mapping[str, str], *, keep_logs: bool, say: Callable[[str], None]) -> dict[str, Any]:
     workdir = Path(tempfile.mkdtemp(prefix="geventchat-netns-"))
     lab = Lab(workdir, say)
     proof = Proof(lab, variables, say)
@@ -659,6 +693,8 @@ def run(variables: Mapping[str, str], *, keep_logs: bool = False, say: Callable[
         proof.prove_failover()
         failed = False
     finally:
+        signal.alarm(0)  # teardown runs to its end (it is bounded: 5 s per process at most)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         leftovers = lab.close()
         proof.report["seconds"] = round(time.monotonic() - started, 1)
         proof.report["leftovers"] = leftovers
@@ -684,10 +720,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--locustfile", help="Locust file to run instead of the compose default (LOCUSTFILE)")
     parser.add_argument("--keep-logs", action="store_true", help="keep every process's log (kept anyway on failure)")
     parser.add_argument("--report", metavar="PATH", help="also write the report as JSON to PATH")
+    parser.add_argument(
+        "--deadline",
+        type=int,
+        default=DEADLINE,
+        help="seconds before giving up (teardown still runs); default %(default)s",
+    )
     options = parser.parse_args(args)
     extra = {"LOCUSTFILE": options.locustfile} if options.locustfile else {}
     try:
-        report = run(proof_variables(extra), keep_logs=options.keep_logs)
+        report = run(proof_variables(extra), keep_logs=options.keep_logs, deadline=options.deadline)
     except Unavailable as exc:
         print(f"netns proof unavailable: {exc}", file=sys.stderr)
         return 77

@@ -176,6 +176,7 @@ def test_the_proof_runs_the_compose_commands_with_only_names_replaced(compose: d
         "LOCUST_RUN_TIME",
         "LOCUST_USERS",
         "LOCUST_SPAWN_RATE",
+        "LOCUST_EXPECT_WORKERS_MAX_WAIT",
     }
     assert option(hosts["server1"].argv, "--log-level") == "DEBUG"
 
