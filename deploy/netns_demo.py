@@ -316,8 +316,16 @@ class Process:
     popen: subprocess.Popen[bytes]
     log: Path
 
-    def text(self) -> str:
-        return self.log.read_text(errors="replace") if self.log.exists() else ""
+    def text(self, since: int = 0) -> str:
+        """The log so far (from byte ``since``)."""
+        if not self.log.exists():
+            return ""
+        with self.log.open("rb") as log:
+            log.seek(since)
+            return log.read().decode(errors="replace")
+
+    def size(self) -> int:
+        return self.log.stat().st_size if self.log.exists() else 0
 
 
 class Lab:
@@ -568,7 +576,7 @@ class Proof:
         lb = host_address("lb")
         per_server = {}
         for host in ("server1", "server2"):
-            seen = server_seen(next(p for p in self.lab.processes if p.name == host).text())
+            seen = server_seen(self.process(host).text())
             clients = {ip: n for ip, n in seen.connections.items() if ip != lb}
             per_server[host] = {
                 "client_connections": clients,
@@ -576,7 +584,8 @@ class Proof:
                 "messages": seen.messages,
             }
             self.say(
-                f"{host}: client connections by source {clients}; messages by source {seen.messages}; "
+                f"{host}: {sum(seen.messages.values())} messages, {sum(clients.values())} client connections; "
+                f"by source address: connections {clients}, messages {seen.messages}; "
                 f"{seen.connections.get(lb, 0)} health checks from the lb ({lb}, PROXY LOCAL)"
             )
             if not clients:
@@ -586,9 +595,13 @@ class Proof:
         self.report["steady_servers"] = per_server
         self.say("both server hosts served clients, and saw them by their real (worker host) addresses")
 
+    def process(self, name: str) -> Process:
+        return next(p for p in self.lab.processes if p.name == name)
+
     def prove_failover(self) -> None:
         victim, survivor = host_address("server1"), host_address("server2")
         before = self.backend()
+        marks = {host: self.process(host).size() for host in ("server1", "server2")}
         observed: dict[str, Any] = {}
 
         def kill_midway() -> None:
@@ -612,14 +625,21 @@ class Proof:
             self.say(
                 f"HAProxy marked {victim} DOWN {detected:.1f}s after the kill (health checks every 500 ms, fall 2)"
             )
-            haproxy_log = next(p for p in self.lab.processes if p.name == "haproxy").text()
-            down = [line for line in haproxy_log.splitlines() if " is DOWN" in line and not line.startswith("[")]
+            slot = at_down[victim]["svname"]
+            self.say(f"  (HAProxy's slot for {victim} is servers/{slot}: DNS decides which slot gets which address)")
+            haproxy_log = self.process("haproxy").text()
+            down = [
+                line
+                for line in haproxy_log.splitlines()
+                if f"servers/{slot} is DOWN" in line and not line.startswith("[")
+            ]
             if down:
                 self.say(f"  haproxy: {down[-1]}")
 
         result = self.run_locust("failover", FAILOVER_VARIABLES, during=kill_midway)
         after = self.backend()
         stot_end = {a: int(after[a]["stot"]) for a in (victim, survivor)}
+        messages = {host: sum(server_seen(self.process(host).text(marks[host])).messages.values()) for host in marks}
         at_down = observed["stot_at_down"]
         new_to_victim = stot_end[victim] - at_down[victim]
         new_to_survivor = stot_end[survivor] - at_down[survivor]
@@ -629,10 +649,15 @@ class Proof:
             "stot_end": stot_end,
             "new_connections_after_down": {"server1": new_to_victim, "server2": new_to_survivor},
             "victim_status_end": after[victim]["status"],
+            "messages_per_server": messages,
         }
         self.say(
             f"failover run: Locust exit code {result['exit_code']}, {result['requests']} requests, "
             f"{result['failures']} failures {result['by_name']} (the clients on server1 lost their connection)"
+        )
+        self.say(
+            f"messages per server host in the failover run: server1 {messages['server1']} (until killed), "
+            f"server2 {messages['server2']}"
         )
         self.say(
             f"connections after server1 went DOWN: server1 +{new_to_victim}, server2 +{new_to_survivor} "
