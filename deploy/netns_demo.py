@@ -119,7 +119,7 @@ def interpolate(value: str, variables: Mapping[str, str]) -> str:
             return current if current else arg
         if op == "-":
             return current if current is not None else arg
-        if op in (":?", "?") and not current:
+        if (op == ":?" and not current) or (op == "?" and current is None):
             raise ValueError(f"compose variable {name} is required: {arg}")
         return current or ""
 
@@ -175,8 +175,11 @@ def plan_services(compose: Mapping[str, Any], variables: Mapping[str, str]) -> d
         for mapping in spec.get("ports", ()):
             ports.append(int(interpolate(str(mapping), variables).rsplit(":", 1)[1]))
         replicas = int(interpolate(str(spec.get("deploy", {}).get("replicas", 1)), variables))
-        volumes = tuple(tuple(interpolate(v, variables).split(":")[:2]) for v in spec.get("volumes", ()))
-        plans[name] = ServicePlan(name, command, environment, tuple(ports), replicas, volumes)  # type: ignore[arg-type]
+        volumes = []
+        for volume in spec.get("volumes", ()):
+            source, target = interpolate(str(volume), variables).split(":")[:2]
+            volumes.append((source, target))
+        plans[name] = ServicePlan(name, command, environment, tuple(ports), replicas, tuple(volumes))
     return plans
 
 
@@ -365,7 +368,9 @@ class Lab:
 
     def spawn(self, host: str, name: str, argv: Sequence[str], environment: Mapping[str, str] = {}) -> Process:
         log = self.workdir / f"{name}.log"
-        env = {**os.environ, **environment}
+        # The service's environment only: a LOCUST_* variable of the caller's would change what Locust runs.
+        env = {key: value for key, value in os.environ.items() if not key.startswith("LOCUST_")}
+        env.update(environment)
         # The virtualenv's console scripts (geventchat, locust) first, as the image's PATH has /opt/venv/bin.
         env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
         with log.open("wb") as out:
@@ -412,9 +417,18 @@ class Lab:
         for process in self.processes:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 process.popen.wait(timeout=5)
+        # A process still inside a namespace would keep it (and its veths, and the bridge) alive after 'ip netns
+        # del' removes the name: check each is empty first.
+        inhabited = []
+        for ns in self.namespaces:
+            deadline = time.monotonic() + 5
+            while (pids := _ip("netns", "pids", ns, check=False).stdout.split()) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if pids:
+                inhabited.append(f"processes {pids} in namespace {ns}")
         for ns in reversed(self.namespaces):
             _ip("netns", "del", ns, check=False)
-        return self.leftovers()
+        return inhabited + self.leftovers()
 
     def leftovers(self) -> list[str]:
         left = [f"process {p.name} (pid {p.popen.pid})" for p in self.processes if p.popen.poll() is None]

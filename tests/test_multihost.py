@@ -58,6 +58,9 @@ def test_interpolation_follows_compose_rules() -> None:
     assert interpolate("$SET ${SET} $$SET $UNSET.", env) == "x x $SET ."
     with pytest.raises(ValueError, match="UNSET is required: say so"):
         interpolate("${UNSET:?say so}", env)
+    with pytest.raises(ValueError, match="EMPTY is required"):
+        interpolate("${EMPTY:?}", env)
+    assert interpolate("${EMPTY?}", env) == ""
 
 
 def test_env_file_reading(tmp_path: Path) -> None:
@@ -288,3 +291,20 @@ def test_namespace_proof(tmp_path: Path) -> None:
     assert after_down["server1"] == 0 and after_down["server2"] > 0
     assert report["failover"]["victim_status_end"].startswith("DOWN")
     assert report["leftovers"] == []
+
+
+def test_server_logs_are_read_per_source_address() -> None:
+    log = "\n".join(
+        [
+            "2026-11-26 20:01:32,532 INFO geventchat: serving up to 19000 connections",
+            "2026-11-26 20:01:33,000 DEBUG geventchat.server[41]: 10.231.0.10:38618 connected",
+            "2026-11-26 20:01:33,001 DEBUG geventchat.server[42]: 10.231.0.21:40000 connected",
+            "2026-11-26 20:01:33,002 DEBUG geventchat.server[42]: 10.231.0.21:40000: MessageReceived('hi')",
+            "2026-11-26 20:01:33,003 DEBUG geventchat.server: 10.231.0.22:40001 connected",
+            "2026-11-26 20:01:33,004 DEBUG geventchat.server: 10.231.0.22:40001: MessageReceived('x connected')",
+            "2026-11-26 20:01:33,005 DEBUG geventchat.server: 10.231.0.22:40001: TimeoutNegotiated(30.0)",
+        ]
+    )
+    seen = netns_demo.server_seen(log)
+    assert seen.connections == {"10.231.0.10": 1, "10.231.0.21": 1, "10.231.0.22": 1}
+    assert seen.messages == {"10.231.0.21": 1, "10.231.0.22": 1}
