@@ -96,6 +96,33 @@ def test_services_and_their_defaults(compose: dict[str, Any]) -> None:
     assert tuned["locust-worker"].replicas == 5 and tuned["locust-master"].environment["LOCUST_EXPECT_WORKERS"] == "5"
 
 
+@pytest.mark.skipif(
+    not (ROOT / "loadtest" / "locustfile.py").exists(), reason="loadtest/locustfile.py not in this tree"
+)
+def test_every_load_tester_option_in_compose_exists(compose: dict[str, Any]) -> None:
+    """``LOCUST_GC_*`` variables set ``--gc-*`` options of loadtest/locustfile.py, but Locust ignores unknown
+    variables silently: pass each as an option with its compose default, which Locust refuses if it is unknown or
+    its value does not parse. (Locust runs in a subprocess: importing it monkey-patches the importing process.)"""
+    environment = plan_services(compose, {})["locust-master"].environment
+    options = [
+        part
+        for name, value in environment.items()
+        if name.startswith("LOCUST_GC_")
+        for part in ("--" + name[len("LOCUST_") :].lower().replace("_", "-"), value)
+    ]
+    assert options
+
+    def locust_list(*args: str) -> subprocess.CompletedProcess[str]:
+        locust = str(Path(sys.executable).parent / "locust")
+        command = [locust, "-f", "loadtest/locustfile.py", "--list", *args]
+        return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=60, check=False)
+
+    accepted = locust_list(*options)
+    assert accepted.returncode == 0, accepted.stderr
+    assert "ChatUser" in accepted.stdout
+    assert locust_list("--gc-no-such-option", "1").returncode != 0  # the check can fail
+
+
 def test_ports_agree_across_compose_haproxy_and_locust(compose: dict[str, Any]) -> None:
     services = plan_services(compose, {})
     server_port = int(option(services["server"].command, "--port"))
