@@ -83,6 +83,8 @@ PROOF_VARIABLES = {
 DEADLINE = 80
 #: The failover run: users keep arriving after the kill, so there are new connections to watch.
 FAILOVER_VARIABLES = {"LOCUST_USERS": "16", "LOCUST_SPAWN_RATE": "4", "LOCUST_RUN_TIME": "7s"}
+#: Seconds after starting the failover run's Locust processes (and once both servers have clients) to kill server1.
+FAILOVER_KILL_AFTER = 3.5
 #: Arguments the proof adds to the master's compose command, only to read the results back.
 PROOF_ONLY_MASTER_ARGS = ("--json-file",)
 
@@ -620,12 +622,15 @@ class Proof:
 
         def kill_midway() -> None:
             base = {a: int(before[a]["stot"]) for a in (victim, survivor)}
+            started = time.monotonic()
 
-            def both_serving() -> bool:
+            def both_serving_for_a_while() -> bool:
+                # Locust takes a second or two to start: wait for load on both, well into the 7 s run.
                 now = self.backend()
-                return all(int(now[a]["stot"]) > base[a] for a in (victim, survivor))
+                serving = all(int(now[a]["stot"]) > base[a] for a in (victim, survivor))
+                return serving and time.monotonic() - started >= FAILOVER_KILL_AFTER
 
-            wait_for(both_serving, 20, "the failover run to reach both servers")
+            wait_for(both_serving_for_a_while, 20, "the failover run to reach both servers")
             killed = self.lab.kill_host("server1")
             killed_at = time.monotonic()
             self.say(f"killed server host 1 ({victim}): SIGKILL to its {killed} processes")
