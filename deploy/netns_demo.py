@@ -678,9 +678,20 @@ class Proof:
             f"messages per server host in the failover run: server1 {messages['server1']} (until killed), "
             f"server2 {messages['server2']}"
         )
+        until_down = {a: at_down[a] - int(before[a]["stot"]) for a in (victim, survivor)}
+        self.report["failover"]["new_connections_until_down"] = {
+            "server1": until_down[victim],
+            "server2": until_down[survivor],
+        }
+        redispatched = int(after[victim].get("wredis") or 0) - int(before[victim].get("wredis") or 0)
+        self.report["failover"]["redispatched_from_server1"] = redispatched
         self.say(
-            f"connections after server1 went DOWN: server1 +{new_to_victim}, server2 +{new_to_survivor} "
-            f"(HAProxy totals {stot_end})"
+            f"connections (HAProxy's count) in the failover run until server1 was DOWN: server1 +{until_down[victim]}, "
+            f"server2 +{until_down[survivor]}; after: server1 +{new_to_victim}, server2 +{new_to_survivor}"
+        )
+        self.say(
+            f"  of those to server1, {redispatched} were connects to the dead server (between the kill and DOWN) that "
+            "HAProxy retried on server2 ('retries' + 'option redispatch'): the clients did not see them"
         )
         if new_to_victim != 0:
             raise ProofFailed(f"HAProxy still sent {new_to_victim} connections to the dead server1")
