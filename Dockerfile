@@ -6,7 +6,7 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY geventchat ./geventchat
-RUN python -m venv /opt/venv && /opt/venv/bin/pip install ".[loadtest]"
+RUN python -m venv /opt/venv && /opt/venv/bin/pip install ".[loadtest,metrics]"
 
 FROM python:3.11-slim
 ENV PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
