@@ -94,6 +94,12 @@ def _server_parser() -> argparse.ArgumentParser:
         help="concurrency model: gevent (greenlet per client); thread, process and iterative are comparison "
         "backends for benchmarks, not production modes",
     )
+    net.add_argument(
+        "--proxy-protocol",
+        action="store_true",
+        help="expect a PROXY protocol v1/v2 header from a load balancer (HAProxy send-proxy) on every connection "
+        "and log the real client address; connections without one are closed",
+    )
     conv = parser.add_argument_group("protocol")
     conv.add_argument("--greeting", default=DEFAULT_GREETING, help="line sent to each client on accept")
     conv.add_argument("--prefix", default=DEFAULT_PREFIX, help="text put before each echoed message")
@@ -244,13 +250,15 @@ def _server_config(args: argparse.Namespace) -> ServerConfig:
         tls_key=args.tls_key,
         metrics_port=args.metrics_port,
         metrics_host=args.metrics_host,
+        proxy_protocol=args.proxy_protocol,
     )
 
 
 def _gevent_only_options(config: ServerConfig) -> list[str]:
     """The hardening options given that only the gevent server implements."""
     given = {"--max-per-ip": config.max_per_ip, "--tls-cert": config.tls_cert, "--metrics-port": config.metrics_port}
-    return [flag for flag, value in given.items() if value is not None]
+    flags = [flag for flag, value in given.items() if value is not None]
+    return [*flags, "--proxy-protocol"] if config.proxy_protocol else flags
 
 
 def run_server(args: argparse.Namespace) -> int:

@@ -116,6 +116,9 @@ class ServerConfig:
     metrics_port: int | None = None
     #: Address the metrics endpoint binds (loopback unless you say otherwise).
     metrics_host: str = "127.0.0.1"
+    #: Expect a PROXY protocol header (v1 or v2, as HAProxy's ``send-proxy``) before each conversation, and log the
+    #: client address it names. Only behind a load balancer that sends one: a connection without it is closed.
+    proxy_protocol: bool = False
 
     def __post_init__(self) -> None:
         self._check_hardening()

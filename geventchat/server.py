@@ -29,6 +29,7 @@ from .config import ServerConfig
 from .histogram import LatencyHistogram
 from .limits import AddressLimiter
 from .protocol import CloseReason, ServerConversation, quote_peer_text
+from .proxy_protocol import InvalidProxyHeader, ProxyHeaderReader
 
 if TYPE_CHECKING:
     from .metrics import MetricsEndpoint
@@ -66,6 +67,10 @@ class _LingerOver(Exception):
 
 
 class _WindowOver(Exception):
+    pass
+
+
+class _ProxyHeaderLate(Exception):
     pass
 
 
@@ -178,6 +183,10 @@ class ChatServer:
     ``bye: server shutting down``, wait up to ``config.grace`` seconds for them to leave, close the rest.
     """
 
+    #: Seconds a new connection gets to send its whole PROXY protocol header (``config.proxy_protocol``). A load
+    #: balancer sends it at once, so anything slower is a misconfigured or hostile peer.
+    proxy_header_timeout = 5.0
+
     def __init__(
         self,
         config: ServerConfig,
@@ -201,6 +210,7 @@ class ChatServer:
         self._stats_greenlet: Greenlet | None = None
         self._per_ip = AddressLimiter(config.max_per_ip) if config.max_per_ip is not None else None
         self._rejecting_full = 0  # clients rejected in the current 'server full' episode (logged once)
+        self._awaiting_header = 0  # connections still sending their PROXY header (they count toward the limit)
         #: The server's TLS context (from ``config.tls_cert``), or None for plain TCP.
         self.tls: ssl.SSLContext | None = None
         if config.tls_cert is not None:
@@ -291,12 +301,22 @@ class ChatServer:
     def _handle(self, sock: GeventSocket, address: tuple[str, int]) -> None:
         if self._shutting_down:
             return  # the socket is closed when we return
-        if len(self._connections) >= self._limit:
+        if len(self._connections) + self._awaiting_header >= self._limit:
             self._reject_full(sock, address)
             return
         if self._rejecting_full:
             log.warning("accepting clients again after rejecting %d (server full)", self._rejecting_full)
             self._rejecting_full = 0
+        if self.config.proxy_protocol:
+            # Behind a load balancer: everything below (the per-address cap, logs) is about the real client.
+            self._awaiting_header += 1
+            try:
+                real = self._read_proxy_header(sock, address)
+            finally:
+                self._awaiting_header -= 1
+            if real is None or self._shutting_down:
+                return
+            address = real
         per_ip = self._per_ip
         host = address[0] if isinstance(address, tuple) else str(address)
         if per_ip is not None and not per_ip.acquire(host):
@@ -307,6 +327,48 @@ class ChatServer:
         finally:
             if per_ip is not None:
                 per_ip.release(host)
+
+    def _read_proxy_header(self, sock: GeventSocket, address: tuple[str, int]) -> tuple[str, int] | None:
+        """Read the load balancer's PROXY header and return the client address it names (the connection's own for
+        a LOCAL or UNKNOWN header, as health checks send). ``None``, logged and counted, if there is none.
+
+        Byte-exact: it peeks, and consumes only the header's bytes, so what follows (the client's first line, or
+        its TLS ClientHello) stays in the socket for the conversation.
+        """
+        reader = ProxyHeaderReader()
+        try:
+            with gevent.Timeout(self.proxy_header_timeout, _ProxyHeaderLate):
+                while True:
+                    peeked = sock.recv(reader.max_length, socket.MSG_PEEK)
+                    try:
+                        header = reader.receive_data(peeked)
+                    except InvalidProxyHeader:
+                        sock.recv(len(peeked))  # take the refused bytes: closing then sends a FIN, not a reset
+                        raise
+                    # Until the header is complete every peeked byte is part of it; then only up to its end.
+                    used = len(peeked) - len(reader.leftover) if header is not None else len(peeked)
+                    while used > 0:
+                        chunk = sock.recv(used)  # already buffered: returns at once
+                        if not chunk:
+                            raise InvalidProxyHeader("connection closed inside the PROXY protocol header")
+                        used -= len(chunk)
+                    if header is not None:
+                        return header.source or address
+        except OSError as exc:
+            self.stats.count_close(f"connection error (peer's side): {exc.strerror or exc}")
+            return None
+        except _ProxyHeaderLate:
+            reason = f"no complete header within {self.proxy_header_timeout:g}s"
+        except InvalidProxyHeader as exc:
+            reason = exc.reason
+        log.warning(
+            "%s: closed: invalid PROXY protocol header (the load balancer's side: does it send one, "
+            "e.g. HAProxy 'send-proxy'?): %s",
+            _peer(address),
+            reason,
+        )
+        self.stats.count_close("invalid proxy header")
+        return None
 
     def _serve(self, sock: GeventSocket, address: tuple[str, int]) -> None:
         connection = _Connection(self, sock, address)

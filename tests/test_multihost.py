@@ -1,0 +1,327 @@
+"""docker-compose.yml, the Dockerfile, haproxy.cfg and the namespace proof: valid, and in step with each other.
+
+The namespace proof derives every command from docker-compose.yml; these tests pin down that derivation (so the
+proof cannot quietly run something other than the compose file) and the facts the files must agree on (ports,
+names, replicas, the PROXY protocol on both ends). The proof itself runs last, as root, when it can.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import socket
+import struct
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from deploy import netns_demo
+from deploy.netns_demo import (
+    HOST_SERVICE,
+    PROOF_ONLY_MASTER_ARGS,
+    dns_answer,
+    host_address,
+    interpolate,
+    load_compose,
+    plan_hosts,
+    plan_services,
+    proof_variables,
+    read_env_file,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+HAPROXY_CFG = (ROOT / "deploy" / "haproxy.cfg").read_text()
+SERVICES = {"server", "lb", "locust-master", "locust-worker"}
+
+
+def option(argv: tuple[str, ...], name: str) -> str:
+    return argv[argv.index(name) + 1]
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    return load_compose()
+
+
+# --------------------------------------------------------------------------------------- compose semantics
+
+
+def test_interpolation_follows_compose_rules() -> None:
+    env = {"SET": "x", "EMPTY": ""}
+    assert interpolate("${SET:-d}/${EMPTY:-d}/${UNSET:-d}", env) == "x/d/d"
+    assert interpolate("${SET-d}/${EMPTY-d}/${UNSET-d}", env) == "x//d"
+    assert interpolate("$SET ${SET} $$SET $UNSET.", env) == "x x $SET ."
+    with pytest.raises(ValueError, match="UNSET is required: say so"):
+        interpolate("${UNSET:?say so}", env)
+    with pytest.raises(ValueError, match="EMPTY is required"):
+        interpolate("${EMPTY:?}", env)
+    assert interpolate("${EMPTY?}", env) == ""
+
+
+def test_env_file_reading(tmp_path: Path) -> None:
+    path = tmp_path / "x.env"
+    path.write_text("# comment\n\nA=1\n B = two words \nC=\n")
+    assert read_env_file(path) == {"A": "1", "B": "two words", "C": ""}
+    path.write_text("NOEQUALS\n")
+    with pytest.raises(ValueError, match="not KEY=VALUE"):
+        read_env_file(path)
+
+
+# ------------------------------------------------------------------------------ the files agree with each other
+
+
+def test_services_and_their_defaults(compose: dict[str, Any]) -> None:
+    services = plan_services(compose, {})
+    assert set(services) == SERVICES
+    server = services["server"].command
+    assert server[:2] == ("geventchat", "serve")
+    assert option(server, "--host") == "0.0.0.0" and "--proxy-protocol" in server
+    assert int(option(server, "--workers")) >= 2
+    assert services["locust-master"].command == ("locust", "--master")
+    assert services["locust-worker"].command == ("locust", "--worker", "--master-host", "locust-master")
+    master_env = services["locust-master"].environment
+    # `docker compose up` with no arguments: load starts at once, runs until stopped, UI published.
+    assert master_env["LOCUST_AUTOSTART"] == "true" and master_env["LOCUST_HEADLESS"] == "false"
+    assert master_env["LOCUST_RUN_TIME"] == "0"
+    assert 8089 in services["locust-master"].ports
+    # Every knob is a variable: changing the environment changes the plan.
+    tuned = plan_services(compose, {"LOCUST_USERS": "7", "SERVER_WORKERS": "3", "LOCUST_WORKERS": "5"})
+    assert tuned["locust-master"].environment["LOCUST_USERS"] == "7"
+    assert option(tuned["server"].command, "--workers") == "3"
+    assert tuned["locust-worker"].replicas == 5 and tuned["locust-master"].environment["LOCUST_EXPECT_WORKERS"] == "5"
+
+
+def test_every_load_tester_option_in_compose_exists(compose: dict[str, Any]) -> None:
+    """``LOCUST_GC_*`` variables set ``--gc-*`` options of loadtest/locustfile.py, but Locust ignores unknown
+    variables silently: pass each as an option with its compose default, which Locust refuses if it is unknown or
+    its value does not parse. (Locust runs in a subprocess: importing it monkey-patches the importing process.)"""
+    environment = plan_services(compose, {})["locust-master"].environment
+    options = [
+        part
+        for name, value in environment.items()
+        if name.startswith("LOCUST_GC_")
+        for part in ("--" + name[len("LOCUST_") :].lower().replace("_", "-"), value)
+    ]
+    assert options
+
+    def locust_list(*args: str) -> subprocess.CompletedProcess[str]:
+        locust = str(Path(sys.executable).parent / "locust")
+        command = [locust, "-f", "loadtest/locustfile.py", "--list", *args]
+        return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=60, check=False)
+
+    accepted = locust_list(*options)
+    assert accepted.returncode == 0, accepted.stderr
+    assert "ChatUser" in accepted.stdout
+    assert locust_list("--gc-no-such-option", "1").returncode != 0  # the check can fail
+
+
+def test_ports_agree_across_compose_haproxy_and_locust(compose: dict[str, Any]) -> None:
+    services = plan_services(compose, {})
+    server_port = int(option(services["server"].command, "--port"))
+    assert server_port in services["server"].ports
+    (template,) = re.findall(r"^\s*server-template \S+ \S+ server:(\d+)", HAPROXY_CFG, re.MULTILINE)
+    assert int(template) == server_port
+    frontend = re.search(r"^frontend chat\n\s+bind :(\d+)", HAPROXY_CFG, re.MULTILINE)
+    assert frontend is not None
+    lb_port = int(frontend.group(1))
+    assert lb_port in services["lb"].ports
+    assert services["locust-master"].environment["LOCUST_HOST"] == f"lb:{lb_port}"
+    stats = re.search(r"^frontend stats\n(?:.*\n)*?\s+bind :(\d+)", HAPROXY_CFG, re.MULTILINE)
+    assert stats is not None and int(stats.group(1)) in services["lb"].ports
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    exposed = {int(p) for line in re.findall(r"^EXPOSE (.+)$", dockerfile, re.MULTILINE) for p in line.split()}
+    assert {server_port, 8089} <= exposed
+
+
+def test_proxy_protocol_is_on_at_both_ends_and_health_checks_use_it(compose: dict[str, Any]) -> None:
+    assert "--proxy-protocol" in plan_services(compose, {})["server"].command
+    assert re.search(r"^\s*default-server .*\bsend-proxy(-v2)?\b", HAPROXY_CFG, re.MULTILINE)
+    # Health checks must send the header too, or every check is logged as a misconfigured balancer.
+    assert "tcp-check connect default" in HAPROXY_CFG
+
+
+def test_haproxy_finds_replicas_through_docker_dns(compose: dict[str, Any]) -> None:
+    assert re.search(rf"^\s*nameserver \S+ {re.escape(netns_demo.DOCKER_DNS)}:53$", HAPROXY_CFG, re.MULTILINE)
+    assert re.search(r"^\s*default-server .*\bresolvers docker\b.*\binit-addr none\b", HAPROXY_CFG, re.MULTILINE)
+    host, port = netns_demo.HAPROXY_ADMIN
+    assert f"stats socket ipv4@{host}:{port} " in HAPROXY_CFG
+    (volume,) = plan_services(compose, {})["lb"].volumes
+    assert volume == ("./deploy/haproxy.cfg", "/usr/local/etc/haproxy/haproxy.cfg")
+
+
+def test_dockerfile_is_slim_non_root_single_image_with_a_healthcheck() -> None:
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    bases = re.findall(r"^FROM (\S+)", dockerfile, re.MULTILINE)
+    assert bases and all(base.startswith("python:") and base.endswith("-slim") for base in bases)
+    final_stage = dockerfile.rsplit("\nFROM ", 1)[1]
+    assert "COPY --from=build /opt/venv /opt/venv" in final_stage
+    assert "pip install" not in final_stage and "apt-get" not in final_stage  # nothing built in the final image
+    user = re.search(r"^USER (\S+)$", final_stage, re.MULTILINE)
+    assert user is not None and user.group(1) not in ("root", "0")
+    assert re.search(r"^HEALTHCHECK .*\n?.*geventchat\.healthcheck", final_stage, re.MULTILINE)
+    extras = re.search(r'pip install "\.\[([a-z,]+)\]"', dockerfile)
+    assert extras is not None and {"loadtest", "metrics"} <= set(extras.group(1).split(","))  # one image for all
+    ignored = (ROOT / ".dockerignore").read_text().split()
+    assert {"!geventchat/", "!loadtest/", "!pyproject.toml"} <= set(ignored)
+
+
+# ------------------------------------------------------------------------ what the namespace proof really runs
+
+
+def test_the_proof_runs_the_compose_commands_with_only_names_replaced(compose: dict[str, Any]) -> None:
+    variables = proof_variables()
+    services = plan_services(compose, variables)
+    hosts = plan_hosts(services, json_file="out")
+    assert set(HOST_SERVICE.values()) == SERVICES
+    # As many hosts per service as the compose defaults start replicas.
+    defaults = plan_services(compose, {})
+    for service in SERVICES:
+        assert list(HOST_SERVICE.values()).count(service) == defaults[service].replicas, service
+    names = {"lb": host_address("lb"), "locust-master": host_address("master")}
+    for host, command in hosts.items():
+        spec = services[command.service]
+        if command.service == "lb":
+            assert command.argv == ("haproxy", "-db", "-f", str(ROOT / "deploy" / "haproxy.cfg"))
+            continue
+        expected = tuple(names.get(part, part) for part in spec.command)
+        if command.service == "locust-master":
+            expected += (PROOF_ONLY_MASTER_ARGS[0], "out")
+        assert command.argv == expected, host
+        assert command.environment == {
+            key: value.replace("lb:", f"{names['lb']}:") for key, value in spec.environment.items()
+        }, host
+    assert hosts["worker1"].argv[-2:] == ("--master-host", host_address("master"))
+    # The proof is the headless profile plus a short run and DEBUG server logs, nothing else.
+    headless = read_env_file(ROOT / "deploy" / "headless.env")
+    assert headless["LOCUST_HEADLESS"] == "true" and headless["LOCUST_AUTOSTART"] == "false"
+    assert set(variables) - set(headless) <= {
+        "SERVER_LOG_LEVEL",
+        "LOCUST_RUN_TIME",
+        "LOCUST_USERS",
+        "LOCUST_SPAWN_RATE",
+        "LOCUST_EXPECT_WORKERS_MAX_WAIT",
+    }
+    assert option(hosts["server1"].argv, "--log-level") == "DEBUG"
+
+
+@pytest.mark.skipif(shutil.which("haproxy") is None, reason="haproxy not installed")
+def test_haproxy_accepts_the_config() -> None:
+    result = subprocess.run(
+        ["haproxy", "-c", "-f", str(ROOT / "deploy" / "haproxy.cfg")],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 0 and "Configuration file is valid" in result.stdout, result.stdout + result.stderr
+
+
+@pytest.mark.skipif(shutil.which("docker-compose") is None, reason="docker-compose (Debian package) not installed")
+@pytest.mark.parametrize("env_file", [None, "deploy/headless.env"])
+def test_docker_compose_config_validates_and_agrees_with_our_interpolation(
+    compose: dict[str, Any], env_file: str | None, tmp_path: Path
+) -> None:
+    args = ["docker-compose", *(["--env-file", env_file] if env_file else []), "config"]
+    env = {"PATH": "/usr/bin:/bin:/usr/local/bin", "HOME": str(tmp_path)}  # no stray LOCUST_* from the caller
+    result = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=60, check=False, env=env)
+    assert result.returncode == 0, result.stderr
+    rendered = yaml.safe_load(result.stdout)["services"]
+    ours = plan_services(compose, read_env_file(ROOT / env_file) if env_file else {})
+    assert set(rendered) == SERVICES
+    for name, plan in ours.items():
+        assert tuple(rendered[name].get("command", ())) == plan.command, name
+        assert {k: str(v) for k, v in (rendered[name].get("environment") or {}).items()} == plan.environment, name
+        assert rendered[name].get("deploy", {}).get("replicas", 1) == plan.replicas, name
+
+
+# ---------------------------------------------------------------------------------------- the DNS stand-in
+
+
+def dns_query(name: str, qtype: int = 1, ident: int = 0x1234) -> bytes:
+    labels = b"".join(bytes([len(p)]) + p.encode() for p in name.split("."))
+    # HAProxy adds an EDNS OPT record (ARCOUNT 1); the stand-in ignores it.
+    opt = b"\x00" + struct.pack("!HHIH", 41, 8192, 0, 0)
+    return struct.pack("!HHHHHH", ident, 0x0100, 1, 0, 0, 1) + labels + b"\x00" + struct.pack("!HH", qtype, 1) + opt
+
+
+def test_dns_answers_every_replica_address_and_nxdomain_otherwise() -> None:
+    records = {"server": ["10.231.0.11", "10.231.0.12"]}
+    query = dns_query("server")
+    reply = dns_answer(query, records)
+    assert reply is not None
+    ident, flags, questions, answers = struct.unpack_from("!HHHH", reply)
+    assert (ident, flags & 0x800F, questions, answers) == (0x1234, 0x8000, 1, 2)
+    question = query[12 : len(query) - 11]  # without the OPT record
+    assert reply[12 : 12 + len(question)] == question
+    records_part = reply[12 + len(question) :]
+    assert [records_part[i : i + 12] for i in (0, 16)] == [b"\xc0\x0c\x00\x01\x00\x01\x00\x00\x00\x05\x00\x04"] * 2
+    assert [socket.inet_ntoa(records_part[i : i + 4]) for i in (12, 28)] == records["server"]
+    aaaa = dns_answer(dns_query("SERVER", qtype=28), records)
+    assert aaaa is not None and struct.unpack_from("!HH", aaaa, 2) == (0x8180, 1)  # NOERROR, no answer
+    unknown = dns_answer(dns_query("nosuch"), records)
+    assert unknown is not None and struct.unpack_from("!H", unknown, 2)[0] & 0xF == 3  # NXDOMAIN
+    assert dns_answer(b"\x00" * 5, records) is None
+    assert dns_answer(reply, records) is None  # a response is not a query
+
+
+# ------------------------------------------------------------------------------------- the namespace proof
+
+
+def _proof_unavailable() -> str | None:
+    try:
+        netns_demo.check_available()
+    except netns_demo.Unavailable as exc:
+        return str(exc)
+    return None
+
+
+@pytest.mark.timeout(110)
+def test_namespace_proof(tmp_path: Path) -> None:
+    """Seven namespaces, HAProxy, two servers, Locust master and two workers: see deploy/netns_demo.py."""
+    reason = _proof_unavailable()
+    if reason is not None:
+        pytest.skip(f"netns proof not run: {reason}")
+    report_path = tmp_path / "report.json"
+    # No --locustfile: the proof runs the compose default, loadtest/locustfile.py, with its default scenarios.
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "deploy" / "netns_demo.py"), "--report", str(report_path)],
+        capture_output=True,
+        text=True,
+        timeout=100,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads(report_path.read_text())
+    assert report["steady"]["failures"] == 0 and report["steady"]["requests"] > 0
+    for server in ("server1", "server2"):
+        seen = report["steady_servers"][server]
+        assert seen["client_connections"] and set(seen["client_connections"]) <= {
+            host_address("worker1"),
+            host_address("worker2"),
+        }
+    after_down = report["failover"]["new_connections_after_down"]
+    assert after_down["server1"] == 0 and after_down["server2"] > 0
+    assert report["failover"]["victim_status_end"].startswith("DOWN")
+    assert report["leftovers"] == []
+
+
+def test_server_logs_are_read_per_source_address() -> None:
+    log = "\n".join(
+        [
+            "2026-11-26 20:01:32,532 INFO geventchat: serving up to 19000 connections",
+            "2026-11-26 20:01:33,000 DEBUG geventchat.server[41]: 10.231.0.10:38618 connected",
+            "2026-11-26 20:01:33,001 DEBUG geventchat.server[42]: 10.231.0.21:40000 connected",
+            "2026-11-26 20:01:33,002 DEBUG geventchat.server[42]: 10.231.0.21:40000: MessageReceived('hi')",
+            "2026-11-26 20:01:33,003 DEBUG geventchat.server: 10.231.0.22:40001 connected",
+            "2026-11-26 20:01:33,004 DEBUG geventchat.server: 10.231.0.22:40001: MessageReceived('x connected')",
+            "2026-11-26 20:01:33,005 DEBUG geventchat.server: 10.231.0.22:40001: TimeoutNegotiated(30.0)",
+        ]
+    )
+    seen = netns_demo.server_seen(log)
+    assert seen.connections == {"10.231.0.10": 1, "10.231.0.21": 1, "10.231.0.22": 1}
+    assert seen.messages == {"10.231.0.21": 1, "10.231.0.22": 1}
