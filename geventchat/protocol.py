@@ -612,6 +612,8 @@ class ClientConversation:
             return events
         if end == len(data) - 1 and not self._partial:
             # The usual case, one whole line (a reply): no split, no list of lines, no tail to keep.
+            if end > self._max_line:  # the same verdict as the general path below, whatever the chunking
+                raise RemoteProtocolError(f"server sent a line longer than {self._max_line} bytes")
             line = data[:-2] if data[-2:-1] == b"\r" else data[:-1]
             events.append(self._classify(self._decode(line)))
             return events

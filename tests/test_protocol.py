@@ -408,3 +408,14 @@ def test_config_validates() -> None:
         ProtocolConfig(prefix="a\nb")
     with pytest.raises(LocalProtocolError):
         ClientConversation(framing=Framing.AUTO)
+
+
+def test_client_refuses_an_oversize_line_arriving_whole_in_one_chunk() -> None:
+    """Found by hypothesis: the one-line fast path skipped the length check the general path makes."""
+    whole = ClientConversation("P:", max_line=12)
+    with pytest.raises(RemoteProtocolError, match="longer than"):
+        whole.receive_data(b"aa:q:q:q:q\xe4\xbd\xa0\xe4\xbd\xa0\n")
+    split = ClientConversation("P:", max_line=12)
+    split.receive_data(b"a")
+    with pytest.raises(RemoteProtocolError, match="longer than"):
+        split.receive_data(b"a:q:q:q:q\xe4\xbd\xa0\xe4\xbd\xa0\n")
