@@ -21,7 +21,7 @@ from tests.watched_server import WatchedServer
 HOST = "127.0.0.1"
 # Short waits so the whole module runs in seconds; generous deadlines so a loaded machine does not fail it.
 COMMON = ["--port", "0", "--min-timeout", "0.1", "--default-timeout", "5", "--max-line", "100", "--linger", "0.5"]
-COMMON += ["--grace", "2", "--stats-interval", "0"]
+COMMON += ["--grace", "2", "--stats-interval", "0", "--handshake-timeout", "0.6"]
 
 
 def start(model: str, *extra: str) -> WatchedServer:
@@ -73,6 +73,25 @@ def test_timeout_below_the_minimum_is_raised_to_it(port: int) -> None:
     with connect(port, idle_timeout=0.01) as client, pytest.raises(ClosedByServer) as closed:
         client.receive(timeout=5)
     assert closed.value.reason == "idle timeout (0.1s)"
+
+
+def test_no_timeout_line_ends_with_the_handshake_timeout(port: int) -> None:
+    with connect(port, idle_timeout=None) as client:
+        started = time.monotonic()
+        with pytest.raises(ClosedByServer) as closed:
+            client.receive(timeout=5)
+        assert closed.value.reason == "handshake timeout"
+        assert time.monotonic() - started >= 0.59
+
+
+def test_the_timeout_line_ends_the_handshake_timer(port: int) -> None:
+    with connect(port, idle_timeout=None) as client:
+        client.request_timeout(0.9)  # longer than the 0.6 s handshake timeout, which stops applying
+        started = time.monotonic()
+        with pytest.raises(ClosedByServer) as closed:
+            client.receive(timeout=5)
+        assert closed.value.reason == "idle timeout (0.9s)"
+        assert time.monotonic() - started >= 0.89
 
 
 def test_invalid_timeout_gets_an_error_and_the_default(port: int) -> None:

@@ -182,7 +182,18 @@ def serve_connection(sock: socket.socket, address: tuple[str, int], config: Serv
 class _BlockingConnection:
     """One client's state. ``run()`` is the wait → read → feed → write loop."""
 
-    __slots__ = ("_deadline", "_poller", "config", "conversation", "debug", "peer", "sock", "stop")
+    __slots__ = (
+        "_deadline",
+        "_in_handshake",
+        "_poller",
+        "_write_cut",
+        "config",
+        "conversation",
+        "debug",
+        "peer",
+        "sock",
+        "stop",
+    )
 
     def __init__(self, sock: socket.socket, peer: str, config: ServerConfig, stop: StopSwitch, debug: bool) -> None:
         self.sock = sock
@@ -191,7 +202,11 @@ class _BlockingConnection:
         self.stop = stop
         self.debug = debug
         self.conversation = ServerConversation(config.protocol)
-        self._deadline = time.monotonic() + self.conversation.idle_timeout
+        # Until the timeout line arrives the handshake timeout applies, when it is the shorter one (as in the
+        # gevent shell); the first complete line (or raw-framing decision) ends the handshake.
+        self._in_handshake = True
+        self._deadline = time.monotonic() + min(config.handshake_timeout, self.conversation.idle_timeout)
+        self._write_cut = False
         self._poller = select.poll()
         self._poller.register(sock, _POLL_IN)
         self._poller.register(stop.fd, _POLL_IN)
@@ -214,7 +229,13 @@ class _BlockingConnection:
                 events = conversation.receive_data(data)
                 if conversation.awaiting_framing_decision:
                     events += self._detect_framing()
-                if conversation.messages_received != messages or conversation.idle_timeout != timeout:
+                handshake_ended = self._in_handshake and conversation.handshake_done
+                if (
+                    handshake_ended
+                    or conversation.messages_received != messages
+                    or conversation.idle_timeout != timeout
+                ):
+                    self._in_handshake = False
                     self._deadline = time.monotonic() + conversation.idle_timeout
                 if self.debug:
                     for event in events:
@@ -223,7 +244,9 @@ class _BlockingConnection:
                 if out:
                     self._write(out)
         except IdleExpired:
-            conversation.close(CloseReason.IDLE_TIMEOUT)
+            # The handshake timeout is what expired only when it is the shorter of the two.
+            in_handshake = not conversation.handshake_done and self.config.handshake_timeout < conversation.idle_timeout
+            conversation.close(CloseReason.HANDSHAKE_TIMEOUT if in_handshake else CloseReason.IDLE_TIMEOUT)
         except Stopping:
             conversation.close(CloseReason.SHUTDOWN)
         except OSError as exc:
@@ -232,7 +255,9 @@ class _BlockingConnection:
         if reason is CloseReason.PEER_CLOSED:
             return str(reason.value)
         # We are closing: send what is queued (the reply to ':q' or a 'bye:'), then close without a reset.
-        self._flush_and_linger(conversation.data_to_send(), self.config.linger)
+        queued = conversation.data_to_send()
+        if not self._write_cut:  # after a cut write the peer is not reading: no last line to protect
+            self._flush_and_linger(queued, self.config.linger)
         return str(reason.value) if reason is not None else "closed"
 
     def _wait_for_input(self, until: float) -> bool:
@@ -288,6 +313,8 @@ class _BlockingConnection:
                     remaining = end - time.monotonic()
                     if remaining <= 0 or not writer.poll(remaining * 1000):
                         if until is None:
+                            # Part of this reply went out: a bye now would be glued to half a line.
+                            self._write_cut = len(view) != len(data)
                             raise IdleExpired() from None
                         return False
                     continue
