@@ -512,9 +512,15 @@ class _Connection:
         """Ask this connection to say ``bye: server shutting down`` and close, without cutting a reply short."""
         self._shutdown_requested = True
         if self._reading:
-            # Blocked waiting for input: interrupt the wait. A throw that lands in a send instead (input arrived
-            # first) is absorbed by _write, which finishes the reply before the bye.
-            gevent.kill(self.greenlet, ShutdownRequested)
+            # Blocked waiting for input: interrupt the wait, from the hub's next turn. By then input may have woken
+            # the connection and it may be sending or closing, where a throw could escape the handler (and reach
+            # the hub's printer): _interrupt_wait throws only if it is still waiting. Otherwise the loop sees the
+            # flag before its next read.
+            gevent.get_hub().loop.run_callback(self._interrupt_wait)
+
+    def _interrupt_wait(self) -> None:
+        if self._reading and not self.greenlet.dead:
+            _throw(self.greenlet, ShutdownRequested())
 
     def run(self) -> str:
         """Serve the conversation; returns why it ended (for logs and statistics)."""
