@@ -566,9 +566,10 @@ class _Connection:
                 if not events and conversation.awaiting_framing_decision:
                     events += self._detect_framing(config.raw_detect_window)
                 if events:
+                    # Events mean a complete line arrived (answered or refused with 'error:'): activity either way.
+                    self._deadline = time.monotonic() + conversation.idle_timeout
                     if conversation.messages_received != before:
                         stats.messages += conversation.messages_received - before
-                        self._deadline = time.monotonic() + conversation.idle_timeout
                     if conversation.idle_timeout != self._armed_for:
                         if self._armed_for == _IN_HANDSHAKE:
                             self._handshake_over()

@@ -382,3 +382,16 @@ def test_a_polite_quit_closes_without_lingering(start_server: StartServer) -> No
     assert sock.recv(1024) == b""  # the server's FIN, while we keep our side open
     wait_until(lambda: server.stats.current == 0, timeout=3, what="the server to let go (linger is 30 s)")
     sock.close()
+
+
+def test_refused_lines_are_activity_for_the_idle_timeout(start_server: StartServer) -> None:
+    """A line refused with 'error:' is still a complete message: the idle timeout counts from it."""
+    server = start_server()
+    with connect(server, idle_timeout=0.4) as client:
+        started = time.monotonic()
+        for _ in range(6):  # one invalid line every 0.15 s for 0.9 s: over twice the timeout
+            gevent.sleep(0.15)
+            client.sock.sendall(b"\xff\n")
+            assert client.receive() == ErrorNotice("message is not valid UTF-8")
+        assert time.monotonic() - started > 0.8
+        assert client.request("still here").message == "still here"

@@ -225,16 +225,13 @@ class _BlockingConnection:
                 data = self._recv(recv_size)
                 if data is None:
                     continue
-                messages, timeout = conversation.messages_received, conversation.idle_timeout
+                timeout = conversation.idle_timeout
                 events = conversation.receive_data(data)
                 if conversation.awaiting_framing_decision:
                     events += self._detect_framing()
                 handshake_ended = self._in_handshake and conversation.handshake_done
-                if (
-                    handshake_ended
-                    or conversation.messages_received != messages
-                    or conversation.idle_timeout != timeout
-                ):
+                # Any event means a complete line arrived (answered or refused with 'error:'): activity either way.
+                if handshake_ended or events or conversation.idle_timeout != timeout:
                     self._in_handshake = False
                     self._deadline = time.monotonic() + conversation.idle_timeout
                 if self.debug:
