@@ -218,10 +218,7 @@ def quote_peer_text(text: str | bytes, limit: int = _QUOTE_LIMIT) -> str:
     """Peer-controlled text made safe to print or log: quoted, control characters escaped, length capped."""
     if isinstance(text, bytes):
         text = text.decode("utf-8", "backslashreplace")
-    shown = text[:limit]
-    if not shown.isprintable():
-        shown = "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in shown)
-    return f"'{shown}'" + ("..." if len(text) > limit else "")
+    return f"'{escape_controls(text[:limit])}'" + ("..." if len(text) > limit else "")
 
 
 def parse_timeout(text: str, minimum: float, maximum: float) -> tuple[float, float]:

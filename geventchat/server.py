@@ -59,7 +59,8 @@ class IdleExpired(Exception):
 
 
 class ShutdownRequested(Exception):
-    """Thrown into a connection's greenlet when the server begins a graceful shutdown."""
+    """Thrown into a connection's greenlet when the server begins a graceful shutdown, and only while it waits for
+    input (see :meth:`_Connection.request_shutdown`): sends and closes never see it, so no reply is cut short."""
 
 
 class _LingerOver(Exception):
@@ -469,7 +470,7 @@ def linger_close(sock: GeventSocket, seconds: float) -> None:
         with gevent.Timeout(seconds, _LingerOver):
             while sock.recv(_LINGER_READ):
                 pass
-    except (OSError, _LingerOver, ShutdownRequested):
+    except (OSError, _LingerOver):
         pass
 
 
@@ -663,8 +664,6 @@ class _Connection:
             sent = self.sock.send(data)
         except IdleAlarm:
             self._check_deadline()  # nothing of this write went out: an IdleExpired here cuts nothing
-        except ShutdownRequested:
-            pass  # finish this reply; the loop sends the bye after it
         if sent != len(data):
             self._write_rest(data, sent)
         self.server.stats.bytes_out += len(data)
@@ -683,8 +682,6 @@ class _Connection:
                         self._write_cut = len(view) != len(data)
                         raise
                     continue
-                except ShutdownRequested:
-                    continue  # finish this reply; the loop sends the bye after it
                 view = view[sent:]
         finally:
             view.release()
@@ -754,10 +751,7 @@ class _Connection:
             self._start_timer(linger, _LingerOver)
             view = memoryview(data)
             while view:
-                try:
-                    view = view[sock.send(view) :]
-                except ShutdownRequested:
-                    continue
+                view = view[sock.send(view) :]
             view.release()
             if polite and self.server.tls is None and _unread_bytes(sock) == 0:
                 return
@@ -765,7 +759,7 @@ class _Connection:
             sock.shutdown(socket.SHUT_WR)
             while sock.recv(_LINGER_READ):
                 pass
-        except (OSError, _LingerOver, ShutdownRequested):
+        except (OSError, _LingerOver):
             pass
         finally:
             self._disarm()
