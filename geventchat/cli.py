@@ -401,10 +401,7 @@ def run_client(args: argparse.Namespace) -> int:
             if sys.stdin.isatty():
                 return _interactive(client)
             return _piped(client)
-        except ClosedByServer as exc:
-            print(f"geventchat client: {exc}", file=sys.stderr)
-            return 1
-        except ChatClientError as exc:
+        except ChatClientError as exc:  # refused, reset, timed out, or a 'bye:' (ClosedByServer)
             print(f"geventchat client: {exc}", file=sys.stderr)
             return 1
         except KeyboardInterrupt:

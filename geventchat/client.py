@@ -376,10 +376,7 @@ class ChatClient:
                         if exc.errno == errno.EBADF:
                             raise ClosedByServer(None) from None
                         raise ConnectionReset(f"connection broken: {exc.strerror or exc}") from None
-                    try:
-                        events.extend(conversation.receive_data(data))
-                    except RemoteProtocolError as exc:
-                        raise ServerProtocolError(str(exc)) from None
+                    self.feed(data)
         except _Expired as exc:
             if exc is not expired:
                 raise
