@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
 import signal
 import subprocess
 import sys
 from collections.abc import Callable
+
+import pytest
 
 from geventchat.client import ChatClient, ClosedByServer
 
@@ -86,9 +87,10 @@ def test_second_signal_exits_at_once(server_process: Callable[..., ServerProcess
     client = ChatClient.connect(server.host, server.port, idle_timeout=30)
     client.request("hold the server open")
     server.proc.send_signal(signal.SIGINT)
-    with contextlib.suppress(ClosedByServer):  # the bye; we keep the socket open so the grace would run
+    with pytest.raises(ClosedByServer) as bye:  # we keep the socket open so the grace would run
         client.receive(timeout=5)
+    assert bye.value.reason == "server shutting down"
     server.proc.send_signal(signal.SIGINT)
-    server.proc.wait(timeout=5)  # far less than the 30 s grace
-    assert server.proc.returncode != 0
+    code, err = server.wait_for_exit(timeout=5)  # far less than the 30 s grace
+    assert code == 1 and "second signal" in err
     client.close()

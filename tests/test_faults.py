@@ -190,7 +190,8 @@ def test_idle_timeout_in_the_middle_of_a_reply_sends_no_bye_glued_to_it() -> Non
                     return
 
         sender = gevent.spawn(send_lines)
-        gevent.sleep(1.0)  # not reading for longer than the 0.3 s idle timeout
+        # Not reading until the server gives up on us (0.3 s idle timeout); only then read what reached us.
+        wait_until(lambda: server.stats.closed.get("idle timeout") == 1, timeout=5)
         data = read_until_closed(sock, timeout=10, limit=1 << 26)
         sender.kill()
         sock.close()
