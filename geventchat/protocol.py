@@ -48,7 +48,9 @@ __all__ = [
     "ServerConversation",
     "TimeoutNegotiated",
     "TimeoutRejected",
+    "describe_event",
     "escape_controls",
+    "format_peer",
     "parse_timeout",
 ]
 
@@ -219,6 +221,22 @@ def quote_peer_text(text: str | bytes, limit: int = _QUOTE_LIMIT) -> str:
     if isinstance(text, bytes):
         text = text.decode("utf-8", "backslashreplace")
     return f"'{escape_controls(text[:limit])}'" + ("..." if len(text) > limit else "")
+
+
+def format_peer(address: tuple[str, int] | tuple[str, int, int, int] | str) -> str:
+    """A peer address for logs: ``host:port``, ``[v6]:port`` (unambiguous), or the text as given."""
+    if isinstance(address, tuple):
+        host = address[0]
+        return f"[{host}]:{address[1]}" if ":" in host else f"{host}:{address[1]}"
+    return str(address)
+
+
+def describe_event(event: object) -> str:
+    """An event for a debug log, with peer-supplied bytes escaped."""
+    data = getattr(event, "data", None)
+    if isinstance(data, bytes):
+        return f"{type(event).__name__}({quote_peer_text(data)})"
+    return repr(event)
 
 
 def parse_timeout(text: str, minimum: float, maximum: float) -> tuple[float, float]:
@@ -414,11 +432,6 @@ class ServerConversation:
         events: list[ServerEvent] = []
         self._finish(events, reason, bye)
         return events
-
-    @staticmethod
-    def reject_full() -> bytes:
-        """What a client gets, instead of the greeting, when the server is at its connection limit."""
-        return ServerConversation.reject(CloseReason.SERVER_FULL)
 
     @staticmethod
     def reject(reason: CloseReason) -> bytes:

@@ -28,7 +28,7 @@ from greenlet import greenlet as RawGreenlet
 from .config import ServerConfig
 from .histogram import LatencyHistogram
 from .limits import AddressLimiter
-from .protocol import CloseReason, ServerConversation, quote_peer_text
+from .protocol import CloseReason, ServerConversation, describe_event, format_peer
 from .proxy_protocol import InvalidProxyHeader, ProxyHeaderReader
 
 if TYPE_CHECKING:
@@ -365,7 +365,7 @@ class ChatServer:
         log.warning(
             "%s: closed: invalid PROXY protocol header (the load balancer's side: does it send one, "
             "e.g. HAProxy 'send-proxy'?): %s",
-            _peer(address),
+            format_peer(address),
             reason,
         )
         self.stats.count_close("invalid proxy header")
@@ -382,7 +382,7 @@ class ChatServer:
             reason = connection.run()
         except Exception:
             # Our bug, not the peer's: log it here so it never reaches the hub's printer or other clients.
-            log.exception("internal error serving %s", _peer(address))
+            log.exception("internal error serving %s", format_peer(address))
             reason = "internal error"
         finally:
             if connection.sock is not sock:
@@ -393,7 +393,7 @@ class ChatServer:
                 self._drained.set()
         stats.count_close(reason)
         if connection.debug:
-            log.debug("%s disconnected: %s", _peer(address), reason)
+            log.debug("%s disconnected: %s", format_peer(address), reason)
 
     def _reject_full(self, sock: GeventSocket, address: tuple[str, int]) -> None:
         self.stats.rejected_full += 1
@@ -406,7 +406,7 @@ class ChatServer:
     def _reject(self, sock: GeventSocket, address: tuple[str, int], reason: CloseReason) -> None:
         """Tell a client we will not serve it (``bye: <reason>`` instead of the greeting), then close."""
         self.stats.count_close(reason.value)
-        log.debug("%s rejected: %s (%d connections)", _peer(address), reason.value, len(self._connections))
+        log.debug("%s rejected: %s (%d connections)", format_peer(address), reason.value, len(self._connections))
         if self._lingering_rejects >= _MAX_LINGERING_REJECTS and self.tls is not None:
             return  # a TLS bye needs a handshake: past the cap, close at once
         self._lingering_rejects += 1
@@ -450,12 +450,6 @@ class ChatServer:
 
 _switch = RawGreenlet.switch
 _throw = RawGreenlet.throw
-
-
-def _peer(address: tuple[str, int] | str) -> str:
-    if isinstance(address, tuple):
-        return f"{address[0]}:{address[1]}"
-    return str(address)
 
 
 def linger_close(sock: GeventSocket, seconds: float) -> None:
@@ -533,7 +527,7 @@ class _Connection:
         reply_latency = stats.reply_latency
         received_at = 0.0
         if self.debug:
-            log.debug("%s connected", _peer(self.address))
+            log.debug("%s connected", format_peer(self.address))
         hub = gevent.get_hub()
         # Waiting for input *before* recv() spares the recv() that would fail with EAGAIN (and the exception gevent
         # raises and catches for it) on every message of a request/reply client. The socket's own read watcher is
@@ -577,7 +571,7 @@ class _Connection:
                         self._arm(conversation.idle_timeout)
                     if self.debug:
                         for event in events:
-                            log.debug("%s: %s", _peer(self.address), _describe(event))
+                            log.debug("%s: %s", format_peer(self.address), describe_event(event))
                 stats.bytes_in += len(data)
                 out = conversation.data_to_send()
                 if out:
@@ -771,11 +765,3 @@ def _unread_bytes(sock: GeventSocket) -> int:
         return int(struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0\0\0\0"))[0])
     except OSError:
         return -1
-
-
-def _describe(event: object) -> str:
-    """An event for the debug log, with peer-supplied bytes escaped."""
-    data = getattr(event, "data", None)
-    if isinstance(data, bytes):
-        return f"{type(event).__name__}({quote_peer_text(data)})"
-    return repr(event)

@@ -258,7 +258,7 @@ def test_shutdown_bye_and_server_full_text() -> None:
     conv.data_to_send()
     conv.close(CloseReason.SHUTDOWN)
     assert conv.data_to_send() == b"bye: server shutting down\n"
-    assert ServerConversation.reject_full() == b"bye: server full\n"
+    assert ServerConversation.reject(CloseReason.SERVER_FULL) == b"bye: server full\n"
 
 
 # ----------------------------------------------------------------------------------- framing detection (auto)

@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable, Iterable
 
 from ..config import ServerConfig
-from ..protocol import CloseReason, ServerConversation, quote_peer_text
+from ..protocol import CloseReason, ServerConversation, describe_event, format_peer
 
 __all__ = ["StopSwitch", "accept_until_stopped", "bind_listener", "cut_off", "reject_full", "serve_connection"]
 
@@ -151,7 +151,7 @@ def reject_full(sock: socket.socket) -> None:
     loop or need a thread per reject): a client that has sent nothing yet still reads the line before the FIN."""
     try:
         sock.setblocking(False)
-        sock.send(ServerConversation.reject_full())
+        sock.send(ServerConversation.reject(CloseReason.SERVER_FULL))
         sock.shutdown(socket.SHUT_WR)
         with contextlib.suppress(BlockingIOError):
             sock.recv(_LINGER_READ)  # drop what already arrived, so close() does not answer it with a reset
@@ -163,7 +163,7 @@ def reject_full(sock: socket.socket) -> None:
 
 def serve_connection(sock: socket.socket, address: tuple[str, int], config: ServerConfig, stop: StopSwitch) -> str:
     """Serve one client to the end of its conversation and close the socket. Returns why it ended."""
-    peer = f"{address[0]}:{address[1]}"
+    peer = format_peer(address)
     debug = log.isEnabledFor(logging.DEBUG)
     if debug:
         log.debug("%s connected", peer)
@@ -236,7 +236,7 @@ class _BlockingConnection:
                     self._deadline = time.monotonic() + conversation.idle_timeout
                 if self.debug:
                     for event in events:
-                        log.debug("%s: %s", self.peer, _describe(event))
+                        log.debug("%s: %s", self.peer, describe_event(event))
                 out = conversation.data_to_send()
                 if out:
                     self._write(out)
@@ -340,14 +340,6 @@ class _BlockingConnection:
                         return
         except OSError:
             return
-
-
-def _describe(event: object) -> str:
-    """An event for the debug log, with peer-supplied bytes escaped."""
-    data = getattr(event, "data", None)
-    if isinstance(data, bytes):
-        return f"{type(event).__name__}({quote_peer_text(data)})"
-    return repr(event)
 
 
 def cut_off(sockets: Iterable[socket.socket]) -> None:

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from multiprocessing.process import BaseProcess
 
 from ..config import ServerConfig
+from ..protocol import format_peer
 from ._blocking import StopSwitch, accept_until_stopped, bind_listener, reject_full, serve_connection
 
 __all__ = ["serve"]
@@ -48,13 +49,13 @@ def serve(config: ServerConfig, announce: Callable[[tuple[str, int]], None]) -> 
         if len(children) >= limit:
             reap()  # only when it matters: it polls every child (the accept loop also reaps once a second)
         if len(children) >= limit:
-            log.debug("%s:%s rejected: server full (%d connections)", address[0], address[1], len(children))
+            log.debug("%s rejected: server full (%d connections)", format_peer(address), len(children))
             reject_full(sock)
             return
         child = context.Process(
             target=_serve_in_child,
             args=(sock, address, config, listener, stop),
-            name=f"geventchat-client-{address[0]}:{address[1]}",
+            name=f"geventchat-client-{format_peer(address)}",
             daemon=False,
         )
         try:

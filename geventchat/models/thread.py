@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 
 from ..config import ServerConfig
+from ..protocol import format_peer
 from ._blocking import StopSwitch, accept_until_stopped, bind_listener, cut_off, reject_full, serve_connection
 
 __all__ = ["serve"]
@@ -40,7 +41,7 @@ def serve(config: ServerConfig, announce: Callable[[tuple[str, int]], None]) -> 
 
     def handle(sock: socket.socket, address: tuple[str, int]) -> None:
         if len(clients) >= limit:
-            log.debug("%s:%s rejected: server full (%d connections)", address[0], address[1], len(clients))
+            log.debug("%s rejected: server full (%d connections)", format_peer(address), len(clients))
             reject_full(sock)
             return
         thread = threading.Thread(target=run_client, args=(sock, address), daemon=True)
