@@ -15,7 +15,7 @@ from locust.exception import StopUser
 
 
 class BareEchoUser(User):
-    """Connect, skip the greeting, send a timeout line, then echo 32-byte lines unchecked."""
+    """Connect, skip the greeting, send a timeout line, then echo 32-byte messages (plus newline) unchecked."""
 
     def wait_time(self) -> float:
         return 0.0
@@ -29,7 +29,7 @@ class BareEchoUser(User):
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.sock.recv(65536)  # the greeting
         self.sock.sendall(b"60\n")
-        self.line = b"m" * 32 + b"\n"
+        self.line = b"m" * 32 + b"\n"  # a 32-byte message plus its newline, as ChatUser sends by default
         self.fire = self.environment.events.request.fire
 
     @task

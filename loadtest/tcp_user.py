@@ -108,6 +108,19 @@ class RunContext:
         self.watchdog = Watchdog(min(0.25, settings.reply_timeout / 4))
         self._targets = itertools.cycle(targets)
         self._sources = itertools.cycle(settings.source_addresses) if settings.source_addresses else None
+        # The messages users send, built once per run and shared by every session: (message, the bytes that send
+        # it, the bytes of its exact echo). Each starts with a two-digit sequence number cycling through
+        # _MESSAGE_RING values, so an echo of an earlier message does not pass for this one's. Formatting a fresh
+        # message per request cost more than checking its echo; a ring per session cost ~20 KB per user.
+        size = settings.message_size
+        prefix = settings.prefix.encode()
+        encoder = ClientConversation(settings.prefix)
+        self.ring: list[tuple[str, bytes, bytes]] = []
+        for n in range(_MESSAGE_RING):
+            message = (f"{n:02x}." + "m" * size)[:size]
+            line = encoder.send_message(message)
+            self.ring.append((message, line, prefix + line))
+        self.reply_length = len(prefix) + size + 1
         #: One TLS context per run, shared by every connection (building one per connection is costly).
         self.tls = _tls_context(settings) if settings.tls else None
 
@@ -193,16 +206,6 @@ class ChatSession:
         self.expired = ReplyExpired(f"no reply within {context.settings.reply_timeout:g}s")
         # The fast path is exact: off for the rest of a connection once the protocol had to step in.
         self._fast = False
-        size = context.settings.message_size
-        prefix = context.settings.prefix.encode()
-        # Built once: (message, the bytes that send it, the bytes of its exact echo). Formatting a fresh message per
-        # request cost more than checking its echo.
-        self._ring: list[tuple[str, bytes, bytes]] = []
-        for n in range(_MESSAGE_RING):
-            message = (f"{n:02x}." + "m" * size)[:size]
-            line = ClientConversation(context.settings.prefix).send_message(message)
-            self._ring.append((message, line, prefix + line))
-        self._reply_length = len(prefix) + size + 1
         context.watchdog.sessions.add(self)
 
     @property
@@ -292,12 +295,6 @@ class ChatSession:
         self.busy = False
         return True
 
-    def next_message(self) -> str:
-        """The next message: ``--gc-message-size`` bytes starting with a two-digit sequence number that cycles
-        through :data:`_MESSAGE_RING` values, so an echo of an earlier message does not pass for this one's."""
-        self._sequence += 1
-        return self._ring[self._sequence % _MESSAGE_RING][0]
-
     def echo(self, step: str = "echo") -> bool:
         """Send one message and check its echo byte for byte (step ``echo``, or ``idle`` for IdleUser).
 
@@ -309,7 +306,7 @@ class ChatSession:
         if client is None:
             raise RuntimeError("echo() before connect()")
         self._sequence += 1
-        message, line, expected = self._ring[self._sequence % _MESSAGE_RING]
+        message, line, expected = self.context.ring[self._sequence % _MESSAGE_RING]
         self.busy = True
         self.in_flight = message
         started = self.last_sent = time.perf_counter()
@@ -340,7 +337,7 @@ class ChatSession:
             return self._failed(step, started, "reply timeout", str(self.expired))
         except OSError as exc:
             return self._broken(step, started, client, exc)
-        self._succeeded(step, started, self._reply_length)
+        self._succeeded(step, started, self.context.reply_length)
         self.busy = False
         self.in_flight = None
         return True
