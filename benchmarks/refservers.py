@@ -17,15 +17,17 @@ import socket
 import sys
 from collections.abc import Callable
 
-from geventchat.config import DEFAULT_GREETING, DEFAULT_PREFIX
+from geventchat.config import DEFAULT_GREETING, DEFAULT_PREFIX, ProtocolConfig
+from geventchat.protocol import BYE_PREFIX, CloseReason
 
 GREETING = DEFAULT_GREETING.encode() + b"\n"
 PREFIX = DEFAULT_PREFIX.encode()
-BYE_IDLE = b"bye: idle timeout\n"
-DEFAULT_TIMEOUT = 60.0
-MIN_TIMEOUT = 0.1
-MAX_TIMEOUT = 3600.0
-MAX_LINE = 65536
+# The same protocol limits as geventchat's defaults (the reference servers' bye carries no seconds).
+BYE_IDLE = f"{BYE_PREFIX}{CloseReason.IDLE_TIMEOUT.value}\n".encode()
+DEFAULT_TIMEOUT = ProtocolConfig.default_timeout
+MIN_TIMEOUT = ProtocolConfig.min_timeout
+MAX_TIMEOUT = ProtocolConfig.max_timeout
+MAX_LINE = ProtocolConfig.max_line
 BACKLOG = 4096
 
 #: The reference servers by name (the order reports list them in).

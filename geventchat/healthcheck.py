@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 
 from .config import DEFAULT_PORT
-from .protocol import BYE_PREFIX
+from .protocol import BYE_PREFIX, Bye, ClientConversation, Greeting, RemoteProtocolError, quote_peer_text
 
 __all__ = ["check_server", "main"]
 
@@ -25,22 +25,22 @@ _MAX_GREETING = 4096
 
 def check_server(host: str, port: int, timeout: float = 2.0) -> str | None:
     """``None`` if the server at ``host:port`` sends a greeting line within ``timeout`` seconds, else what went
-    wrong (one line)."""
+    wrong (one line). The server's bytes go through the protocol core, as every client's do."""
+    conversation = ClientConversation(max_line=_MAX_GREETING)
     try:
         with socket.create_connection((host, port), timeout=timeout) as sock:
             sock.sendall(PROXY_UNKNOWN)
-            data = b""
-            while b"\n" not in data and len(data) < _MAX_GREETING:
-                chunk = sock.recv(_MAX_GREETING)
-                if not chunk:
+            while True:
+                for event in conversation.receive_data(sock.recv(_MAX_GREETING)):
+                    if isinstance(event, Greeting):
+                        return None
+                    if isinstance(event, Bye):
+                        return f"no greeting: {quote_peer_text(BYE_PREFIX + event.reason, 80)}"
                     return "closed without a greeting"
-                data += chunk
+    except RemoteProtocolError as exc:
+        return f"no greeting: {exc}"
     except OSError as exc:
         return f"{host}:{port}: {exc.strerror or exc}"
-    line = data.split(b"\n", 1)[0].decode("utf-8", "replace").rstrip("\r")
-    if line.startswith(BYE_PREFIX) or b"\n" not in data:
-        return f"no greeting: {line[:80]!r}"
-    return None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
