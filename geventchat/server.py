@@ -50,6 +50,13 @@ _LINGER_READ = 16384
 _IN_HANDSHAKE = -1.0
 
 
+#: Close reasons counted in ServerStats.closed (and exported as the metrics' ``reason`` label) besides the
+#: CloseReason values: a small fixed set, whatever errno or OpenSSL texts the peers cause (those go to the log).
+RESET = "reset"
+TLS_ERROR = "tls error"
+INTERNAL_ERROR = "internal error"
+
+
 class IdleAlarm(Exception):
     """Thrown by a connection's idle timer into its own greenlet (and only there)."""
 
@@ -356,7 +363,8 @@ class ChatServer:
                     if header is not None:
                         return header.source or address
         except OSError as exc:
-            self.stats.count_close(f"connection error (peer's side): {exc.strerror or exc}")
+            self.stats.count_close(RESET)
+            log.debug("%s: connection error (peer's side): %s", format_peer(address), exc.strerror or exc)
             return None
         except _ProxyHeaderLate:
             reason = f"no complete header within {self.proxy_header_timeout:g}s"
@@ -379,11 +387,11 @@ class ChatServer:
         stats.current += 1
         stats.total += 1
         try:
-            reason = connection.run()
+            reason, detail = connection.run()
         except Exception:
             # Our bug, not the peer's: log it here so it never reaches the hub's printer or other clients.
             log.exception("internal error serving %s", format_peer(address))
-            reason = "internal error"
+            reason = detail = INTERNAL_ERROR
         finally:
             if connection.sock is not sock:
                 connection.sock.close()  # the TLS wrapper owns the fd; the server closes only the plain socket
@@ -393,7 +401,7 @@ class ChatServer:
                 self._drained.set()
         stats.count_close(reason)
         if connection.debug:
-            log.debug("%s disconnected: %s", format_peer(address), reason)
+            log.debug("%s disconnected: %s", format_peer(address), detail)
 
     def _reject_full(self, sock: GeventSocket, address: tuple[str, int]) -> None:
         self.stats.rejected_full += 1
@@ -517,8 +525,9 @@ class _Connection:
         if self._reading and not self.greenlet.dead:
             _throw(self.greenlet, ShutdownRequested())
 
-    def run(self) -> str:
-        """Serve the conversation; returns why it ended (for logs and statistics)."""
+    def run(self) -> tuple[str, str]:
+        """Serve the conversation; returns why it ended: ``(reason, detail)``, the reason one of a small fixed set
+        (for statistics and metrics labels), the detail with the peer's error text (for the log)."""
         sock = self.sock
         conversation = self.conversation
         stats = self.server.stats
@@ -588,25 +597,26 @@ class _Connection:
             conversation.close(CloseReason.SHUTDOWN)
         except _TLSHandshakeExpired:
             self._disarm()
-            return CloseReason.HANDSHAKE_TIMEOUT.value
+            return CloseReason.HANDSHAKE_TIMEOUT.value, CloseReason.HANDSHAKE_TIMEOUT.value
         except ssl.SSLError as exc:  # not TLS, a bad certificate, a TLS alert: the peer's side too
             self._disarm()
-            return f"tls error: {exc.reason or exc}"
+            return TLS_ERROR, f"tls error: {exc.reason or exc}"
         except OSError as exc:
             self._disarm()
-            return f"connection error (peer's side): {exc.strerror or exc}"
+            return RESET, f"connection error (peer's side): {exc.strerror or exc}"
         finally:
             if own_watcher:
                 readable.close()
         self._disarm()
         reason = conversation.close_reason
         if reason is CloseReason.PEER_CLOSED:
-            return str(reason.value)
+            return str(reason.value), str(reason.value)
         # We are closing: send what is queued (the reply to ':q' or a 'bye:'), then close without a reset.
         queued = conversation.data_to_send()
         if not self._write_cut:  # after a cut write the peer is not reading: no last line to protect
             self._flush_and_linger(queued, config.linger, polite=reason is CloseReason.QUIT)
-        return str(reason.value) if reason is not None else "closed"
+        text = str(reason.value) if reason is not None else "closed"
+        return text, text
 
     def _handshake_over(self) -> None:
         latency = self.server.stats.handshake_latency
