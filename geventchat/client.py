@@ -25,6 +25,7 @@ from gevent.socket import socket as GeventSocket
 
 from .config import DEFAULT_PREFIX, Framing
 from .protocol import (
+    QUIT,
     Bye,
     ClientConversation,
     ClientEvent,
@@ -299,19 +300,43 @@ class ChatClient:
             raise WrongReply(f"server answered error: {event.reason}")
         raise WrongReply(f"expected a reply, got {event!r}")
 
-    def quit(self) -> Reply:
-        """Send ``:q``, return its reply and wait for the server to close. The connection is closed after."""
+    def quit(self, *, wait_for_close: bool = False) -> Reply:
+        """Send ``:q`` and return its reply. The connection is closed after.
+
+        The reply ends the conversation: by default this does not wait for the server to close, since a server may
+        never close (the original tutorial's forks a process per client and its parent keeps a copy of the
+        socket, so no end of input ever arrives). A ``bye:`` that has already arrived after the reply still
+        raises :class:`ClosedByServer`. ``wait_for_close``: also wait (up to the reply timeout) for the server to
+        close, as a load test's ``quit`` step that times the close does; raises :class:`ReplyTimeout` if it does
+        not, :class:`ClosedByServer` if it says ``bye:`` first.
+
+        Raises :class:`WrongReply` (the reply is not the echo of ``:q``), :class:`ReplyTimeout`,
+        :class:`ClosedByServer`, :class:`ConnectionReset`.
+        """
         try:
-            self._sendall(self.conversation.send_quit())
-            reply = self.expect_reply(":q")
-            try:
-                self.receive()
-            except ClosedByServer as closed:
-                if closed.reason is not None:
-                    raise
+            self.send_quit()
+            reply = self.expect_reply(QUIT)
+            if wait_for_close:
+                try:
+                    self.receive()
+                except ClosedByServer as closed:
+                    if closed.reason is not None:
+                        raise
+            else:
+                self.raise_pending_bye()
             return reply
         finally:
             self.close()
+
+    def send_quit(self) -> None:
+        """Send ``:q`` without waiting for its reply."""
+        self._sendall(self.conversation.send_quit())
+
+    def raise_pending_bye(self) -> None:
+        """Raise :class:`ClosedByServer` if a ``bye:`` line has already arrived, in events not yet returned or in
+        bytes the kernel holds; never waits for more. For after the reply to ``:q``, when the conversation is over:
+        a reset or a malformed line is then no longer worth reporting, so neither raises."""
+        self._raise_pending_bye(wait=0)
 
     @property
     def has_unread(self) -> bool:
@@ -396,9 +421,10 @@ class ChatClient:
             self._raise_pending_bye()
             raise ConnectionReset(f"connection broken while sending: {exc.strerror or exc}") from None
 
-    def _raise_pending_bye(self) -> None:
+    def _raise_pending_bye(self, wait: float = 0.05) -> None:
+        # A zero wait still reads what the kernel already holds: gevent tries recv() before it waits.
         with contextlib.suppress(ChatClientError):
-            self._fill(0.05)
+            self._fill(wait)
         for event in self._events:
             if isinstance(event, Bye):
                 raise ClosedByServer(event.reason) from None

@@ -377,7 +377,7 @@ class ChatSession:
         self.busy = True
         started = time.perf_counter()
         try:
-            client.quit()
+            client.quit(wait_for_close=True)
         except ChatClientError as exc:
             return self._error("quit", started, exc)
         self.client = None

@@ -6,12 +6,13 @@ import sys
 from collections.abc import Callable, Iterator
 
 import gevent
+import gevent.event
 import gevent.subprocess
 import pytest
 from gevent.server import StreamServer
 from gevent.socket import socket as GeventSocket
 
-from geventchat.client import ChatClient, ConnectionRefused, ConnectTimeout
+from geventchat.client import ChatClient, ClosedByServer, ConnectionRefused, ConnectTimeout, ReplyTimeout
 from geventchat.config import Framing
 
 from .conftest import ServerProcess
@@ -42,6 +43,55 @@ def tutorial_server() -> Iterator[tuple[str, int]]:
     server.stop()
 
 
+class HoldingServer:
+    """A server that answers ``:q`` and never closes: what our client sees of the tutorial's process-per-client
+    server, whose child closes after ``:q`` while the parent keeps its copy of the accepted socket, so no end of
+    input ever arrives. It greets (no newline in raw framing), takes the timeout, answers each message with the
+    prefix, answers ``:q`` (followed by ``after_quit`` in the same write), then only waits for the client to close.
+    """
+
+    def __init__(self, framing: Framing, after_quit: bytes = b"") -> None:
+        self.framing = framing
+        self.after_quit = after_quit
+        #: Set when the client closed its side after the reply to ':q'.
+        self.client_closed = gevent.event.Event()
+        self.server = StreamServer(("127.0.0.1", 0), self._handle)
+        self.server.start()
+        self.address: tuple[str, int] = self.server.address
+
+    def _handle(self, sock: GeventSocket, _address: object) -> None:
+        line = self.framing is Framing.LINE
+        end = b"\n" if line else b""
+        reader = sock.makefile("rb")  # line framing reads through it, and only through it, until ':q'
+        sock.sendall(TUTORIAL_GREETING.encode() + end)
+        sock.settimeout(float(reader.readline(1024) if line else sock.recv(1024)))
+        while True:
+            received = reader.readline(1024) if line else sock.recv(1024)
+            if not received:
+                return
+            data = received.rstrip(b"\n")
+            if data == b":q":
+                sock.sendall(PREFIX.encode() + data + end + self.after_quit)
+                break
+            sock.sendall(PREFIX.encode() + data + end)
+        # Never close: only notice the client's close (bounded by the negotiated timeout and by stop()).
+        if sock.recv(1024) == b"":
+            self.client_closed.set()
+
+
+@pytest.fixture
+def holding_server() -> Iterator[Callable[..., HoldingServer]]:
+    started: list[HoldingServer] = []
+
+    def start(framing: Framing, after_quit: bytes = b"") -> HoldingServer:
+        started.append(HoldingServer(framing, after_quit))
+        return started[-1]
+
+    yield start
+    for stub in started:
+        stub.server.stop()
+
+
 def run_cli(*args: str, stdin: str = "", timeout: float = 20) -> gevent.subprocess.CompletedProcess:
     """The CLI in a subprocess, waited on cooperatively so in-process gevent servers keep serving."""
     return gevent.subprocess.run(
@@ -66,6 +116,60 @@ def test_raw_cli_client_against_the_tutorial_server(tutorial_server: tuple[str, 
     result = run_cli("client", "--host", host, "--port", str(port), "--framing", "raw", stdin="one\ntwo\n")
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == [TUTORIAL_GREETING, PREFIX + "one", PREFIX + "two", PREFIX + ":q"]
+
+
+@pytest.mark.parametrize("framing", [Framing.RAW, Framing.LINE], ids=["raw", "line"])
+def test_quit_returns_at_the_reply_without_waiting_for_a_close(
+    holding_server: Callable[..., HoldingServer], framing: Framing
+) -> None:
+    stub = holding_server(framing)
+    with ChatClient.connect(*stub.address, idle_timeout=30, framing=framing) as client:
+        assert client.greeting == TUTORIAL_GREETING
+        assert client.request("hi").message == "hi"
+        # Waiting for the server's end of input would raise ReplyTimeout here: it never comes.
+        assert client.quit().text == PREFIX + ":q"
+    assert stub.client_closed.wait(5), "the client did not close after the reply to ':q'"
+
+
+def test_quit_reports_a_bye_that_came_with_the_reply(holding_server: Callable[..., HoldingServer]) -> None:
+    stub = holding_server(Framing.LINE, after_quit=b"bye: server shutting down\n")
+    with ChatClient.connect(*stub.address, idle_timeout=30) as client:
+        with pytest.raises(ClosedByServer) as closed:
+            client.quit()
+    assert closed.value.reason == "server shutting down"
+
+
+def test_quit_can_wait_for_the_close(holding_server: Callable[..., HoldingServer]) -> None:
+    # A reply timeout no loaded machine needs for a loopback echo, so the timeout below is the close's.
+    stub = holding_server(Framing.LINE)
+    with ChatClient.connect(*stub.address, idle_timeout=30, reply_timeout=2) as client:
+        assert client.request("hi").message == "hi"
+        with pytest.raises(ReplyTimeout):
+            client.quit(wait_for_close=True)
+
+
+@pytest.mark.parametrize("framing", [Framing.RAW, Framing.LINE], ids=["raw", "line"])
+def test_cli_client_finishes_against_a_server_that_never_closes(
+    holding_server: Callable[..., HoldingServer], framing: Framing
+) -> None:
+    stub = holding_server(framing)
+    host, port = stub.address
+    # The bound is under the 10 s reply timeout: a client waiting for the close would be killed, not pass.
+    result = run_cli(
+        "client", "--host", host, "--port", str(port), "--framing", framing.value, stdin="one\ntwo\n", timeout=8
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [TUTORIAL_GREETING, PREFIX + "one", PREFIX + "two", PREFIX + ":q"]
+    assert result.stderr == ""
+    assert stub.client_closed.wait(5), "the client did not close after the reply to ':q'"
+
+
+def test_cli_client_shows_a_bye_that_came_with_the_quit_reply(holding_server: Callable[..., HoldingServer]) -> None:
+    stub = holding_server(Framing.LINE, after_quit=b"bye: server shutting down\n")
+    result = run_cli("client", "--port", str(stub.address[1]), stdin="one\n", timeout=8)
+    assert result.returncode == 1
+    assert result.stdout.splitlines() == [TUTORIAL_GREETING, PREFIX + "one"]
+    assert result.stderr.strip() == "geventchat client: server closed the connection: server shutting down"
 
 
 def test_piped_client_end_to_end(server_process: Callable[..., ServerProcess]) -> None:

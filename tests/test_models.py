@@ -118,7 +118,7 @@ def test_echo_including_empty_lines_crlf_and_utf8(port: int) -> None:
 
 def test_quit_is_answered_then_closed(port: int) -> None:
     client = connect(port)
-    reply = client.quit()  # also waits for the server to close without a bye
+    reply = client.quit(wait_for_close=True)  # also waits for the server to close without a bye
     assert reply.message == ":q"
 
 
