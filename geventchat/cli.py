@@ -20,7 +20,7 @@ from . import __version__
 from .client import ChatClient, ChatClientError, ClosedByServer
 from .config import DEFAULT_GREETING, DEFAULT_PORT, DEFAULT_PREFIX, Framing, ProtocolConfig, ServerConfig
 from .models import MODELS
-from .protocol import ErrorNotice, Reply, escape_controls
+from .protocol import QUIT, ErrorNotice, Reply, escape_controls
 
 log = logging.getLogger("geventchat")
 
@@ -426,7 +426,8 @@ def _piped(client: ChatClient) -> int:
 
 
 def _interactive(client: ChatClient) -> int:
-    """A prompt; server lines (replies, notices, a bye) are printed as they arrive, even while you type."""
+    """A prompt; server lines (replies, notices, a bye) are printed as they arrive, even while you type. The session
+    ends with the reply to ':q' (typed, or sent on Ctrl-D), without waiting for the server to close."""
     from gevent.socket import wait_read
 
     # On a terminal the server's text is escaped: a hostile server must not drive the terminal.
@@ -439,6 +440,13 @@ def _interactive(client: ChatClient) -> int:
             while True:
                 event = client.receive(timeout=10**9)
                 text = event.text if isinstance(event, Reply) else f"error: {event.reason}"  # type: ignore[union-attr]
+                if isinstance(event, Reply) and event.message == QUIT:
+                    # The reply to our ':q' (this client sends ':q' only to quit): the end. The server's close is
+                    # not awaited, as the tutorial's server never closes; a 'bye:' already here is still shown.
+                    print(f"\r{escape_controls(text)}", flush=True)
+                    client.raise_pending_bye()
+                    outcome.append(0)
+                    break
                 print(f"\r{escape_controls(text)}\n> ", end="", flush=True)
         except ClosedByServer as exc:
             # A plain close after our ':q' is the normal end; a 'bye:' says why the server ended it.
@@ -455,18 +463,21 @@ def _interactive(client: ChatClient) -> int:
     while not done.is_set():
         try:
             wait_read(fd, timeout=0.2)
+            line = sys.stdin.readline()
         except TimeoutError:
             continue
         except OSError:
+            line = ""  # no input any more: quit as on Ctrl-D
+        text = line.rstrip("\r\n") if line else QUIT  # Ctrl-D quits like :q
+        if text == QUIT:
+            client.send_quit()
             break
-        line = sys.stdin.readline()
-        text = line.rstrip("\r\n") if line else ":q"  # Ctrl-D quits like :q
         client.send(text)
-        if text == ":q":
-            break
-    done.wait(client.reply_timeout)
-    reader.kill()
-    return outcome[0] if outcome else 0
+    if not done.wait(client.reply_timeout):
+        reader.kill()
+        print(f"\rgeventchat client: no answer to ':q' within {client.reply_timeout:g}s", flush=True)
+        return 1
+    return outcome[0]
 
 
 def entry_point() -> None:
