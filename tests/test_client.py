@@ -47,12 +47,14 @@ class HoldingServer:
     """A server that answers ``:q`` and never closes: what our client sees of the tutorial's process-per-client
     server, whose child closes after ``:q`` while the parent keeps its copy of the accepted socket, so no end of
     input ever arrives. It greets (no newline in raw framing), takes the timeout, answers each message with the
-    prefix, answers ``:q`` (followed by ``after_quit`` in the same write), then only waits for the client to close.
+    prefix, answers ``:q`` (followed by ``after_quit`` in the same write; not at all if not ``answer_quit``), then
+    only waits for the client to close.
     """
 
-    def __init__(self, framing: Framing, after_quit: bytes = b"") -> None:
+    def __init__(self, framing: Framing, after_quit: bytes = b"", *, answer_quit: bool = True) -> None:
         self.framing = framing
         self.after_quit = after_quit
+        self.answer_quit = answer_quit
         #: Set when the client closed its side after the reply to ':q'.
         self.client_closed = gevent.event.Event()
         self.server = StreamServer(("127.0.0.1", 0), self._handle)
@@ -71,7 +73,8 @@ class HoldingServer:
                 return
             data = received.rstrip(b"\n")
             if data == b":q":
-                sock.sendall(PREFIX.encode() + data + end + self.after_quit)
+                if self.answer_quit:
+                    sock.sendall(PREFIX.encode() + data + end + self.after_quit)
                 break
             sock.sendall(PREFIX.encode() + data + end)
         # Never close: only notice the client's close (bounded by the negotiated timeout and by stop()).
