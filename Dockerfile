@@ -1,12 +1,13 @@
 # One image for the geventchat server, its client and Locust (master and workers): see docker-compose.yml.
 # The build stage installs into a virtualenv; the final stage copies only that virtualenv, so no compiler, pip
 # cache or build files end up in the image (gevent, greenlet and Locust's dependencies install from wheels).
+# Prometheus metrics are part of the core install; the loadtest extra adds Locust.
 FROM python:3.11-slim AS build
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY geventchat ./geventchat
-RUN python -m venv /opt/venv && /opt/venv/bin/pip install ".[loadtest,metrics]"
+RUN python -m venv /opt/venv && /opt/venv/bin/pip install ".[loadtest]"
 
 FROM python:3.11-slim
 ENV PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1

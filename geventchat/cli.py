@@ -6,12 +6,14 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import math
 import os
 import signal
 import sys
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import gevent
 import gevent.event
@@ -21,6 +23,9 @@ from .client import ChatClient, ChatClientError, ClosedByServer
 from .config import DEFAULT_GREETING, DEFAULT_PORT, DEFAULT_PREFIX, Framing, ProtocolConfig, ServerConfig
 from .models import MODELS
 from .protocol import QUIT, ErrorNotice, Reply, escape_controls
+
+if TYPE_CHECKING:
+    from .server import ChatServer
 
 log = logging.getLogger("geventchat")
 
@@ -59,6 +64,24 @@ _positive = _number(0, inclusive=False)
 _non_negative = _number(0, inclusive=True)
 
 
+class _HelpFormatter(argparse.HelpFormatter):
+    """Ends each option's help with its default, once.
+
+    argparse's ArgumentDefaultsHelpFormatter appends ``(default: %(default)s)`` even when the help already states
+    the default in words, and shows ``None`` for options that are off unless given. Here a help that states its
+    own ``(default: ...)`` is left alone, a flag says ``(default: off)``, and an option whose default is None must
+    say in its help what that means (tests/test_cli.py checks every option).
+    """
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if "(default:" in text or not action.option_strings or action.default in (None, argparse.SUPPRESS):
+            return text
+        if action.nargs == 0:  # store_true: the flag is off unless given
+            return f"{text} (default: off)"
+        return f"{text} (default: %(default)s)"
+
+
 def _server_parser() -> argparse.ArgumentParser:
     defaults = ServerConfig()
     protocol = ProtocolConfig()
@@ -66,7 +89,7 @@ def _server_parser() -> argparse.ArgumentParser:
         prog="geventchat [serve]",
         description="Run the geventchat server (one greenlet per client). "
         "'geventchat client --help' shows the client's options.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_HelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"geventchat {__version__}")
     net = parser.add_argument_group("network")
@@ -177,7 +200,9 @@ def _add_hardening_options(parser: argparse.ArgumentParser, defaults: ServerConf
         default=defaults.handshake_timeout,
         help="seconds a client has to send its idle-timeout line (and finish TLS) before 'bye: handshake timeout'",
     )
-    group.add_argument("--tls-cert", default=None, help="PEM certificate chain: serve TLS instead of plain TCP")
+    group.add_argument(
+        "--tls-cert", default=None, help="PEM certificate chain to serve TLS with (default: none, plain TCP)"
+    )
     group.add_argument("--tls-key", default=None, help="PEM private key for --tls-cert (default: inside the cert file)")
     group.add_argument(
         "--metrics-port",
@@ -193,7 +218,7 @@ def _client_parser() -> argparse.ArgumentParser:
         prog="geventchat client",
         description="Talk to a geventchat server. Interactive on a terminal (':q' or Ctrl-D quits); with piped "
         "input, sends each line, prints each reply, and sends ':q' at the end.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_HelpFormatter,
     )
     parser.add_argument("--host", default="127.0.0.1", help="server address")
     parser.add_argument("--port", type=_integer(1, 65535), default=DEFAULT_PORT, help="server port")
@@ -208,7 +233,11 @@ def _client_parser() -> argparse.ArgumentParser:
     parser.add_argument("--connect-timeout", type=_positive, default=5.0, help="seconds to connect and be greeted")
     parser.add_argument("--reply-timeout", type=_positive, default=10.0, help="seconds to wait for each reply")
     parser.add_argument("--tls", action="store_true", help="talk TLS, verifying the server against the system CAs")
-    parser.add_argument("--tls-ca", default=None, help="PEM CA file to verify the server with (implies --tls)")
+    parser.add_argument(
+        "--tls-ca",
+        default=None,
+        help="PEM CA file to verify the server with (implies --tls) (default: the system CAs, with --tls)",
+    )
     return parser
 
 
@@ -261,6 +290,26 @@ def _gevent_only_options(config: ServerConfig) -> list[str]:
     return [*flags, "--proxy-protocol"] if config.proxy_protocol else flags
 
 
+def _missing_dependency(config: ServerConfig) -> str | None:
+    """The one-line error for an option whose package does not import, or None when all do.
+
+    prometheus-client is a core dependency, yet an install made with ``--no-deps`` or from a distribution's
+    packages can lack it: say what to install before listening, rather than a traceback once the port is open.
+    (Every other module a server option uses is ours or the standard library's.)
+    """
+    if config.metrics_port is None:
+        return None
+    try:
+        importlib.import_module(".metrics", __package__)
+    except ImportError as exc:
+        why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        return (
+            f"geventchat: --metrics-port needs the 'prometheus-client' package ({why}): "
+            "pip install 'prometheus-client>=0.20'"
+        )
+    return None
+
+
 def run_server(args: argparse.Namespace) -> int:
     from .server import ChatServer
 
@@ -289,6 +338,10 @@ def run_server(args: argparse.Namespace) -> int:
             )
             return 2
         return _serve_other_model(args.model, config)
+    missing = _missing_dependency(config)
+    if missing is not None:
+        print(missing, file=sys.stderr)
+        return 2
     if config.tls_cert is not None:
         from .tls import server_context
 
@@ -312,13 +365,21 @@ def run_server(args: argparse.Namespace) -> int:
         server.start()
     except OSError as exc:
         return _cannot_listen(config, exc)
+    # Before the listening line: a supervisor (or test) may signal as soon as it reads it.
+    _handle_stop_signals(server)
     _tune_gc(args)
     _announce(server.address)
     if server.metrics is not None:
         metrics_host, metrics_port = server.metrics.address
         print(f"geventchat metrics on http://{metrics_host}:{metrics_port}/metrics", flush=True)
     log.info("serving up to %d connections", server.connection_limit)
+    server.serve_forever()
+    log.info("stopped")
+    return 0
 
+
+def _handle_stop_signals(server: ChatServer) -> None:
+    """SIGTERM or SIGINT: graceful shutdown (up to the grace period); a second one exits at once."""
     signals_seen: list[int] = []
 
     def on_signal(signum: int) -> None:
@@ -327,7 +388,7 @@ def run_server(args: argparse.Namespace) -> int:
             log.info(
                 "%s: shutting down (grace %gs); send it again to exit at once",
                 signal.Signals(signum).name,
-                config.grace,
+                server.config.grace,
             )
             gevent.spawn(server.shutdown)
         else:
@@ -336,9 +397,6 @@ def run_server(args: argparse.Namespace) -> int:
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         gevent.signal_handler(signum, on_signal, signum)
-    server.serve_forever()
-    log.info("stopped")
-    return 0
 
 
 def _tune_gc(args: argparse.Namespace) -> None:

@@ -6,7 +6,7 @@ existed) and, when metrics are on, observe two :class:`~geventchat.histogram.Lat
 additions, no lock). Nothing here runs per message; :class:`StatsCollector` turns the counters into Prometheus
 families only when scraped.
 
-Needs the ``metrics`` extra (``pip install geventchat[metrics]``).
+prometheus-client is a core dependency; the CLI checks that it imports before the server listens.
 """
 
 from __future__ import annotations

@@ -18,6 +18,9 @@ import pytest
 from geventchat.config import ProtocolConfig, ServerConfig
 from geventchat.server import ChatServer
 
+# In CI (CI=true or GEVENTCHAT_REQUIRE_ALL=1) every skip is a failure: see tests/ci_skips.py.
+pytest_plugins = ["tests.ci_skips"]
+
 _PROTOCOL_FIELDS = {f.name for f in dataclasses.fields(ProtocolConfig)}
 LISTENING = re.compile(r"^geventchat listening on (\S+):(\d+)$")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import signal
 import subprocess
 import sys
@@ -10,6 +11,7 @@ from collections.abc import Callable
 import pytest
 
 from geventchat.client import ChatClient, ClosedByServer
+from geventchat.config import DEFAULT_PORT, ServerConfig
 
 from .conftest import ServerProcess
 
@@ -94,3 +96,39 @@ def test_second_signal_exits_at_once(server_process: Callable[..., ServerProcess
     code, err = server.wait_for_exit(timeout=5)  # far less than the 30 s grace
     assert code == 1 and "second signal" in err
     client.close()
+
+
+def option_helps(help_output: str) -> dict[str, str]:
+    """Each option's help in ``--help`` output, wrapped lines joined, by its long name (``--help`` for -h)."""
+    helps: dict[str, str] = {}
+    current: str | None = None
+    for line in help_output.splitlines():
+        entry = re.match(r"  (-\S.*?)(?:\s{2,}(\S.*))?$", line)
+        if entry is not None:
+            current = re.findall(r"--[a-z-]+", entry.group(1))[0]
+            helps[current] = entry.group(2) or ""
+        elif current is not None and line.startswith("    ") and line.strip():
+            helps[current] += " " + line.strip()
+        else:
+            current = None  # a blank line or a group heading ends the entry
+    return helps
+
+
+@pytest.mark.parametrize("command", [(), ("client",)])
+def test_help_shows_each_default_once_and_never_none(command: tuple[str, ...]) -> None:
+    result = geventchat(*command, "--help")
+    assert result.returncode == 0, result.stderr
+    usage = result.stdout.split("\n\n")[0]
+    in_usage = set(re.findall(r"\[(--[a-z-]+)", usage))
+    helps = option_helps(result.stdout)
+    assert len(in_usage) >= 8 and in_usage <= set(helps)  # the parse found every option the usage names
+    for option in in_usage - {"--help", "--version"}:
+        text = helps[option]
+        assert text.count("(default:") == 1, (option, text)
+        assert "None" not in text, (option, text)
+    if command:
+        assert helps["--timeout"].endswith("(default: 60.0)") and helps["--tls"].endswith("(default: off)")
+    else:
+        assert helps["--port"].endswith(f"(default: {DEFAULT_PORT})")
+        assert f"here {ServerConfig().connection_limit})" in helps["--max-connections"]
+        assert "(default: off;" in helps["--metrics-port"] and helps["--proxy-protocol"].endswith("(default: off)")
