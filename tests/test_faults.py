@@ -172,32 +172,48 @@ def test_churn_soak_leaks_no_fds_greenlets_or_memory() -> None:
         assert rss_bytes() - rss < SOAK_RSS_GROWTH
 
 
+def _largest_send_buffer() -> int:
+    """The most a TCP send buffer grows to on this machine (tcp_wmem's maximum; Linux's default if unknown)."""
+    try:
+        with open("/proc/sys/net/ipv4/tcp_wmem") as wmem:
+            return int(wmem.read().split()[2])
+    except (OSError, IndexError, ValueError):
+        return 4 << 20
+
+
+def _closing_or_closed(server: ChatServer) -> bool:
+    """The server's one connection has ended its conversation: it is closing (perhaps still trying to send a last
+    line) or already gone. Server state, because a client that does not read cannot tell the difference."""
+    connections = list(server._connections)
+    return server.stats.total == 1 and all(c.conversation.closed for c in connections)
+
+
 def test_idle_timeout_in_the_middle_of_a_reply_sends_no_bye_glued_to_it() -> None:
-    with serving(quiet(linger=2.0)) as server:
+    # One reply line far larger than every buffer between the server and a client that does not read (our receive
+    # buffer is 4 KiB; the server's send buffer grows up to tcp_wmem's maximum): the server's write of it must go
+    # out in part and then block, so the idle timeout fires in the middle of that one reply.
+    size = 2 * _largest_send_buffer()
+    idle = 1.0  # the client sends its whole line well within it, so the timeout can only fire in the write
+    protocol = ProtocolConfig(max_line=size)
+    with serving(quiet(linger=30.0, protocol=protocol)) as server:
         fds = open_fds()
         sock = GeventSocket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         sock.connect(server.address)
         assert read_line(sock) == GREETING
-        sock.sendall(b"0.3\n")
-
-        def send_lines() -> None:
-            line = b"w" * 999 + b"\n"
-            for _ in range(4000):  # 4 MB: more than the socket buffers hold, so the server's write is cut
-                try:
-                    sock.sendall(line * 16)
-                except OSError:
-                    return
-
-        sender = gevent.spawn(send_lines)
-        # Not reading until the server gives up on us (0.3 s idle timeout); only then read what reached us.
-        wait_until(lambda: server.stats.closed.get("idle timeout") == 1, timeout=5)
-        data = read_until_closed(sock, timeout=10, limit=1 << 26)
-        sender.kill()
+        message = b"w" * size
+        sock.sendall(f"{idle:g}\n".encode() + message + b"\n")
+        full_reply = PREFIX + message + b"\n"
+        # Not reading until the server has given up on us. Then read while it may still be lingering (30 s): a
+        # server that queued a bye after the cut write would deliver it now, glued to the cut line.
+        wait_until(lambda: _closing_or_closed(server), timeout=idle + 10)
+        data = read_until_closed(sock, timeout=10, limit=2 * size)
         sock.close()
-        assert data.startswith(PREFIX)
-        glued = [line[-60:] for line in data.split(b"\n") if b"bye: " in line and not line.startswith(b"bye: ")]
-        assert glued == []
+        # The situation under test: the reply had begun and was cut (one line, so a cut one ends without "\n").
+        assert data.startswith(PREFIX), data[:80]
+        assert len(data) < len(full_reply), f"not cut: {len(data)} bytes arrived, the reply has {len(full_reply)}"
+        # What must hold: nothing after the cut; above all no "bye: " glued to half a line.
+        assert full_reply.startswith(data), data[-80:]
         settle(server)
         assert server.stats.closed == {"idle timeout": 1}
         assert fresh_client_works(server.address)
