@@ -13,6 +13,7 @@ import gevent
 import pytest
 from gevent.socket import socket as GeventSocket
 
+import geventchat.server
 from geventchat import ChatClient, ChatServer, ClosedByServer, Framing, ProtocolConfig
 from geventchat.config import DEFAULT_GREETING, DEFAULT_PREFIX
 
@@ -133,6 +134,55 @@ def test_max_per_ip_turns_away_the_extra_connection_with_a_reason() -> None:
         settle(server)
         assert server.stats.closed["too many connections from your address"] == 1
         assert len(server._per_ip) == 0  # type: ignore[arg-type]
+        assert open_fds() == fds
+
+
+def reset_by_server(sock: GeventSocket, within: float) -> bool:
+    """Send a byte every 10 ms until the server's kernel answers with a reset (a send fails): True, or False if
+    none within ``within`` seconds. A closed socket resets what arrives; a lingering one reads and discards it."""
+    deadline = time.monotonic() + within
+    for _ in range(int(within / 0.01) + 1):  # bounded; the deadline usually ends it first
+        try:
+            sock.send(b".")
+        except OSError:  # ECONNRESET, or EPIPE once the reset has been reported
+            return True
+        if time.monotonic() > deadline:
+            break
+        gevent.sleep(0.01)
+    return False
+
+
+def test_past_the_cap_on_lingering_rejects_a_rejected_client_is_closed_at_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The real cap (256) made small, so that reaching it takes two clients rather than a flood.
+    monkeypatch.setattr(geventchat.server, "_MAX_LINGERING_REJECTS", 2)
+    with serving(quiet(max_connections=1, linger=30.0)) as server:
+        fds = open_fds()
+        held = ChatClient.connect(*server.address, idle_timeout=60)
+        lingering = []
+        for _ in range(2):
+            sock = raw_connect(server.address)
+            lingering.append(sock)
+            assert read_until_closed(sock) == b"bye: server full\n"  # the bye, then the server's half-close
+        # The situation: both rejected clients held open by a lingering close, as many as the cap allows.
+        wait_until(lambda: server._lingering_rejects == 2, timeout=5)
+        past_cap = raw_connect(server.address)
+        assert read_until_closed(past_cap) == b"bye: server full\n"
+        for sock in lingering:
+            sock.send(b".")  # were these closed too, this byte would be reset before past_cap's below
+        # What must hold: the client past the cap still gets its bye, but its socket is closed at once, not
+        # after the 30 s linger; the lingering ones are still read (their bytes above were not reset).
+        assert reset_by_server(past_cap, within=5)
+        assert not any(reset_by_server(sock, within=0) for sock in lingering)
+        assert server._lingering_rejects == 2
+        assert server.stats.rejected_full == 3
+        for sock in [past_cap, *lingering]:
+            sock.close()
+        held.quit()
+        settle(server)
+        assert fresh_client_works(server.address)
+        settle(server)
         assert open_fds() == fds
 
 
