@@ -94,3 +94,19 @@ def test_second_signal_exits_at_once(server_process: Callable[..., ServerProcess
     code, err = server.wait_for_exit(timeout=5)  # far less than the 30 s grace
     assert code == 1 and "second signal" in err
     client.close()
+
+
+def test_one_sigint_shuts_down_gracefully_and_exits_0(server_process: Callable[..., ServerProcess]) -> None:
+    server = server_process("--grace", "5")
+    client = ChatClient.connect(server.host, server.port, idle_timeout=30)
+    # The reply proves the server is serving, so its signal handlers are installed (they are set before serving).
+    client.request("hello")
+    server.proc.send_signal(signal.SIGINT)
+    with pytest.raises(ClosedByServer) as bye:
+        client.receive(timeout=5)
+    assert bye.value.reason == "server shutting down"
+    client.close()  # leaving at once: the shutdown need not wait out the grace period
+    code, err = server.wait_for_exit(timeout=10)
+    assert code == 0, err
+    assert "SIGINT: shutting down" in err and "stopped" in err
+    assert "KeyboardInterrupt" not in err and "second signal" not in err
