@@ -132,3 +132,19 @@ def test_help_shows_each_default_once_and_never_none(command: tuple[str, ...]) -
         assert helps["--port"].endswith(f"(default: {DEFAULT_PORT})")
         assert f"here {ServerConfig().connection_limit})" in helps["--max-connections"]
         assert "(default: off;" in helps["--metrics-port"] and helps["--proxy-protocol"].endswith("(default: off)")
+
+
+def test_one_sigint_shuts_down_gracefully_and_exits_0(server_process: Callable[..., ServerProcess]) -> None:
+    server = server_process("--grace", "5")
+    client = ChatClient.connect(server.host, server.port, idle_timeout=30)
+    # The reply proves the server is serving, so its signal handlers are installed (they are set before serving).
+    client.request("hello")
+    server.proc.send_signal(signal.SIGINT)
+    with pytest.raises(ClosedByServer) as bye:
+        client.receive(timeout=5)
+    assert bye.value.reason == "server shutting down"
+    client.close()  # leaving at once: the shutdown need not wait out the grace period
+    code, err = server.wait_for_exit(timeout=10)
+    assert code == 0, err
+    assert "SIGINT: shutting down" in err and "stopped" in err
+    assert "KeyboardInterrupt" not in err and "second signal" not in err

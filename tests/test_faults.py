@@ -13,6 +13,7 @@ import gevent
 import pytest
 from gevent.socket import socket as GeventSocket
 
+import geventchat.server
 from geventchat import ChatClient, ChatServer, ClosedByServer, Framing, ProtocolConfig
 from geventchat.config import DEFAULT_GREETING, DEFAULT_PREFIX
 
@@ -136,6 +137,55 @@ def test_max_per_ip_turns_away_the_extra_connection_with_a_reason() -> None:
         assert open_fds() == fds
 
 
+def reset_by_server(sock: GeventSocket, within: float) -> bool:
+    """Send a byte every 10 ms until the server's kernel answers with a reset (a send fails): True, or False if
+    none within ``within`` seconds. A closed socket resets what arrives; a lingering one reads and discards it."""
+    deadline = time.monotonic() + within
+    for _ in range(int(within / 0.01) + 1):  # bounded; the deadline usually ends it first
+        try:
+            sock.send(b".")
+        except OSError:  # ECONNRESET, or EPIPE once the reset has been reported
+            return True
+        if time.monotonic() > deadline:
+            break
+        gevent.sleep(0.01)
+    return False
+
+
+def test_past_the_cap_on_lingering_rejects_a_rejected_client_is_closed_at_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The real cap (256) made small, so that reaching it takes two clients rather than a flood.
+    monkeypatch.setattr(geventchat.server, "_MAX_LINGERING_REJECTS", 2)
+    with serving(quiet(max_connections=1, linger=30.0)) as server:
+        fds = open_fds()
+        held = ChatClient.connect(*server.address, idle_timeout=60)
+        lingering = []
+        for _ in range(2):
+            sock = raw_connect(server.address)
+            lingering.append(sock)
+            assert read_until_closed(sock) == b"bye: server full\n"  # the bye, then the server's half-close
+        # The situation: both rejected clients held open by a lingering close, as many as the cap allows.
+        wait_until(lambda: server._lingering_rejects == 2, timeout=5)
+        past_cap = raw_connect(server.address)
+        assert read_until_closed(past_cap) == b"bye: server full\n"
+        for sock in lingering:
+            sock.send(b".")  # were these closed too, this byte would be reset before past_cap's below
+        # What must hold: the client past the cap still gets its bye, but its socket is closed at once, not
+        # after the 30 s linger; the lingering ones are still read (their bytes above were not reset).
+        assert reset_by_server(past_cap, within=5)
+        assert not any(reset_by_server(sock, within=0) for sock in lingering)
+        assert server._lingering_rejects == 2
+        assert server.stats.rejected_full == 3
+        for sock in [past_cap, *lingering]:
+            sock.close()
+        held.quit()
+        settle(server)
+        assert fresh_client_works(server.address)
+        settle(server)
+        assert open_fds() == fds
+
+
 #: Churn soak bounds (the longer run is benchmarks/soak.py).
 SOAK_CYCLES = 2000
 SOAK_CONCURRENCY = 10
@@ -172,32 +222,48 @@ def test_churn_soak_leaks_no_fds_greenlets_or_memory() -> None:
         assert rss_bytes() - rss < SOAK_RSS_GROWTH
 
 
+def _largest_send_buffer() -> int:
+    """The most a TCP send buffer grows to on this machine (tcp_wmem's maximum; Linux's default if unknown)."""
+    try:
+        with open("/proc/sys/net/ipv4/tcp_wmem") as wmem:
+            return int(wmem.read().split()[2])
+    except (OSError, IndexError, ValueError):
+        return 4 << 20
+
+
+def _closing_or_closed(server: ChatServer) -> bool:
+    """The server's one connection has ended its conversation: it is closing (perhaps still trying to send a last
+    line) or already gone. Server state, because a client that does not read cannot tell the difference."""
+    connections = list(server._connections)
+    return server.stats.total == 1 and all(c.conversation.closed for c in connections)
+
+
 def test_idle_timeout_in_the_middle_of_a_reply_sends_no_bye_glued_to_it() -> None:
-    with serving(quiet(linger=2.0)) as server:
+    # One reply line far larger than every buffer between the server and a client that does not read (our receive
+    # buffer is 4 KiB; the server's send buffer grows up to tcp_wmem's maximum): the server's write of it must go
+    # out in part and then block, so the idle timeout fires in the middle of that one reply.
+    size = 2 * _largest_send_buffer()
+    idle = 1.0  # the client sends its whole line well within it, so the timeout can only fire in the write
+    protocol = ProtocolConfig(max_line=size)
+    with serving(quiet(linger=30.0, protocol=protocol)) as server:
         fds = open_fds()
         sock = GeventSocket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         sock.connect(server.address)
         assert read_line(sock) == GREETING
-        sock.sendall(b"0.3\n")
-
-        def send_lines() -> None:
-            line = b"w" * 999 + b"\n"
-            for _ in range(4000):  # 4 MB: more than the socket buffers hold, so the server's write is cut
-                try:
-                    sock.sendall(line * 16)
-                except OSError:
-                    return
-
-        sender = gevent.spawn(send_lines)
-        # Not reading until the server gives up on us (0.3 s idle timeout); only then read what reached us.
-        wait_until(lambda: server.stats.closed.get("idle timeout") == 1, timeout=5)
-        data = read_until_closed(sock, timeout=10, limit=1 << 26)
-        sender.kill()
+        message = b"w" * size
+        sock.sendall(f"{idle:g}\n".encode() + message + b"\n")
+        full_reply = PREFIX + message + b"\n"
+        # Not reading until the server has given up on us. Then read while it may still be lingering (30 s): a
+        # server that queued a bye after the cut write would deliver it now, glued to the cut line.
+        wait_until(lambda: _closing_or_closed(server), timeout=idle + 10)
+        data = read_until_closed(sock, timeout=10, limit=2 * size)
         sock.close()
-        assert data.startswith(PREFIX)
-        glued = [line[-60:] for line in data.split(b"\n") if b"bye: " in line and not line.startswith(b"bye: ")]
-        assert glued == []
+        # The situation under test: the reply had begun and was cut (one line, so a cut one ends without "\n").
+        assert data.startswith(PREFIX), data[:80]
+        assert len(data) < len(full_reply), f"not cut: {len(data)} bytes arrived, the reply has {len(full_reply)}"
+        # What must hold: nothing after the cut; above all no "bye: " glued to half a line.
+        assert full_reply.startswith(data), data[-80:]
         settle(server)
         assert server.stats.closed == {"idle timeout": 1}
         assert fresh_client_works(server.address)

@@ -12,6 +12,7 @@ import gevent
 import gevent.pool
 import pytest
 from gevent.socket import create_connection
+from gevent.socket import socket as GeventSocket
 
 from geventchat.client import ChatClient, ClosedByServer, ConnectionReset, ReplyTimeout
 from geventchat.config import Framing
@@ -103,64 +104,99 @@ def test_rule2_default_applies_until_negotiated(start_server: StartServer) -> No
         assert expect_bye(client) == "idle timeout (0.3s)"
 
 
+#: Idle timeout of the rule-5 tests. Long enough that a loaded machine's stalls between two of our messages (sent
+#: a few tens of milliseconds apart) stay far below it; every timing check is a lower bound the server cannot
+#: undercut (it counts from reading a message, after we sent it) plus seconds of slack above.
+IDLE = 1.0
+#: Pause between two messages of a client kept active: a pace, not a race (the margin is IDLE minus this).
+PACE = 0.05
+
+
+def keep_active(exchange: Callable[[int], None], seconds: float) -> float:
+    """Run ``exchange(i)`` (send a line, check its answer) every PACE seconds until ``seconds`` have passed; the
+    last exchange begins after that. Returns when it began (before its line was sent)."""
+    started = last_sent = time.monotonic()
+    for i in range(10 * int(seconds / PACE)):  # bounded; the clock ends it
+        last_sent = time.monotonic()
+        exchange(i)
+        if last_sent - started > seconds:
+            break
+        gevent.sleep(PACE)
+    return last_sent
+
+
 def test_rule5_messages_extend_the_idle_timeout(start_server: StartServer) -> None:
     server = start_server()
-    with connect(server, idle_timeout=0.4) as client:
-        started = time.monotonic()
-        for i in range(6):  # 6 x 0.15 s = 0.9 s of activity, over twice the timeout
-            gevent.sleep(0.15)
+    with connect(server, idle_timeout=IDLE) as client:
+        negotiated = time.monotonic()
+
+        def echo(i: int) -> None:
             assert client.request(f"keepalive {i}").message == f"keepalive {i}"
-        assert time.monotonic() - started > 0.8
-        quiet = time.monotonic()
-        assert expect_bye(client) == "idle timeout (0.4s)"
-        assert 0.3 < time.monotonic() - quiet < 2.0
+
+        last_sent = keep_active(echo, 2 * IDLE)
+        # The situation: the conversation outlived twice its idle timeout, every message answered.
+        assert last_sent - negotiated > 2 * IDLE
+        # What must hold: the timeout counts from the last message.
+        assert expect_bye(client, timeout=IDLE + 5) == "idle timeout (1s)"
+        assert IDLE <= time.monotonic() - last_sent < IDLE + 5
 
 
 def test_rule5_trickling_bytes_do_not_extend_the_idle_timeout(start_server: StartServer) -> None:
     server = start_server()
-    with connect(server, idle_timeout=0.4) as client:
+    with connect(server, idle_timeout=IDLE) as client:
+        last_sent = time.monotonic()
         client.request("last complete message")
-        last_message = time.monotonic()
         closed: ClosedByServer | None = None
-        for _ in range(40):  # a byte every 50 ms for up to 2 s; the server must cut it at about 0.4 s
+        trickled = 0
+        # A byte every PACE seconds, never a newline, for up to IDLE + 5 s: were bytes activity, the server would
+        # not close before we stop.
+        for _ in range(int((IDLE + 5) / PACE)):
             try:
                 client.sock.sendall(b"x")
-                client.receive(timeout=0.05)
+                trickled += 1
+                client.receive(timeout=PACE)
             except ReplyTimeout:
                 continue
             except ClosedByServer as exc:
                 closed = exc
                 break
-        assert closed is not None and closed.reason == "idle timeout (0.4s)"
-        assert 0.35 < time.monotonic() - last_message < 1.5
+        assert trickled >= 3, "the trickle never got going"
+        assert closed is not None, "trickled bytes kept the connection open"
+        assert closed.reason == "idle timeout (1s)"
+        assert IDLE <= time.monotonic() - last_sent < IDLE + 3
 
 
 def test_rule5_a_reader_that_never_reads_is_closed_at_the_idle_timeout(start_server: StartServer) -> None:
     server = start_server()
-    host, port = server.address
-    sock = socket.socket()
+    sock = GeventSocket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    sock.connect((host, port))
-    sock.sendall(b"0.3\n")
-    line = b"y" * 32768 + b"\n"
-    sock.settimeout(0.05)
+    sock.connect(server.address)
     started = time.monotonic()
-    sent = 0
-    # Keep sending without reading. The server's replies back up, its send blocks, and the idle timer (which
-    # covers sends) must end the connection. Bounded: at most 5 s or 2,000 lines.
-    while time.monotonic() - started < 5 and sent < 2000:
-        try:
-            sock.sendall(line)
-            sent += 1
-        except TimeoutError:
-            if server.stats.closed.get("idle timeout"):
-                break
-            gevent.sleep(0.01)
-        except OSError:
-            break
-    wait_until(lambda: server.stats.closed.get("idle timeout") == 1, timeout=5, what="the idle close")
-    assert time.monotonic() - started < 5
-    sock.close()
+    sock.sendall(f"{IDLE:g}\n".encode())
+    line = b"y" * 32768 + b"\n"
+    lines = 2000  # 64 MB: far more than the buffers hold, sent in far less than IDLE if nothing held it up
+    sent = [0]
+
+    def send_without_reading() -> None:
+        for _ in range(lines):
+            try:
+                sock.sendall(line)
+            except OSError:  # the server closed us
+                return
+            sent[0] += 1
+
+    # Keep sending without reading. The server's replies back up, its send blocks (so it stops reading ours), and
+    # the idle timer, which covers sends, must end the connection.
+    sender = gevent.spawn(send_without_reading)
+    try:
+        wait_until(lambda: server.stats.closed.get("idle timeout") == 1, timeout=IDLE + 10, what="the idle close")
+        elapsed = time.monotonic() - started
+        # The situation: the server stopped reading us (its replies were stuck), so our sending stalled.
+        assert sent[0] < lines, "every line went through: the server's replies never backed up"
+        assert elapsed >= IDLE
+    finally:
+        sender.kill()
+        sock.close()
 
 
 # ------------------------------------------------------------------------------------------ rules 6, 7
@@ -392,11 +428,14 @@ def test_a_polite_quit_closes_without_lingering(start_server: StartServer) -> No
 def test_refused_lines_are_activity_for_the_idle_timeout(start_server: StartServer) -> None:
     """A line refused with 'error:' is still a complete message: the idle timeout counts from it."""
     server = start_server()
-    with connect(server, idle_timeout=0.4) as client:
-        started = time.monotonic()
-        for _ in range(6):  # one invalid line every 0.15 s for 0.9 s: over twice the timeout
-            gevent.sleep(0.15)
+    with connect(server, idle_timeout=IDLE) as client:
+        negotiated = time.monotonic()
+
+        def refused(_i: int) -> None:
             client.sock.sendall(b"\xff\n")
             assert client.receive() == ErrorNotice("message is not valid UTF-8")
-        assert time.monotonic() - started > 0.8
+
+        last_sent = keep_active(refused, 2 * IDLE)
+        # The situation: only refused lines for over twice the idle timeout; the conversation is still open.
+        assert last_sent - negotiated > 2 * IDLE
         assert client.request("still here").message == "still here"
