@@ -6,16 +6,15 @@ Where the gevent shell uses a greenlet and a ``gevent.Timeout``, this one uses `
 
 - the client's socket, with the time left to the idle deadline as the poll timeout. The deadline moves only when a
   complete message arrives (or the timeout is renegotiated), so a client trickling bytes does not extend it;
-- a :class:`StopSwitch`, a pipe that becomes readable on SIGTERM/SIGINT and stays readable. A thread blocked in
-  ``recv()`` cannot be woken for a graceful shutdown; one blocked in ``poll()`` on the switch can. An echo costs
-  three system calls (poll, recv, send), one fewer than with ``socket.settimeout()`` (CPython polls before every
-  timed ``recv`` and ``send``), and idle clients wake nothing.
+- a :class:`StopSwitch`, a wake-up pipe (:class:`~geventchat._net.WakePipe`) that becomes readable on
+  SIGTERM/SIGINT and stays readable. A thread blocked in ``recv()`` cannot be woken for a graceful shutdown; one
+  blocked in ``poll()`` on the switch can. An echo costs three system calls (poll, recv, send), one fewer than with
+  ``socket.settimeout()`` (CPython polls before every timed ``recv`` and ``send``), and idle clients wake nothing.
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
 import logging
 import os
 import select
@@ -24,22 +23,16 @@ import socket
 import time
 from collections.abc import Callable, Iterable
 
+from .._net import ACCEPT_PEER_ERRORS, ACCEPT_RESOURCE_ERRORS, IdleExpired, WakePipe, linger_close
 from ..config import ServerConfig
 from ..protocol import CloseReason, ServerConversation, describe_event, format_peer
 
-__all__ = ["StopSwitch", "accept_until_stopped", "bind_listener", "cut_off", "reject_full", "serve_connection"]
+__all__ = ["StopSwitch", "accept_until_stopped", "cut_off", "reject_full", "serve_connection"]
 
 log = logging.getLogger("geventchat.models")
 
-# accept() errors that mean "out of a resource for now", not "the listener is broken".
-_ACCEPT_RESOURCE_ERRORS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
-_LINGER_READ = 16384
 _POLL_IN = select.POLLIN
 _POLL_OUT = select.POLLOUT
-
-
-class IdleExpired(Exception):
-    """No complete message within the idle timeout (the peer's doing)."""
 
 
 class Stopping(Exception):
@@ -51,21 +44,18 @@ class StopSwitch:
     :meth:`set` is called or a signal arrives (through :func:`signal.set_wakeup_fd`) and stays readable."""
 
     def __init__(self) -> None:
-        self._read_fd, self._write_fd = os.pipe()
-        os.set_blocking(self._read_fd, False)
-        os.set_blocking(self._write_fd, False)
+        self._pipe = WakePipe()  # never drained: once thrown, the switch stays thrown
         #: Signals received, in order (filled by the handlers :meth:`install_signal_handlers` installs).
         self.signals: list[int] = []
 
     @property
     def fd(self) -> int:
         """The descriptor to poll for ``POLLIN``."""
-        return self._read_fd
+        return self._pipe.fileno()
 
     def set(self) -> None:
         """Throw the switch (idempotent)."""
-        with contextlib.suppress(BlockingIOError):
-            os.write(self._write_fd, b"s")
+        self._pipe.wake()
 
     def install_signal_handlers(self, *, second_exits: bool) -> None:
         """Make SIGTERM and SIGINT throw the switch (call from the main thread). With ``second_exits``, a second
@@ -77,7 +67,7 @@ class StopSwitch:
                 os._exit(1)
 
         # The C-level handler writes the signal number into the pipe: every poller wakes, even in other threads.
-        signal.set_wakeup_fd(self._write_fd, warn_on_full_buffer=False)
+        self._pipe.catch_signals()
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, on_signal)
 
@@ -86,17 +76,7 @@ class StopSwitch:
         return signal.Signals(self.signals[0]).name if self.signals else "stop requested"
 
     def close(self) -> None:
-        for fd in (self._read_fd, self._write_fd):
-            with contextlib.suppress(OSError):
-                os.close(fd)
-
-
-def bind_listener(host: str, port: int, backlog: int) -> socket.socket:
-    """A bound, listening, non-blocking stdlib TCP socket. Raises :class:`OSError` if the address is unusable."""
-    family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0][0]
-    listener = socket.create_server((host, port), family=family, backlog=backlog)
-    listener.setblocking(False)
-    return listener
+        self._pipe.close()
 
 
 def accept_until_stopped(
@@ -108,8 +88,10 @@ def accept_until_stopped(
     tick: float = 1.0,
     on_tick: Callable[[], None] | None = None,
 ) -> None:
-    """Accept clients and pass each to ``handle`` until the stop switch is thrown. Up to ``max_accept`` clients are
-    accepted per wake-up; ``on_tick`` (if given) runs at least every ``tick`` seconds."""
+    """Accept clients from ``listener`` (made by :func:`~geventchat._net.bind_tcp`) and pass each to ``handle``
+    until the stop switch is thrown. Up to ``max_accept`` clients are accepted per wake-up; ``on_tick`` (if given)
+    runs at least every ``tick`` seconds."""
+    listener.setblocking(False)  # a wake-up drains the queue until accept() would block
     poller = select.poll()
     poller.register(listener, _POLL_IN)
     poller.register(stop.fd, _POLL_IN)
@@ -131,9 +113,9 @@ def accept_until_stopped(
             except BlockingIOError:
                 break
             except OSError as exc:
-                if exc.errno == errno.ECONNABORTED:
+                if exc.errno in ACCEPT_PEER_ERRORS:
                     continue
-                if exc.errno not in _ACCEPT_RESOURCE_ERRORS:
+                if exc.errno not in ACCEPT_RESOURCE_ERRORS:
                     raise
                 if failed_accepts == 0:
                     log.warning("accept failed (ours: %s); pausing accepts until resources free up", exc.strerror)
@@ -152,9 +134,8 @@ def reject_full(sock: socket.socket) -> None:
     try:
         sock.setblocking(False)
         sock.send(ServerConversation.reject(CloseReason.SERVER_FULL))
-        sock.shutdown(socket.SHUT_WR)
-        with contextlib.suppress(BlockingIOError):
-            sock.recv(_LINGER_READ)  # drop what already arrived, so close() does not answer it with a reset
+        # No wait, but what already arrived is dropped, so close() does not answer it with a reset.
+        linger_close(sock, 0.0)
     except OSError:
         pass
     finally:
@@ -321,25 +302,14 @@ class _BlockingConnection:
         return True
 
     def _flush_and_linger(self, data: bytes, linger: float) -> None:
-        """Send the last bytes, half-close, then discard input until the peer closes or ``linger`` passes, so our last
-        line is not destroyed by a reset (see :func:`geventchat.server.linger_close`)."""
-        sock = self.sock
+        """Send the last bytes within ``linger`` seconds, then :func:`~geventchat._net.linger_close` for up to
+        ``linger`` more, so our last line is not destroyed by a reset."""
         try:
-            if not self._write(data, until=time.monotonic() + linger):
-                return
-            sock.shutdown(socket.SHUT_WR)
-            end = time.monotonic() + linger
-            reader = select.poll()
-            reader.register(sock, _POLL_IN)
-            while True:
-                remaining = end - time.monotonic()
-                if remaining <= 0 or not reader.poll(remaining * 1000):
-                    return
-                with contextlib.suppress(BlockingIOError):
-                    if not sock.recv(_LINGER_READ):
-                        return
+            sent = self._write(data, until=time.monotonic() + linger)
         except OSError:
             return
+        if sent:
+            linger_close(self.sock, linger)
 
 
 def cut_off(sockets: Iterable[socket.socket]) -> None:

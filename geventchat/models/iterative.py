@@ -12,8 +12,9 @@ import logging
 import socket
 from collections.abc import Callable
 
+from .._net import bind_tcp
 from ..config import ServerConfig
-from ._blocking import StopSwitch, accept_until_stopped, bind_listener, serve_connection
+from ._blocking import StopSwitch, accept_until_stopped, serve_connection
 
 __all__ = ["serve"]
 
@@ -22,7 +23,7 @@ log = logging.getLogger("geventchat.models")
 
 def serve(config: ServerConfig, announce: Callable[[tuple[str, int]], None]) -> int:
     """Run the iterative server until SIGTERM/SIGINT; returns the exit status. Call from the main thread."""
-    listener = bind_listener(config.host, config.port, config.backlog)
+    listener = bind_tcp(config.host, config.port, backlog=config.backlog)
     stop = StopSwitch()
     stop.install_signal_handlers(second_exits=True)
 
