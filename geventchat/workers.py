@@ -6,8 +6,9 @@ the signal wake-up pipe and one control socket per worker) and reaps. Each worke
 ``--max-connections`` and the open-file limit apply to each worker separately.
 
 - Port 0: the parent binds a ``SO_REUSEPORT`` socket first to learn a concrete port and keeps it bound (never
-  listening, so it gets no connections) for its whole life: a restarting worker can always bind the port again,
-  and no other program can take it in between.
+  listening, so it gets no connections) for its whole life: a restarting worker can always bind the port again.
+  A program binding without ``SO_REUSEADDR`` cannot take the port meanwhile; one that sets it could while no
+  worker listens (Linux lets such sockets share a port nobody listens on).
 - Readiness: a worker writes ``ready`` on its control socket once it listens; the parent prints the one line
   ``geventchat listening on HOST:PORT`` after every worker has done so.
 - Signals: SIGTERM/SIGINT are forwarded (as SIGTERM) to every worker, which shuts down gracefully (every client
@@ -15,7 +16,7 @@ the signal wake-up pipe and one control socket per worker) and reaps. Each worke
   workers and exits 1.
 - Crashes: a worker that exits while the server is running is restarted after an exponential back-off. More than
   :attr:`Supervisor.max_crashes` crashes within :attr:`Supervisor.crash_window` seconds: the parent stops the
-  other workers and exits 1.
+  other workers and exits 1 (the rule is :class:`~geventchat.restart_policy.RestartPolicy`).
 - The parent dying (even by SIGKILL) closes its ends of the control sockets; each worker sees end of file and
   shuts down gracefully rather than living on unsupervised.
 """
@@ -30,11 +31,12 @@ import signal
 import socket
 import sys
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from ._net import WakePipe, bind_tcp
 from .config import ServerConfig
+from .restart_policy import RestartPolicy
 
 __all__ = ["Supervisor", "resolve_worker_count"]
 
@@ -91,7 +93,13 @@ class Supervisor:
         self._announce = announce
         self._workers: dict[int, _Worker] = {}  # by pid
         self._restarts: dict[int, float] = {}  # worker index -> monotonic time due
-        self._crashes: deque[float] = deque()
+        # Built from the class attributes here, so a subclass (or a test) can tune them before construction.
+        self._restart_policy = RestartPolicy(
+            max_crashes=self.max_crashes,
+            window=self.crash_window,
+            first_delay=self.restart_delay,
+            max_delay=self.max_restart_delay,
+        )
         self._announced = False
         self._stopping = False
         self._stop_deadline = 0.0
@@ -99,8 +107,7 @@ class Supervisor:
         self._unclean_exits = 0
         self._signals = 0
         self._reservation: socket.socket | None = None
-        self._wake_read = -1
-        self._wake_write = -1
+        self._wake = WakePipe()  # SIGTERM, SIGINT and SIGCHLD write their numbers here
         self._selector = selectors.DefaultSelector()
         self.address: tuple[str, int] | None = None
 
@@ -109,20 +116,20 @@ class Supervisor:
     def run(self) -> int:
         """Serve until a signal or repeated crashes; returns the exit status (0 after a clean shutdown).
         Raises :class:`OSError` if the address cannot be bound."""
-        self._reservation = _reserve_port(self.config.host, self.config.port)
-        self.address = self._reservation.getsockname()[:2]
-        self._wake_read, self._wake_write = os.pipe()
-        os.set_blocking(self._wake_read, False)
-        os.set_blocking(self._wake_write, False)
-        self._selector.register(self._wake_read, selectors.EVENT_READ)
-        previous = {signum: signal.signal(signum, _note_signal) for signum in _WATCHED}
-        signal.set_wakeup_fd(self._wake_write, warn_on_full_buffer=False)
         try:
-            return self._supervise()
+            # Bound, never listening: a concrete port for port 0, held for restarting workers (module docstring).
+            self._reservation = bind_tcp(self.config.host, self.config.port, reuse_port=True, listen=False)
+            self.address = self._reservation.getsockname()[:2]
+            self._selector.register(self._wake.fileno(), selectors.EVENT_READ)
+            previous = {signum: signal.signal(signum, _note_signal) for signum in _WATCHED}
+            self._wake.catch_signals()
+            try:
+                return self._supervise()
+            finally:
+                signal.set_wakeup_fd(-1)
+                for signum, handler in previous.items():
+                    signal.signal(signum, handler)
         finally:
-            signal.set_wakeup_fd(-1)
-            for signum, handler in previous.items():
-                signal.signal(signum, handler)
             self._close_all()
 
     # -- the loop
@@ -144,7 +151,7 @@ class Supervisor:
                 self._signal_workers(signal.SIGKILL)
                 self._stop_deadline = now + self.exit_margin
             for key, _events in self._selector.select(self._select_timeout(now)):
-                if key.fd == self._wake_read:
+                if key.fd == self._wake.fileno():
                     self._on_signals()
                 else:
                     self._on_control(key.data)
@@ -178,11 +185,7 @@ class Supervisor:
     # -- events
 
     def _on_signals(self) -> None:
-        try:
-            received = os.read(self._wake_read, 512)
-        except BlockingIOError:
-            return
-        for signum in received:
+        for signum in self._wake.drain():
             if signum not in _FORWARDED:
                 continue  # SIGCHLD: the reap after every wake-up handles it
             self._signals += 1
@@ -247,11 +250,9 @@ class Supervisor:
 
     def _on_crash(self, worker: _Worker, how: str) -> None:
         now = time.monotonic()
-        self._crashes.append(now)
-        while self._crashes and self._crashes[0] < now - self.crash_window:
-            self._crashes.popleft()
-        crashes = len(self._crashes)
-        if crashes > self.max_crashes:
+        verdict = self._restart_policy.on_crash(now)
+        crashes, delay = verdict.crashes, verdict.delay
+        if delay is None:
             log.error(
                 "worker %d (pid %d) %s; %d worker crashes within %gs: giving up",
                 worker.index,
@@ -263,7 +264,6 @@ class Supervisor:
             self._failed = True
             self._begin_stop(signal.SIGTERM)
             return
-        delay = min(self.max_restart_delay, self.restart_delay * 2 ** (crashes - 1))
         log.warning(
             "worker %d (pid %d) %s after %.1fs; restarting it in %gs (%d crashes within %gs)",
             worker.index,
@@ -325,8 +325,7 @@ class Supervisor:
             self._selector.close()
             for worker in self._workers.values():
                 worker.control.close()
-            for fd in (self._wake_read, self._wake_write):
-                os.close(fd)
+            self._wake.close()
             if self._reservation is not None:
                 self._reservation.close()
             assert self.address is not None
@@ -354,31 +353,13 @@ class Supervisor:
         for worker in self._workers.values():
             worker.control.close()
         self._selector.close()
-        for fd in (self._wake_read, self._wake_write):
-            with contextlib.suppress(OSError):
-                os.close(fd)
+        self._wake.close()
         if self._reservation is not None:
             self._reservation.close()
 
 
 def _note_signal(_signum: int, _frame: object) -> None:
     """The C-level handler has already written the signal number to the wake-up pipe; nothing else to do."""
-
-
-def _reserve_port(host: str, port: int) -> socket.socket:
-    """A bound, not listening, ``SO_REUSEPORT`` socket on ``host:port`` (a concrete port when ``port`` is 0)."""
-    family, kind, proto, _canon, address = socket.getaddrinfo(
-        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-    )[0]
-    sock = socket.socket(family, kind, proto)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        sock.bind(address)
-    except BaseException:
-        sock.close()
-        raise
-    return sock
 
 
 def _describe_status(status: int) -> str:
