@@ -23,11 +23,18 @@ import socket
 import time
 from collections.abc import Callable, Iterable
 
-from .._net import ACCEPT_PEER_ERRORS, ACCEPT_RESOURCE_ERRORS, IdleExpired, WakePipe, linger_close
+from .._net import ACCEPT_PEER_ERRORS, ACCEPT_RESOURCE_ERRORS, IdleExpired, WakePipe, bind_tcp, linger_close
 from ..config import ServerConfig
 from ..protocol import CloseReason, ServerConversation, describe_event, format_peer
 
-__all__ = ["StopSwitch", "accept_until_stopped", "cut_off", "reject_full", "serve_connection"]
+__all__ = [
+    "StopSwitch",
+    "accept_until_stopped",
+    "cut_off",
+    "listen_until_signalled",
+    "reject_full",
+    "serve_connection",
+]
 
 log = logging.getLogger("geventchat.models")
 
@@ -77,6 +84,16 @@ class StopSwitch:
 
     def close(self) -> None:
         self._pipe.close()
+
+
+def listen_until_signalled(config: ServerConfig) -> tuple[socket.socket, StopSwitch]:
+    """A comparison model's start: its listener on ``config.host:config.port`` (:func:`~geventchat._net.bind_tcp`)
+    and a stop switch that SIGTERM/SIGINT throw, a second signal ending the process (call from the main thread).
+    Raises :class:`OSError` if the address is unusable, before any handler is installed."""
+    listener = bind_tcp(config.host, config.port, backlog=config.backlog)
+    stop = StopSwitch()
+    stop.install_signal_handlers(second_exits=True)
+    return listener, stop
 
 
 def accept_until_stopped(

@@ -12,9 +12,8 @@ import logging
 import socket
 from collections.abc import Callable
 
-from .._net import bind_tcp
 from ..config import ServerConfig
-from ._blocking import StopSwitch, accept_until_stopped, serve_connection
+from ._blocking import accept_until_stopped, listen_until_signalled, serve_connection
 
 __all__ = ["serve"]
 
@@ -23,9 +22,7 @@ log = logging.getLogger("geventchat.models")
 
 def serve(config: ServerConfig, announce: Callable[[tuple[str, int]], None]) -> int:
     """Run the iterative server until SIGTERM/SIGINT; returns the exit status. Call from the main thread."""
-    listener = bind_tcp(config.host, config.port, backlog=config.backlog)
-    stop = StopSwitch()
-    stop.install_signal_handlers(second_exits=True)
+    listener, stop = listen_until_signalled(config)
 
     def handle(sock: socket.socket, address: tuple[str, int]) -> None:
         serve_connection(sock, address, config, stop)

@@ -17,10 +17,9 @@ import time
 from collections.abc import Callable
 from multiprocessing.process import BaseProcess
 
-from .._net import bind_tcp
 from ..config import ServerConfig
 from ..protocol import format_peer
-from ._blocking import StopSwitch, accept_until_stopped, reject_full, serve_connection
+from ._blocking import StopSwitch, accept_until_stopped, listen_until_signalled, reject_full, serve_connection
 
 __all__ = ["serve"]
 
@@ -31,9 +30,7 @@ def serve(config: ServerConfig, announce: Callable[[tuple[str, int]], None]) -> 
     """Run the process-per-client server until SIGTERM/SIGINT; returns the exit status. Call from the main thread."""
     # fork, as the tutorial did on Linux: the child inherits the accepted socket instead of receiving it by pickle.
     context = multiprocessing.get_context("fork")
-    listener = bind_tcp(config.host, config.port, backlog=config.backlog)
-    stop = StopSwitch()
-    stop.install_signal_handlers(second_exits=True)
+    listener, stop = listen_until_signalled(config)
     limit = config.connection_limit
     children: list[BaseProcess] = []
 

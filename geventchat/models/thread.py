@@ -14,10 +14,9 @@ import threading
 import time
 from collections.abc import Callable
 
-from .._net import bind_tcp
 from ..config import ServerConfig
 from ..protocol import format_peer
-from ._blocking import StopSwitch, accept_until_stopped, cut_off, reject_full, serve_connection
+from ._blocking import accept_until_stopped, cut_off, listen_until_signalled, reject_full, serve_connection
 
 __all__ = ["serve"]
 
@@ -26,9 +25,7 @@ log = logging.getLogger("geventchat.models")
 
 def serve(config: ServerConfig, announce: Callable[[tuple[str, int]], None]) -> int:
     """Run the thread-per-client server until SIGTERM/SIGINT; returns the exit status. Call from the main thread."""
-    listener = bind_tcp(config.host, config.port, backlog=config.backlog)
-    stop = StopSwitch()
-    stop.install_signal_handlers(second_exits=True)
+    listener, stop = listen_until_signalled(config)
     limit = config.connection_limit
     clients: dict[socket.socket, threading.Thread] = {}
     lock = threading.Lock()
