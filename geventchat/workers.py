@@ -7,8 +7,8 @@ the signal wake-up pipe and one control socket per worker) and reaps. Each worke
 
 - Port 0: the parent binds a ``SO_REUSEPORT`` socket first to learn a concrete port and keeps it bound (never
   listening, so it gets no connections) for its whole life: a restarting worker can always bind the port again.
-  A program binding without ``SO_REUSEADDR`` cannot take the port meanwhile; one that sets it could while no
-  worker listens (Linux lets such sockets share a port nobody listens on).
+  It keeps off programs that bind plainly, but it is not a lock: Linux lets a ``SO_REUSEADDR`` socket bind a port
+  nobody listens on, and a same-user ``SO_REUSEPORT`` socket join the workers.
 - Readiness: a worker writes ``ready`` on its control socket once it listens; the parent prints the one line
   ``geventchat listening on HOST:PORT`` after every worker has done so.
 - Signals: SIGTERM/SIGINT are forwarded (as SIGTERM) to every worker, which shuts down gracefully (every client
