@@ -17,7 +17,7 @@ from .watched_server import WatchedServer
 
 ROOT = Path(__file__).resolve().parent.parent
 # Top-level packages of this repository: imports of these are ours, not dependencies.
-LOCAL = {"geventchat", "loadtest", "benchmarks", "deploy", "scripts", "tests"}
+LOCAL = {"geventchat", "loadtest", "benchmarks", "deploy", "tests"}
 # Which install a directory's code runs from: the library with its core dependencies only; its Locust users
 # (geventchat/loadtest/), loadtest/ and benchmarks/ with their extras; the tests and the tools beside them with dev
 # (which includes the others). A file belongs to the most specific directory listed.
@@ -29,7 +29,6 @@ INSTALL_FOR = {
     "tests": "dev",
     "deploy": "dev",
 }
-INSTALL_FOR["scripts"] = "dev"
 # greenlet is gevent's foundation (gevent.Greenlet is a greenlet): gevent requires it on CPython and PyPy has it
 # built in, so declaring it ourselves would only repeat gevent's marker.
 PROVIDED_BY_GEVENT = {"greenlet"}
@@ -106,7 +105,7 @@ def test_every_imported_package_is_declared_for_the_install_that_runs_it() -> No
     assert {"gevent", "prometheus-client"} <= scanned["geventchat"]
     assert {"locust", "flask", "hdrhistogram"} <= scanned["geventchat/loadtest"]
     assert {"uvloop", "matplotlib"} <= scanned["benchmarks"]
-    assert {"pytest", "psutil", "pyyaml"} <= scanned["tests"] and "psutil" in scanned["scripts"]
+    assert {"pytest", "psutil", "pyyaml"} <= scanned["tests"]
     assert undeclared == []
 
 
