@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import socket
 import struct
+import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -45,6 +46,14 @@ def run_users(*args: str, cwd: Path, timeout: float = 45) -> dict[str, Any]:
     assert lines, f"no summary (exit {completed.returncode}); stderr:\n{completed.stderr[-3000:]}"
     summary: dict[str, Any] = json.loads(lines[-1])
     return summary
+
+
+def locust_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """The ``locust`` command line with ``args``, run in ``cwd`` and waited on cooperatively."""
+    completed: subprocess.CompletedProcess[str] = gevent.subprocess.run(
+        [str(LOCUST), *args], capture_output=True, text=True, timeout=45, cwd=cwd
+    )
+    return completed
 
 
 def latency(summary: dict[str, Any], scenario: str, step: str) -> dict[str, Any]:
@@ -270,29 +279,23 @@ def test_locust_command_line_smoke_with_two_worker_processes(
     start_server: Callable[..., ChatServer], tmp_path: Path
 ) -> None:
     host, port = start_server(linger=0.5).address
-    completed = gevent.subprocess.run(
-        [
-            str(LOCUST),
-            "-f",
-            str(ROOT / "loadtest" / "locustfile.py"),
-            "--headless",
-            "-u",
-            "4",
-            "-r",
-            "4",
-            "-t",
-            "2s",
-            "--processes",
-            "2",  # a master and two workers: the µs histograms must be merged
-            "--host",
-            f"{host}:{port}",
-            "--csv",
-            str(tmp_path / "out" / "run"),
-            "ChatUser",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=45,
+    completed = locust_cli(
+        "-f",
+        str(ROOT / "loadtest" / "locustfile.py"),
+        "--headless",
+        "-u",
+        "4",
+        "-r",
+        "4",
+        "-t",
+        "2s",
+        "--processes",
+        "2",  # a master and two workers: the µs histograms must be merged
+        "--host",
+        f"{host}:{port}",
+        "--csv",
+        str(tmp_path / "out" / "run"),
+        "ChatUser",
         cwd=tmp_path,
     )
     output = completed.stdout + completed.stderr  # Locust logs its tables (and ours) to stderr
@@ -310,12 +313,8 @@ def test_locust_command_line_smoke_with_two_worker_processes(
 
 
 def test_locust_command_line_refuses_a_missing_host(tmp_path: Path) -> None:
-    completed = gevent.subprocess.run(
-        [str(LOCUST), "-f", str(ROOT / "loadtest" / "locustfile.py"), "--headless", "-t", "1s", "ChatUser"],
-        capture_output=True,
-        text=True,
-        timeout=45,
-        cwd=tmp_path,
+    completed = locust_cli(
+        "-f", str(ROOT / "loadtest" / "locustfile.py"), "--headless", "-t", "1s", "ChatUser", cwd=tmp_path
     )
     assert completed.returncode == 2
     assert "no host given" in completed.stderr
@@ -343,29 +342,23 @@ def test_a_locustfile_of_ones_own_builds_on_the_installed_users(
 ) -> None:
     host, port = start_server(linger=0.5).address
     (tmp_path / "my_locustfile.py").write_text(OWN_LOCUSTFILE, encoding="utf-8")
-    completed = gevent.subprocess.run(
-        [
-            str(LOCUST),
-            "-f",
-            "my_locustfile.py",
-            "--headless",
-            "-u",
-            "2",
-            "-r",
-            "2",
-            "-t",
-            "2s",
-            "--host",
-            f"{host}:{port}",
-            # Options of the package's own: its listeners came with the import, and write the µs file at the end.
-            "--gc-think-time",
-            "0.01",
-            "--gc-latency-file",
-            str(tmp_path / "out" / "latency"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=45,
+    completed = locust_cli(
+        "-f",
+        "my_locustfile.py",
+        "--headless",
+        "-u",
+        "2",
+        "-r",
+        "2",
+        "-t",
+        "2s",
+        "--host",
+        f"{host}:{port}",
+        # Options of the package's own: its listeners came with the import, and write the µs file at the end.
+        "--gc-think-time",
+        "0.01",
+        "--gc-latency-file",
+        str(tmp_path / "out" / "latency"),
         cwd=tmp_path,
     )
     output = completed.stdout + completed.stderr
@@ -378,24 +371,18 @@ def test_a_locustfile_of_ones_own_builds_on_the_installed_users(
 
 def test_gc_shape_ramps_in_steps_then_ends_the_test(start_server: Callable[..., ChatServer], tmp_path: Path) -> None:
     host, port = start_server(linger=0.5).address
-    completed = gevent.subprocess.run(
-        [
-            str(LOCUST),
-            "-f",
-            str(ROOT / "loadtest" / "locustfile.py"),
-            "--headless",
-            "--only-summary",
-            "--host",
-            f"{host}:{port}",
-            "--gc-shape",
-            "2,0.5,4,1",
-            "--gc-think-time",
-            "0.01",
-            "ChatUser",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=45,
+    completed = locust_cli(
+        "-f",
+        str(ROOT / "loadtest" / "locustfile.py"),
+        "--headless",
+        "--only-summary",
+        "--host",
+        f"{host}:{port}",
+        "--gc-shape",
+        "2,0.5,4,1",
+        "--gc-think-time",
+        "0.01",
+        "ChatUser",
         cwd=tmp_path,
     )
     output = completed.stdout + completed.stderr
