@@ -26,7 +26,7 @@ from typing import Any
 from locust import User, events, task
 from locust.exception import StopUser
 
-from . import listeners
+from .listeners import install
 from .session import ChatSession, log, run_context
 from .settings import BadSettings, Settings
 from .target import BadTarget
@@ -126,4 +126,5 @@ class TimeoutUser(GeventChatUser):
             session.await_idle_bye(settings.short_timeout, settings.tolerance)
 
 
-listeners.install(events)
+# On import: Locust builds its command line from these listeners after it has imported the locustfile.
+install(events)
