@@ -1,1 +1,2 @@
-"""Deployment: docker-compose.yml's HAProxy config and the network-namespace proof (deploy/netns_demo.py)."""
+"""Deployment: docker-compose.yml's HAProxy config and the network-namespace proof of the compose topology
+(``python -m deploy.netns``)."""

@@ -3,8 +3,8 @@
     python loadtest/run_programmatic.py --host 127.0.0.1:8888 --users 20 --seconds 3 ChatUser [--gc-think-time 0 ...]
 
 The tests run this in a subprocess (importing Locust monkey-patches the whole process, which the test process must
-not be), and ``bench_locust.py`` uses it to measure a steady window precisely. Options it does not know are passed
-to Locust's own parser, so every ``--gc-*`` option works. The JSON (one object on stdout)::
+not be), and ``benchmarks/bench_locust.py`` uses it to measure a steady window precisely. Options it does not know
+are passed to Locust's own parser, so every ``--gc-*`` option works. The JSON (one object on stdout)::
 
     {"requests": {"echo": 1234, ...}, "failures": {"echo": 0, ...},
      "causes": {"connect": {"connection refused": 17}, ...},
@@ -27,9 +27,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+#: The load tester's locustfile, next to this file (it imports the users from the installed geventchat.loadtest).
+LOCUSTFILE = Path(__file__).resolve().parent / "locustfile.py"
 
 
 def _load_locustfile(path: Path) -> Any:
@@ -52,12 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=float, default=0.0, help="seconds after spawning before the window opens")
     parser.add_argument("--measure-step", default="echo", help="step counted in the window (default echo)")
     parser.add_argument("--spawn-timeout", type=float, default=60.0, help="seconds allowed for spawning")
-    parser.add_argument(
-        "--locustfile", default=str(ROOT / "loadtest" / "locustfile.py"), help="default: loadtest/locustfile.py"
-    )
+    parser.add_argument("--locustfile", default=str(LOCUSTFILE), help="default: loadtest/locustfile.py")
     args, locust_args = parser.parse_known_args(argv)
-
-    import gevent  # after the locustfile: importing Locust monkey-patches first
 
     module = _load_locustfile(Path(args.locustfile))
     from locust import events
@@ -76,6 +71,22 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps({"exit_code": exc.code}))
         return int(exc.code) if isinstance(exc.code, int) else 2
 
+    window = _run(runner, args)
+    spawned = runner.user_count
+    runner.quit()
+    events.quitting.fire(environment=environment, reverse=True)
+    exit_code = 1 if runner.stats.errors or runner.exceptions else 0
+    events.quit.fire(exit_code=exit_code)
+    summary = {"users": spawned, **_figures(environment, runner), "window": window, "exit_code": exit_code}
+    print(json.dumps(summary, ensure_ascii=False))
+    return exit_code
+
+
+def _run(runner: Any, args: argparse.Namespace) -> dict[str, Any]:
+    """Start the users, wait until all run plus the warm-up, and measure ``--measure-step`` for ``--seconds``:
+    the window's requests, requests/s and this process's CPU µs per request."""
+    import gevent  # after the locustfile, which imports Locust: Locust monkey-patches on import
+
     runner.start(args.users, spawn_rate=args.spawn_rate or args.users)
     deadline = time.monotonic() + args.spawn_timeout
     while runner.user_count < args.users and time.monotonic() < deadline:
@@ -85,41 +96,31 @@ def main(argv: list[str] | None = None) -> int:
     first = (time.perf_counter(), time.process_time(), step.num_requests)
     gevent.sleep(args.seconds)
     last = (time.perf_counter(), time.process_time(), step.num_requests)
-    spawned = runner.user_count
-    runner.quit()
-    events.quitting.fire(environment=environment, reverse=True)
-    exit_code = 1 if runner.stats.errors or runner.exceptions else 0
-    events.quit.fire(exit_code=exit_code)
+    seconds, cpu, counted = last[0] - first[0], last[1] - first[1], last[2] - first[2]
+    return {
+        "seconds": round(seconds, 3),
+        "requests": counted,
+        "requests_per_s": round(counted / seconds, 1) if seconds else 0.0,
+        "cpu_us_per_request": round(cpu / counted * 1e6, 2) if counted else None,
+    }
 
-    requests = {name: entry.num_requests for (name, _method), entry in sorted(runner.stats.entries.items())}
-    failures = {name: entry.num_failures for (name, _method), entry in sorted(runner.stats.entries.items())}
+
+def _figures(environment: Any, runner: Any) -> dict[str, Any]:
+    """Requests, failures and their causes per step, the µs latency rows, Locust's medians, the exceptions."""
+    entries = sorted(runner.stats.entries.items())
     causes: dict[str, dict[str, int]] = {}
     for error in runner.stats.errors.values():
         by_cause = causes.setdefault(error.name, {})
         by_cause[str(error.error)] = by_cause.get(str(error.error), 0) + error.occurrences
     recorder = getattr(environment, "geventchat_latency", None)
-    latency = [row.__dict__ for row in recorder.rows()] if recorder is not None else []
-    seconds, cpu, counted = last[0] - first[0], last[1] - first[1], last[2] - first[2]
-    summary = {
-        "users": spawned,
-        "requests": requests,
-        "failures": failures,
+    return {
+        "requests": {name: entry.num_requests for (name, _method), entry in entries},
+        "failures": {name: entry.num_failures for (name, _method), entry in entries},
         "causes": causes,
-        "latency_us": latency,
-        "locust_median_ms": {
-            name: entry.median_response_time for (name, _method), entry in sorted(runner.stats.entries.items())
-        },
+        "latency_us": [row.__dict__ for row in recorder.rows()] if recorder is not None else [],
+        "locust_median_ms": {name: entry.median_response_time for (name, _method), entry in entries},
         "exceptions": [str(e["msg"]) for e in runner.exceptions.values()],
-        "window": {
-            "seconds": round(seconds, 3),
-            "requests": counted,
-            "requests_per_s": round(counted / seconds, 1) if seconds else 0.0,
-            "cpu_us_per_request": round(cpu / counted * 1e6, 2) if counted else None,
-        },
-        "exit_code": exit_code,
     }
-    print(json.dumps(summary, ensure_ascii=False))
-    return exit_code
 
 
 if __name__ == "__main__":

@@ -2,7 +2,8 @@
 
 Importing Locust monkey-patches the whole process, so every Locust run happens in a subprocess:
 ``loadtest/run_programmatic.py`` (an Environment with a local runner, printing a JSON summary) or the real ``locust``
-command line. The servers run in this process, on gevent, and the subprocesses are waited on cooperatively.
+command line, with ``loadtest/locustfile.py`` or a locustfile of the test's own that imports ``geventchat.loadtest``.
+The servers run in this process, on gevent, and the subprocesses are waited on cooperatively.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import json
 import socket
 import struct
+import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -44,6 +46,14 @@ def run_users(*args: str, cwd: Path, timeout: float = 45) -> dict[str, Any]:
     assert lines, f"no summary (exit {completed.returncode}); stderr:\n{completed.stderr[-3000:]}"
     summary: dict[str, Any] = json.loads(lines[-1])
     return summary
+
+
+def locust_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """The ``locust`` command line with ``args``, run in ``cwd`` and waited on cooperatively."""
+    completed: subprocess.CompletedProcess[str] = gevent.subprocess.run(
+        [str(LOCUST), *args], capture_output=True, text=True, timeout=45, cwd=cwd
+    )
+    return completed
 
 
 def latency(summary: dict[str, Any], scenario: str, step: str) -> dict[str, Any]:
@@ -269,29 +279,23 @@ def test_locust_command_line_smoke_with_two_worker_processes(
     start_server: Callable[..., ChatServer], tmp_path: Path
 ) -> None:
     host, port = start_server(linger=0.5).address
-    completed = gevent.subprocess.run(
-        [
-            str(LOCUST),
-            "-f",
-            str(ROOT / "loadtest" / "locustfile.py"),
-            "--headless",
-            "-u",
-            "4",
-            "-r",
-            "4",
-            "-t",
-            "2s",
-            "--processes",
-            "2",  # a master and two workers: the µs histograms must be merged
-            "--host",
-            f"{host}:{port}",
-            "--csv",
-            str(tmp_path / "out" / "run"),
-            "ChatUser",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=45,
+    completed = locust_cli(
+        "-f",
+        str(ROOT / "loadtest" / "locustfile.py"),
+        "--headless",
+        "-u",
+        "4",
+        "-r",
+        "4",
+        "-t",
+        "2s",
+        "--processes",
+        "2",  # a master and two workers: the µs histograms must be merged
+        "--host",
+        f"{host}:{port}",
+        "--csv",
+        str(tmp_path / "out" / "run"),
+        "ChatUser",
         cwd=tmp_path,
     )
     output = completed.stdout + completed.stderr  # Locust logs its tables (and ours) to stderr
@@ -309,38 +313,76 @@ def test_locust_command_line_smoke_with_two_worker_processes(
 
 
 def test_locust_command_line_refuses_a_missing_host(tmp_path: Path) -> None:
-    completed = gevent.subprocess.run(
-        [str(LOCUST), "-f", str(ROOT / "loadtest" / "locustfile.py"), "--headless", "-t", "1s", "ChatUser"],
-        capture_output=True,
-        text=True,
-        timeout=45,
-        cwd=tmp_path,
+    completed = locust_cli(
+        "-f", str(ROOT / "loadtest" / "locustfile.py"), "--headless", "-t", "1s", "ChatUser", cwd=tmp_path
     )
     assert completed.returncode == 2
     assert "no host given" in completed.stderr
     assert "tcp://HOST:PORT" in completed.stderr
 
 
+# A locustfile of a user's own, outside this repository: a scenario built on the installed package's base User.
+OWN_LOCUSTFILE = """
+from locust import task
+
+from geventchat.loadtest import GeventChatUser
+
+
+class HelloUser(GeventChatUser):
+    @task
+    def hello(self) -> None:
+        session = self.session
+        if session is not None and (session.connected or session.connect(self.settings.timeout)):
+            session.echo("hello")
+"""
+
+
+def test_a_locustfile_of_ones_own_builds_on_the_installed_users(
+    start_server: Callable[..., ChatServer], tmp_path: Path
+) -> None:
+    host, port = start_server(linger=0.5).address
+    (tmp_path / "my_locustfile.py").write_text(OWN_LOCUSTFILE, encoding="utf-8")
+    completed = locust_cli(
+        "-f",
+        "my_locustfile.py",
+        "--headless",
+        "-u",
+        "2",
+        "-r",
+        "2",
+        "-t",
+        "2s",
+        "--host",
+        f"{host}:{port}",
+        # Options of the package's own: its listeners came with the import, and write the µs file at the end.
+        "--gc-think-time",
+        "0.01",
+        "--gc-latency-file",
+        str(tmp_path / "out" / "latency"),
+        cwd=tmp_path,
+    )
+    output = completed.stdout + completed.stderr
+    assert completed.returncode == 0, output[-3000:]
+    assert "tcp      hello" in output  # Locust's own table, the row named by the step
+    data = json.loads((tmp_path / "out" / "latency.json").read_text(encoding="utf-8"))
+    hello = next(r for r in data["rows"] if (r["scenario"], r["step"]) == ("HelloUser", "hello"))
+    assert hello["count"] > 0 and hello["failures"] == 0
+
+
 def test_gc_shape_ramps_in_steps_then_ends_the_test(start_server: Callable[..., ChatServer], tmp_path: Path) -> None:
     host, port = start_server(linger=0.5).address
-    completed = gevent.subprocess.run(
-        [
-            str(LOCUST),
-            "-f",
-            str(ROOT / "loadtest" / "locustfile.py"),
-            "--headless",
-            "--only-summary",
-            "--host",
-            f"{host}:{port}",
-            "--gc-shape",
-            "2,0.5,4,1",
-            "--gc-think-time",
-            "0.01",
-            "ChatUser",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=45,
+    completed = locust_cli(
+        "-f",
+        str(ROOT / "loadtest" / "locustfile.py"),
+        "--headless",
+        "--only-summary",
+        "--host",
+        f"{host}:{port}",
+        "--gc-shape",
+        "2,0.5,4,1",
+        "--gc-think-time",
+        "0.01",
+        "ChatUser",
         cwd=tmp_path,
     )
     output = completed.stdout + completed.stderr

@@ -9,12 +9,14 @@ from __future__ import annotations
 import csv
 import json
 import math
+import subprocess
 import sys
 from argparse import Namespace
 from pathlib import Path
 
 import pytest
 
+import geventchat.loadtest
 from geventchat.client import (
     ClosedByServer,
     ConnectionFailed,
@@ -24,15 +26,43 @@ from geventchat.client import (
     ReplyTimeout,
     WrongReply,
 )
-from loadtest.failures import StepFailed, cause_of
-from loadtest.latency import LatencyRecorder, fine_bucket, format_summary, write_csv, write_json
-from loadtest.report import latency_base_path
-from loadtest.settings import BadSettings, Settings, parse_step_spec
-from loadtest.target import BadTarget, Target, parse_source_addresses, parse_targets
+from geventchat.loadtest.failures import StepFailed, cause_of
+from geventchat.loadtest.latency import LatencyRecorder, fine_bucket, format_summary, write_csv, write_json
+from geventchat.loadtest.report import latency_base_path
+from geventchat.loadtest.settings import BadSettings, Settings, parse_step_spec
+from geventchat.loadtest.target import BadTarget, Target, parse_source_addresses, parse_targets
 
 
 def test_the_pure_modules_do_not_import_locust() -> None:
     assert "locust" not in sys.modules
+
+
+def test_the_package_names_only_its_public_users_and_refuses_others() -> None:
+    assert "ChatUser" in dir(geventchat.loadtest) and "ChatUser" in geventchat.loadtest.__all__
+    with pytest.raises(AttributeError, match="NoSuchUser"):
+        _ = geventchat.loadtest.NoSuchUser
+    assert "locust" not in sys.modules  # neither dir() nor a wrong name imported the users
+
+
+# What a user's locustfile does, in a fresh process: importing Locust there monkey-patches that process only.
+IMPORT_USERS = """
+import sys
+import geventchat, geventchat.loadtest, geventchat.loadtest.session
+print("locust" in sys.modules)
+from geventchat.loadtest import ChatUser, GeventChatUser
+print("locust" in sys.modules)
+import locust
+print(issubclass(ChatUser, locust.User), ChatUser.abstract, GeventChatUser.abstract)
+print(all(getattr(geventchat.loadtest, name) is not None for name in geventchat.loadtest.__all__))
+"""
+
+
+def test_locust_is_imported_only_when_a_user_class_is_asked_for() -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", IMPORT_USERS], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["False", "True", "True", "False", "True", "True"]
 
 
 # --------------------------------------------------------------------------------------------------- --host

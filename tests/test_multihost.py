@@ -20,12 +20,8 @@ from typing import Any
 import pytest
 import yaml
 
-from deploy import netns_demo
-from deploy.netns_demo import (
-    HOST_SERVICE,
+from deploy.netns.compose import (
     PROOF_ONLY_MASTER_ARGS,
-    dns_answer,
-    host_address,
     interpolate,
     load_compose,
     plan_hosts,
@@ -33,6 +29,10 @@ from deploy.netns_demo import (
     proof_variables,
     read_env_file,
 )
+from deploy.netns.dns import dns_answer
+from deploy.netns.lab import Unavailable, check_available
+from deploy.netns.proof import server_seen
+from deploy.netns.topology import DOCKER_DNS, HAPROXY_ADMIN, HOST_SERVICE, host_address
 
 ROOT = Path(__file__).resolve().parent.parent
 HAPROXY_CFG = (ROOT / "deploy" / "haproxy.cfg").read_text()
@@ -146,9 +146,9 @@ def test_proxy_protocol_is_on_at_both_ends_and_health_checks_use_it(compose: dic
 
 
 def test_haproxy_finds_replicas_through_docker_dns(compose: dict[str, Any]) -> None:
-    assert re.search(rf"^\s*nameserver \S+ {re.escape(netns_demo.DOCKER_DNS)}:53$", HAPROXY_CFG, re.MULTILINE)
+    assert re.search(rf"^\s*nameserver \S+ {re.escape(DOCKER_DNS)}:53$", HAPROXY_CFG, re.MULTILINE)
     assert re.search(r"^\s*default-server .*\bresolvers docker\b.*\binit-addr none\b", HAPROXY_CFG, re.MULTILINE)
-    host, port = netns_demo.HAPROXY_ADMIN
+    host, port = HAPROXY_ADMIN
     assert f"stats socket ipv4@{host}:{port} " in HAPROXY_CFG
     (volume,) = plan_services(compose, {})["lb"].volumes
     assert volume == ("./deploy/haproxy.cfg", "/usr/local/etc/haproxy/haproxy.cfg")
@@ -275,22 +275,23 @@ def test_dns_answers_every_replica_address_and_nxdomain_otherwise() -> None:
 
 def _proof_unavailable() -> str | None:
     try:
-        netns_demo.check_available()
-    except netns_demo.Unavailable as exc:
+        check_available()
+    except Unavailable as exc:
         return str(exc)
     return None
 
 
 @pytest.mark.timeout(110)
 def test_namespace_proof(tmp_path: Path) -> None:
-    """Seven namespaces, HAProxy, two servers, Locust master and two workers: see deploy/netns_demo.py."""
+    """Seven namespaces, HAProxy, two servers, Locust master and two workers: see deploy/netns/."""
     reason = _proof_unavailable()
     if reason is not None:
         pytest.skip(f"netns proof not run: {reason}")
     report_path = tmp_path / "report.json"
     # No --locustfile: the proof runs the compose default, loadtest/locustfile.py, with its default scenarios.
     result = subprocess.run(
-        [sys.executable, str(ROOT / "deploy" / "netns_demo.py"), "--report", str(report_path)],
+        [sys.executable, "-m", "deploy.netns", "--report", str(report_path)],
+        cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=100,
@@ -323,6 +324,6 @@ def test_server_logs_are_read_per_source_address() -> None:
             "2026-11-26 20:01:33,005 DEBUG geventchat.server: 10.231.0.22:40001: TimeoutNegotiated(30.0)",
         ]
     )
-    seen = netns_demo.server_seen(log)
+    seen = server_seen(log)
     assert seen.connections == {"10.231.0.10": 1, "10.231.0.21": 1, "10.231.0.22": 1}
     assert seen.messages == {"10.231.0.21": 1, "10.231.0.22": 1}

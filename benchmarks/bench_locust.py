@@ -1,12 +1,12 @@
 """Benchmark: echo requests/s one Locust process drives against one geventchat server, on separate cores.
 
-    .venv/bin/python loadtest/bench_locust.py [--users 50] [--seconds 8] [--runs 3]
+    .venv/bin/python benchmarks/bench_locust.py [--users 50] [--seconds 8] [--runs 3]
 
 Starts ``python -m geventchat --port 0`` pinned to CPU 0, then alternates runs of ``ChatUser`` (think time 0, every
 reply checked, µs histograms on) and of the bare-bones baseline (``bare_locustfile.py``: no check, no histogram),
-each one Locust process (``run_programmatic.py``: a local runner, as ``locust --headless`` uses) pinned to CPU 1.
-Prints each run's echo requests/s and the Locust process's CPU µs per request over a steady window, the medians
-and the ratios. The issue's target is 35,000/s for ChatUser; on a shared machine the CPU per request and the
+each one Locust process (``loadtest/run_programmatic.py``: a local runner, as ``locust --headless`` uses) pinned to
+CPU 1. Prints each run's echo requests/s and the Locust process's CPU µs per request over a steady window, the
+medians and the ratios. The issue's target is 35,000/s for ChatUser; on a shared machine the CPU per request and the
 ratio to the baseline are the figures that survive the noise.
 
 Not a test: it prints figures and never fails on them.
@@ -25,6 +25,9 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
+#: The load tester users run, and the bare-bones baseline next to this file.
+LOCUSTFILE = ROOT / "loadtest" / "locustfile.py"
+BARE_LOCUSTFILE = Path(__file__).resolve().parent / "bare_locustfile.py"
 LISTENING = re.compile(r"geventchat listening on (\S+):(\d+)")
 
 
@@ -47,7 +50,7 @@ def start_server(cpu: int) -> tuple[subprocess.Popen[str], str]:
 
 
 def run_locust(
-    locustfile: str, user_class: str, address: str, *, users: int, seconds: float, cpu: int
+    locustfile: Path, user_class: str, address: str, *, users: int, seconds: float, cpu: int
 ) -> dict[str, Any]:
     """One in-process Locust run (``run_programmatic.py``) pinned to ``cpu``; returns its ``window`` figures:
     echo requests/s and CPU µs per request, counted from one second after every user started to the end."""
@@ -55,7 +58,7 @@ def run_locust(
         sys.executable,
         str(ROOT / "loadtest" / "run_programmatic.py"),
         "--locustfile",
-        str(ROOT / "loadtest" / locustfile),
+        str(locustfile),
         "--host",
         f"tcp://{address}",
         "--users",
@@ -66,7 +69,7 @@ def run_locust(
         "1",
         user_class,
     ]
-    if locustfile == "locustfile.py":
+    if locustfile == LOCUSTFILE:
         command += ["--gc-think-time", "0"]
     completed = subprocess.run(
         ["taskset", "-c", str(cpu), *command], capture_output=True, text=True, timeout=seconds + 90, check=False
@@ -97,9 +100,9 @@ def main() -> None:
     bare: list[dict[str, Any]] = []
     try:
         for run in range(args.runs):
-            kinds = [("locustfile.py", "ChatUser", ours)]
+            kinds = [(LOCUSTFILE, "ChatUser", ours)]
             if not args.no_baseline:
-                kinds.append(("bare_locustfile.py", "BareEchoUser", bare))
+                kinds.append((BARE_LOCUSTFILE, "BareEchoUser", bare))
             for locustfile, user_class, results in kinds:
                 window = run_locust(locustfile, user_class, address, users=args.users, seconds=args.seconds, cpu=1)
                 results.append(window)

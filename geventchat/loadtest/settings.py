@@ -1,9 +1,10 @@
 """The load tester's own options (``--gc-*``), parsed once per test into a frozen :class:`Settings`.
 
-Locust builds its command-line parser from every listener of ``init_command_line_parser``; the locustfile's listener
-calls :func:`add_arguments`. The same options are settable in ``locust.conf`` (``gc-timeout = 10``), through
-``LOCUST_GC_TIMEOUT``-style environment variables, and in the web UI's "Custom parameters". Values typed in the web
-UI arrive unchecked, so :meth:`Settings.from_options` validates everything and raises :class:`BadSettings`.
+Locust builds its command-line parser from every listener of ``init_command_line_parser``; the one in
+:mod:`.listeners` calls :func:`add_arguments`. The same options are settable in ``locust.conf``
+(``gc-timeout = 10``), through ``LOCUST_GC_TIMEOUT``-style environment variables, and in the web UI's "Custom
+parameters". Values typed in the web UI arrive unchecked, so :meth:`Settings.from_options` validates everything and
+raises :class:`BadSettings`.
 
 Nothing here imports Locust.
 """
@@ -180,96 +181,126 @@ def _flag(value: Any) -> bool:
     raise BadSettings(f"--gc-tls expects true or false, not {value!r}")
 
 
-def add_arguments(parser: Any) -> None:
-    """Add the ``--gc-*`` options to Locust's parser (a ``LocustArgumentParser``; extra keywords are Locust's)."""
-    defaults = Settings()
-    # On the parser itself, not an argument group: only Locust's own add_argument makes an option show in the web UI.
-    group = parser
-    group.add_argument(
+_DEFAULTS = Settings()
+#: The ``--gc-*`` options as ``(flag, add_argument keywords)``; the defaults are :class:`Settings`' own.
+_OPTIONS: tuple[tuple[str, dict[str, Any]], ...] = (
+    (
         "--gc-timeout",
-        type=float,
-        default=defaults.timeout,
-        help="Idle timeout in seconds that ChatUser, ChurnUser and IdleUser negotiate. Default: %(default)s",
-    )
-    group.add_argument(
+        {
+            "type": float,
+            "default": _DEFAULTS.timeout,
+            "help": "Idle timeout in seconds that ChatUser, ChurnUser and IdleUser negotiate. Default: %(default)s",
+        },
+    ),
+    (
         "--gc-message-size",
-        type=int,
-        default=defaults.message_size,
-        help="Bytes per echoed message. Default: %(default)s",
-    )
-    group.add_argument(
+        {"type": int, "default": _DEFAULTS.message_size, "help": "Bytes per echoed message. Default: %(default)s"},
+    ),
+    (
         "--gc-think-time",
-        type=float,
-        default=defaults.think_time,
-        help="Seconds between a user's tasks (0: back to back). Default: %(default)s",
-    )
-    group.add_argument(
+        {
+            "type": float,
+            "default": _DEFAULTS.think_time,
+            "help": "Seconds between a user's tasks (0: back to back). Default: %(default)s",
+        },
+    ),
+    (
         "--gc-connect-timeout",
-        type=float,
-        default=defaults.connect_timeout,
-        help="Seconds for the TCP handshake, and again for the greeting. Default: %(default)s",
-    )
-    group.add_argument(
+        {
+            "type": float,
+            "default": _DEFAULTS.connect_timeout,
+            "help": "Seconds for the TCP handshake, and again for the greeting. Default: %(default)s",
+        },
+    ),
+    (
         "--gc-reply-timeout",
-        type=float,
-        default=defaults.reply_timeout,
-        help="Seconds to wait for each reply. Default: %(default)s",
-    )
-    group.add_argument(
+        {
+            "type": float,
+            "default": _DEFAULTS.reply_timeout,
+            "help": "Seconds to wait for each reply. Default: %(default)s",
+        },
+    ),
+    (
         "--gc-idle-margin",
-        type=float,
-        default=defaults.idle_margin,
-        help="IdleUser sends its keep-alive this many seconds before its idle timeout. Default: %(default)s",
-    )
-    group.add_argument(
+        {
+            "type": float,
+            "default": _DEFAULTS.idle_margin,
+            "help": "IdleUser sends its keep-alive this many seconds before its idle timeout. Default: %(default)s",
+        },
+    ),
+    (
         "--gc-short-timeout",
-        type=float,
-        default=defaults.short_timeout,
-        help="Idle timeout TimeoutUser negotiates before going silent. Default: %(default)s",
-    )
-    group.add_argument(
+        {
+            "type": float,
+            "default": _DEFAULTS.short_timeout,
+            "help": "Idle timeout TimeoutUser negotiates before going silent. Default: %(default)s",
+        },
+    ),
+    (
         "--gc-timeout-tolerance",
-        type=float,
-        default=defaults.tolerance,
-        help="How late after its timeout TimeoutUser still accepts the bye. Default: %(default)s",
-    )
-    group.add_argument(
+        {
+            "type": float,
+            "default": _DEFAULTS.tolerance,
+            "help": "How late after its timeout TimeoutUser still accepts the bye. Default: %(default)s",
+        },
+    ),
+    (
         "--gc-reconnect-delay",
-        type=float,
-        default=defaults.reconnect_delay,
-        help="Seconds a user pauses after a failed connect. Default: %(default)s",
-    )
-    group.add_argument(
+        {
+            "type": float,
+            "default": _DEFAULTS.reconnect_delay,
+            "help": "Seconds a user pauses after a failed connect. Default: %(default)s",
+        },
+    ),
+    (
         "--gc-source-addresses",
-        default="",
-        help="Local addresses to connect from, in turn: 127.0.0.1-127.0.0.8 or a comma list "
-        "(spreads 10k+ connections over several loopback addresses). Default: the kernel chooses",
-    )
-    group.add_argument(
+        {
+            "default": "",
+            "help": "Local addresses to connect from, in turn: 127.0.0.1-127.0.0.8 or a comma list "
+            "(spreads 10k+ connections over several loopback addresses). Default: the kernel chooses",
+        },
+    ),
+    (
         "--gc-prefix",
-        default=defaults.prefix,
-        help="Prefix the server puts before each echo. Default: %(default)s",
-    )
-    group.add_argument(
+        {"default": _DEFAULTS.prefix, "help": "Prefix the server puts before each echo. Default: %(default)s"},
+    ),
+    (
         "--gc-shape",
-        default="",
-        help="Stepped ramp STEP,EVERY,MAX[,HOLD]: +STEP users every EVERY s up to MAX, hold HOLD s "
-        "(default EVERY), then stop. Replaces -u/-r/-t",
-    )
-    group.add_argument(
+        {
+            "default": "",
+            "help": "Stepped ramp STEP,EVERY,MAX[,HOLD]: +STEP users every EVERY s up to MAX, hold HOLD s "
+            "(default EVERY), then stop. Replaces -u/-r/-t",
+        },
+    ),
+    (
         "--gc-latency-file",
-        default="",
-        help="Write the µs latency summary to PATH.csv and PATH.json (default: PREFIX_latency_us.* with --csv)",
-        include_in_web_ui=False,
-    )
-    group.add_argument(
+        {
+            "default": "",
+            "help": "Write the µs latency summary to PATH.csv and PATH.json (default: PREFIX_latency_us.* with --csv)",
+            "include_in_web_ui": False,
+        },
+    ),
+    (
         "--gc-tls",
-        action="store_true",
-        default=defaults.tls,
-        help="Talk TLS to the server (one started with --tls-cert), verifying its certificate",
-    )
-    group.add_argument(
+        {
+            "action": "store_true",
+            "default": _DEFAULTS.tls,
+            "help": "Talk TLS to the server (one started with --tls-cert), verifying its certificate",
+        },
+    ),
+    (
         "--gc-tls-ca",
-        default=defaults.tls_ca,
-        help="With --gc-tls: PEM file of the CA that signed the server's certificate. Default: the system's CAs",
-    )
+        {
+            "default": _DEFAULTS.tls_ca,
+            "help": "With --gc-tls: PEM file of the CA that signed the server's certificate. Default: the system's CAs",
+        },
+    ),
+)
+
+
+def add_arguments(parser: Any) -> None:
+    """Add the ``--gc-*`` options to Locust's parser (a ``LocustArgumentParser``; ``include_in_web_ui`` is one of
+    its own keywords)."""
+    # On the parser itself, not an argument group: only Locust's own add_argument makes an option show in the web UI.
+    for flag, keywords in _OPTIONS:
+        parser.add_argument(flag, **keywords)

@@ -1,6 +1,6 @@
 """Benchmark: hold N concurrent IdleUsers against one geventchat server and count failures.
 
-    .venv/bin/python loadtest/bench_idle.py [--users 10000] [--spawn-rate 500] [--hold 40] [--processes 2]
+    .venv/bin/python benchmarks/bench_idle.py [--users 10000] [--spawn-rate 500] [--hold 40] [--processes 2]
 
 Starts ``python -m geventchat --port 0`` (its connection cap is its open-file limit minus 1000: 19,000 here), then
 ``locust --headless`` with ``IdleUser`` spread over ``--processes`` worker processes (each stays far under the
@@ -25,6 +25,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+#: The load tester users run.
+LOCUSTFILE = ROOT / "loadtest" / "locustfile.py"
 LISTENING = re.compile(r"geventchat listening on (\S+):(\d+)")
 CURRENT = re.compile(r"connections (\d+) current")
 
@@ -83,7 +85,7 @@ def main() -> None:
             "-m",
             "locust",
             "-f",
-            str(ROOT / "loadtest" / "locustfile.py"),
+            str(LOCUSTFILE),
             "--headless",
             "--only-summary",
             "--processes",

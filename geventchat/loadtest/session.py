@@ -1,15 +1,14 @@
-"""Locust users over geventchat's client library, in Locust's custom-client idiom.
+"""The client wrapper of the Locust users, in Locust's custom-client idiom (the users are in :mod:`.users`).
 
-- :class:`ChatSession` is the client wrapper: it drives :class:`~geventchat.client.ChatClient` one step at a time
-  (``connect``, ``greeting``, ``timeout``, ``echo``, ``quit``, ...), times each step, records it in the µs histogram
-  and fires Locust's ``request`` event (request type ``tcp``, name = the step). A failure is reported under its
-  cause (:func:`~loadtest.failures.cause_of`), then the connection is dropped; the next step reconnects.
-- :class:`GeventChatUser` is the ``abstract = True`` base User that builds a session; the concrete scenarios live in
-  ``locustfile.py``.
-- :class:`RunContext` is what one test run shares per process: the settings, the target addresses and the
-  latency recorder. :func:`start_run` builds it at ``test_start``.
+- :class:`ChatSession` drives :class:`~geventchat.client.ChatClient` one step at a time (``connect``,
+  ``greeting``, ``timeout``, ``echo``, ``quit``, ...), times each step, records it in the µs histogram and fires
+  Locust's ``request`` event (request type ``tcp``, name = the step). A failure is reported under its cause
+  (:func:`~geventchat.loadtest.failures.cause_of`), then the connection is dropped; the next step reconnects.
+- :class:`RunContext` is what one test run shares per process: the settings, the target addresses, the latency
+  recorder and the reply :class:`Watchdog`. :func:`start_run` builds it at ``test_start``.
 
-Importing this module imports Locust, which monkey-patches the whole process: only Locust processes import it.
+It imports gevent but not Locust: the session only needs the ``environment`` it is given (its ``events.request``
+to fire and its ``parsed_options`` to read), and gevent's cooperative sockets work without monkey-patching.
 """
 
 from __future__ import annotations
@@ -22,8 +21,6 @@ import weakref
 from typing import Any
 
 import gevent
-from locust import LoadTestShape, User
-from locust.exception import StopUser
 
 from geventchat.client import ChatClient, ChatClientError, ClosedByServer, ReplyTimeout
 from geventchat.config import Framing
@@ -33,16 +30,14 @@ from geventchat.tls import client_context
 from .failures import BYE_TOO_EARLY, BYE_TOO_LATE, CLOSED_WITHOUT_BYE, StepFailed, cause_of
 from .latency import LatencyRecorder
 from .report import recorder_of
-from .settings import BadSettings, Settings, StepSpec
-from .target import BadTarget, Target, parse_targets
+from .settings import BadSettings, Settings
+from .target import Target, parse_targets
 
 __all__ = [
     "REQUEST_TYPE",
     "ChatSession",
-    "GeventChatUser",
     "ReplyExpired",
     "RunContext",
-    "SteppedShape",
     "Watchdog",
     "run_context",
     "start_run",
@@ -145,7 +140,7 @@ def _tls_context(settings: Settings) -> ssl.SSLContext:
 def start_run(environment: Any) -> RunContext:
     """Parse the host and the ``--gc-*`` options for a new test run and attach the result to the environment.
 
-    Raises :class:`~loadtest.target.BadTarget` or :class:`~loadtest.settings.BadSettings`.
+    Raises :class:`~geventchat.loadtest.target.BadTarget` or :class:`~geventchat.loadtest.settings.BadSettings`.
     """
     previous: RunContext | None = getattr(environment, "geventchat_run", None)
     if previous is not None:
@@ -162,19 +157,6 @@ def run_context(environment: Any) -> RunContext:
     """The current run's context (built now if ``test_start`` did not, e.g. a hand-made Environment)."""
     context: RunContext | None = getattr(environment, "geventchat_run", None)
     return context if context is not None else start_run(environment)
-
-
-class SteppedShape(LoadTestShape):
-    """``--gc-shape``: +STEP users every EVERY seconds up to MAX, hold, stop. Installed by the locustfile's
-    ``init`` listener only when the option is given (defined here so Locust does not pick it up by itself)."""
-
-    def __init__(self, spec: StepSpec) -> None:
-        super().__init__()
-        self.spec = spec
-
-    def tick(self) -> tuple[int, float] | None:
-        users = self.spec.users_at(self.get_run_time())
-        return None if users is None else (users, self.spec.spawn_rate)
 
 
 # --------------------------------------------------------------------------------------------------- the client
@@ -424,44 +406,3 @@ class ChatSession:
         self._fast = False
         if client is not None:
             client.close()
-
-
-# --------------------------------------------------------------------------------------------------- base user
-
-
-class GeventChatUser(User):
-    """Base of the geventchat scenarios: builds a :class:`ChatSession` on start, closes it on stop.
-
-    ``--host`` is ``tcp://HOST:PORT`` or ``HOST:PORT``. Subclasses write tasks with ``self.session``.
-    """
-
-    abstract = True
-
-    def __init__(self, environment: Any) -> None:
-        super().__init__(environment)
-        self.session: ChatSession | None = None
-        self.settings = Settings()
-
-    def wait_time(self) -> float:
-        """Think time between tasks (``--gc-think-time``)."""
-        return self.settings.think_time
-
-    def on_start(self) -> None:
-        try:
-            context = run_context(self.environment)
-        except (BadTarget, BadSettings) as exc:
-            log.error("%s not started: %s", type(self).__name__, exc)
-            raise StopUser() from None
-        self.settings = context.settings
-        self.session = ChatSession(self.environment, type(self).__name__, context)
-
-    def on_stop(self) -> None:
-        session = self.session
-        if session is None:
-            return
-        if session.busy and session.in_flight is not None:
-            session.settle()  # stopped while waiting for an echo: let it arrive, then say goodbye
-        if session.busy or not session.connected:
-            session.close()  # stopped in the middle of connecting: nothing to be polite about
-        else:
-            session.quit()

@@ -1,0 +1,376 @@
+"""The proof: the compose services on the lab's hosts, then two Locust runs through HAProxy.
+
+(1) A short headless run ends with zero failures, both server hosts served clients, and the servers logged the
+worker hosts' addresses (the PROXY protocol), not the load balancer's. (2) A second run in which server host 1 is
+killed midway: HAProxy's health checks mark it DOWN and every later connection goes to server host 2.
+:func:`run` builds the lab, proves, and tears everything down whatever happened.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .compose import HostCommand, load_compose, plan_hosts, plan_services
+from .lab import Lab, Process, ProofFailed, check_available
+from .topology import DOCKER_DNS, HAPROXY_ADMIN, HOST_OCTET, host_address, service_addresses
+
+#: Seconds the whole proof may take before it gives up (and still tears everything down).
+DEADLINE = 80
+#: The failover run: users keep arriving after the kill, so there are new connections to watch.
+FAILOVER_VARIABLES = {"LOCUST_USERS": "16", "LOCUST_SPAWN_RATE": "4", "LOCUST_RUN_TIME": "7s"}
+#: Seconds after starting the failover run's Locust processes (and once both servers have clients) to kill server1.
+FAILOVER_KILL_AFTER = 3.5
+
+
+class DeadlineExceeded(ProofFailed):
+    """The proof as a whole took longer than its deadline, or was asked to stop (SIGTERM)."""
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.1) -> Any:
+    """Poll ``predicate`` (another process's state) until it returns something truthy; bounded by ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise ProofFailed(f"timed out after {timeout:g}s waiting for {what}")
+        time.sleep(interval)
+
+
+_CONNECTED = re.compile(r"geventchat\.server(?:\[\d+\])?: (\d+\.\d+\.\d+\.\d+):(\d+) connected$", re.MULTILINE)
+_MESSAGE = re.compile(r"geventchat\.server(?:\[\d+\])?: (\d+\.\d+\.\d+\.\d+):\d+: MessageReceived", re.MULTILINE)
+
+
+@dataclass
+class ServerSeen:
+    """What one server host's log shows."""
+
+    connections: dict[str, int]
+    messages: dict[str, int]
+
+
+def server_seen(text: str) -> ServerSeen:
+    connections: dict[str, int] = {}
+    for match in _CONNECTED.finditer(text):
+        connections[match.group(1)] = connections.get(match.group(1), 0) + 1
+    messages: dict[str, int] = {}
+    for match in _MESSAGE.finditer(text):
+        messages[match.group(1)] = messages.get(match.group(1), 0) + 1
+    return ServerSeen(connections, messages)
+
+
+class Proof:
+    def __init__(self, lab: Lab, variables: Mapping[str, str], say: Callable[[str], None]) -> None:
+        self.lab = lab
+        self.variables = dict(variables)
+        self.say = say
+        self.report: dict[str, Any] = {"prefix": lab.prefix, "hosts": {h: host_address(h) for h in HOST_OCTET}}
+
+    def commands(self, extra: Mapping[str, str] = {}, json_file: str = "locust") -> dict[str, HostCommand]:
+        services = plan_services(load_compose(), {**self.variables, **extra})
+        return plan_hosts(services, json_file=str(self.lab.workdir / json_file))
+
+    # -- HAProxy
+
+    def haproxy(self, command: str) -> str:
+        script = (
+            "import socket,sys;s=socket.create_connection((sys.argv[1],int(sys.argv[2])),timeout=5);"
+            "s.sendall(sys.argv[3].encode()+b'\\n');d=b''\n"
+            "while (c:=s.recv(65536)):d+=c\n"
+            "sys.stdout.write(d.decode())"
+        )
+        host, port = HAPROXY_ADMIN
+        return self.lab.exec_output("lb", [sys.executable, "-c", script, host, str(port), command])
+
+    def backend(self) -> dict[str, dict[str, str]]:
+        """The backend's servers that have an address, keyed by address: HAProxy's 'show stat' row."""
+        text = self.haproxy("show stat").lstrip("# ")
+        rows = csv.DictReader(io.StringIO(text))
+        return {
+            row["addr"].rsplit(":", 1)[0]: row
+            for row in rows
+            if row["pxname"] == "servers" and row["svname"] not in ("BACKEND",) and row.get("addr")
+        }
+
+    # -- steps
+
+    def start_infrastructure(self) -> None:
+        commands = self.commands()
+        records = {"server": service_addresses()["server"]}
+        dns = self.lab.spawn(
+            # The lab's processes run from the repository, so the package runs by its name there.
+            "lb",
+            "dns",
+            [sys.executable, "-m", "deploy.netns", "dns", DOCKER_DNS, json.dumps(records)],
+        )
+        wait_for(lambda: "dns ready" in dns.text() or dns.popen.poll() is not None, 10, "the DNS server")
+        if dns.popen.poll() is not None:
+            raise ProofFailed(f"the DNS server exited: {dns.text()}")
+        for host in ("server1", "server2"):
+            command = commands[host]
+            self.say(f"{host}: {' '.join(command.argv)}")
+            self.lab.spawn(host, host, command.argv, command.environment)
+        lb = commands["lb"]
+        self.say(f"lb: {' '.join(lb.argv)}")
+        haproxy = self.lab.spawn("lb", "haproxy", lb.argv, lb.environment)
+        for process in self.lab.processes:
+            if process.name.startswith("server"):
+                wait_for(lambda p=process: "listening on" in p.text() or p.popen.poll() is not None, 20, process.name)  # type: ignore[misc]
+                if process.popen.poll() is not None:
+                    raise ProofFailed(f"{process.name} exited: {process.text()[-2000:]}")
+        servers = service_addresses()["server"]
+
+        def all_up() -> bool:
+            if haproxy.popen.poll() is not None:
+                raise ProofFailed(f"haproxy exited: {haproxy.text()[-2000:]}")
+            try:
+                backend = self.backend()
+            except ProofFailed:
+                return False  # HAProxy not listening on its admin socket yet
+            return all(backend.get(a, {}).get("status") == "UP" for a in servers)
+
+        wait_for(all_up, 20, "HAProxy to find both servers through DNS and mark them UP")
+        self.say(f"HAProxy found {', '.join(servers)} through DNS ('server-template' + 'resolvers'); both UP")
+
+    def run_locust(
+        self, label: str, extra: Mapping[str, str], during: Callable[[], None] | None = None
+    ) -> dict[str, Any]:
+        json_name = f"locust-{label}"  # Locust adds ".json"
+        commands = self.commands(extra, json_name)
+        master_command = commands["master"]
+        self.say(f"master: {' '.join(master_command.argv)}  (env {_locust_env(master_command.environment)})")
+        master = self.lab.spawn("master", f"master-{label}", master_command.argv, master_command.environment)
+        workers = [
+            self.lab.spawn(h, f"{h}-{label}", commands[h].argv, commands[h].environment) for h in ("worker1", "worker2")
+        ]
+        self.say(f"worker1, worker2: {' '.join(commands['worker1'].argv)}")
+        if during is not None:
+            during()
+        run_time = _seconds(extra.get("LOCUST_RUN_TIME") or self.variables["LOCUST_RUN_TIME"])
+        try:
+            code = master.popen.wait(timeout=run_time + 30)
+        except subprocess.TimeoutExpired:
+            raise ProofFailed(f"the Locust master did not finish ({label}): {master.text()[-2000:]}") from None
+        for worker in workers:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                worker.popen.wait(timeout=10)
+        path = self.lab.workdir / f"{json_name}.json"
+        if not path.exists():
+            raise ProofFailed(f"Locust wrote no results ({label}, exit {code}): {master.text()[-2000:]}")
+        stats = json.loads(path.read_text())
+        requests = sum(entry["num_requests"] for entry in stats)
+        failures = sum(entry["num_failures"] for entry in stats)
+        by_name = {entry["name"]: [entry["num_requests"], entry["num_failures"]] for entry in stats}
+        return {"exit_code": code, "requests": requests, "failures": failures, "by_name": by_name}
+
+    def prove_balanced_and_proxied(self) -> None:
+        result = self.run_locust("steady", {})
+        self.report["steady"] = result
+        self.say(
+            f"steady run: Locust exit code {result['exit_code']}, {result['requests']} requests, "
+            f"{result['failures']} failures {result['by_name']}"
+        )
+        if result["failures"] or result["exit_code"] != 0:
+            raise ProofFailed(f"the steady run had failures: {result}")
+        if result["requests"] == 0:
+            raise ProofFailed("the steady run made no requests")
+        workers = {host_address("worker1"), host_address("worker2")}
+        lb = host_address("lb")
+        per_server = {}
+        for host in ("server1", "server2"):
+            seen = server_seen(self.process(host).text())
+            clients = {ip: n for ip, n in seen.connections.items() if ip != lb}
+            per_server[host] = {
+                "client_connections": clients,
+                "health_checks": seen.connections.get(lb, 0),
+                "messages": seen.messages,
+            }
+            self.say(
+                f"{host}: {sum(seen.messages.values())} messages, {sum(clients.values())} client connections; "
+                f"by source address: connections {clients}, messages {seen.messages}; "
+                f"{seen.connections.get(lb, 0)} health checks from the lb ({lb}, PROXY LOCAL)"
+            )
+            if not clients:
+                raise ProofFailed(f"{host} served no clients: {seen}")
+            if set(clients) - workers or set(seen.messages) - workers:
+                raise ProofFailed(f"{host} saw client addresses other than the worker hosts {sorted(workers)}: {seen}")
+        self.report["steady_servers"] = per_server
+        self.say("both server hosts served clients, and saw them by their real (worker host) addresses")
+
+    def process(self, name: str) -> Process:
+        return next(p for p in self.lab.processes if p.name == name)
+
+    def prove_failover(self) -> None:
+        before = self.backend()
+        marks = {host: self.process(host).size() for host in ("server1", "server2")}
+        observed: dict[str, Any] = {}
+        result = self.run_locust(
+            "failover", FAILOVER_VARIABLES, during=lambda: observed.update(self._kill_server1_midway(before))
+        )
+        failover = self.report["failover"] = self._failover_report(result, before, observed, marks)
+        new_to_victim, new_to_survivor = failover["new_connections_after_down"].values()
+        if new_to_victim != 0:
+            raise ProofFailed(f"HAProxy still sent {new_to_victim} connections to the dead server1")
+        if new_to_survivor <= 0:
+            raise ProofFailed("no new connections reached server2 after server1 went DOWN")
+
+    def _kill_server1_midway(self, before: Mapping[str, Mapping[str, str]]) -> dict[str, Any]:
+        """Once both servers have had load for a while, SIGKILL server host 1 and wait for HAProxy to mark it DOWN;
+        returns how long that took and HAProxy's connection counts at that moment."""
+        victim, survivor = host_address("server1"), host_address("server2")
+        base = {a: int(before[a]["stot"]) for a in (victim, survivor)}
+        started = time.monotonic()
+
+        def both_serving_for_a_while() -> bool:
+            # Locust takes a second or two to start: wait for load on both, well into the 7 s run.
+            now = self.backend()
+            serving = all(int(now[a]["stot"]) > base[a] for a in (victim, survivor))
+            return serving and time.monotonic() - started >= FAILOVER_KILL_AFTER
+
+        wait_for(both_serving_for_a_while, 20, "the failover run to reach both servers")
+        killed = self.lab.kill_host("server1")
+        killed_at = time.monotonic()
+        self.say(f"killed server host 1 ({victim}): SIGKILL to its {killed} processes")
+        wait_for(lambda: self.backend()[victim]["status"].startswith("DOWN"), 10, "HAProxy to mark server1 DOWN")
+        detected = time.monotonic() - killed_at
+        at_down = self.backend()
+        self.say(f"HAProxy marked {victim} DOWN {detected:.1f}s after the kill (health checks every 500 ms, fall 2)")
+        slot = at_down[victim]["svname"]
+        self.say(f"  (HAProxy's slot for {victim} is servers/{slot}: DNS decides which slot gets which address)")
+        haproxy_log = self.process("haproxy").text()
+        down = [
+            line for line in haproxy_log.splitlines() if f"servers/{slot} is DOWN" in line and not line.startswith("[")
+        ]
+        if down:
+            self.say(f"  haproxy: {down[-1]}")
+        return {
+            "detected_after": round(detected, 2),
+            "stot_at_down": {a: int(at_down[a]["stot"]) for a in (victim, survivor)},
+        }
+
+    def _failover_report(
+        self,
+        result: Mapping[str, Any],
+        before: Mapping[str, Mapping[str, str]],
+        observed: Mapping[str, Any],
+        marks: Mapping[str, int],
+    ) -> dict[str, Any]:
+        """The failover run's figures: connections per server (HAProxy's count) until and after server1 was DOWN,
+        the connects HAProxy redispatched, messages per server host (their logs since ``marks``)."""
+        victim, survivor = host_address("server1"), host_address("server2")
+        after = self.backend()
+        stot_end = {a: int(after[a]["stot"]) for a in (victim, survivor)}
+        messages = {host: sum(server_seen(self.process(host).text(marks[host])).messages.values()) for host in marks}
+        at_down = observed["stot_at_down"]
+        new_to_victim = stot_end[victim] - at_down[victim]
+        new_to_survivor = stot_end[survivor] - at_down[survivor]
+        until_down = {a: at_down[a] - int(before[a]["stot"]) for a in (victim, survivor)}
+        redispatched = int(after[victim].get("wredis") or 0) - int(before[victim].get("wredis") or 0)
+        self.say(
+            f"failover run: Locust exit code {result['exit_code']}, {result['requests']} requests, "
+            f"{result['failures']} failures {result['by_name']} (the clients on server1 lost their connection)"
+        )
+        self.say(
+            f"messages per server host in the failover run: server1 {messages['server1']} (until killed), "
+            f"server2 {messages['server2']}"
+        )
+        self.say(
+            f"connections (HAProxy's count) in the failover run until server1 was DOWN: server1 +{until_down[victim]}, "
+            f"server2 +{until_down[survivor]}; after: server1 +{new_to_victim}, server2 +{new_to_survivor}"
+        )
+        self.say(
+            f"  of those to server1, {redispatched} were connects to the dead server (between the kill and DOWN) that "
+            "HAProxy retried on server2 ('retries' + 'option redispatch'): the clients did not see them"
+        )
+        return {
+            **result,
+            **observed,
+            "stot_end": stot_end,
+            "new_connections_after_down": {"server1": new_to_victim, "server2": new_to_survivor},
+            "victim_status_end": after[victim]["status"],
+            "messages_per_server": messages,
+            "new_connections_until_down": {"server1": until_down[victim], "server2": until_down[survivor]},
+            "redispatched_from_server1": redispatched,
+        }
+
+
+def _locust_env(environment: Mapping[str, str]) -> str:
+    return " ".join(f"{k}={v}" for k, v in sorted(environment.items()) if k != "LOCUST_LOCUSTFILE")
+
+
+def _seconds(span: str) -> float:
+    match = re.fullmatch(r"(\d+)([smh]?)", span.strip())
+    if match is None:
+        raise ValueError(f"cannot read the run time {span!r}")
+    return int(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[match.group(2)]
+
+
+def _interrupt(signum: int, _frame: object) -> None:
+    # Raised in the main thread wherever it is, so the finally clause below still tears everything down.
+    what = "the proof's deadline passed" if signum == signal.SIGALRM else f"{signal.Signals(signum).name} received"
+    raise DeadlineExceeded(what)
+
+
+def run(
+    variables: Mapping[str, str],
+    *,
+    keep_logs: bool = False,
+    say: Callable[[str], None] = print,
+    deadline: int = DEADLINE,
+) -> dict[str, Any]:
+    """Build, prove, tear down. Returns the report; raises :class:`ProofFailed` (after teardown) on failure."""
+    check_available()
+    previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGALRM, signal.SIGTERM)}
+    signal.alarm(deadline)
+    try:
+        return _run(variables, keep_logs=keep_logs, say=say)
+    finally:
+        signal.alarm(0)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _run(variables: Mapping[str, str], *, keep_logs: bool, say: Callable[[str], None]) -> dict[str, Any]:
+    workdir = Path(tempfile.mkdtemp(prefix="geventchat-netns-"))
+    lab = Lab(workdir, say)
+    proof = Proof(lab, variables, say)
+    started = time.monotonic()
+    failed = True
+    try:
+        lab.build()
+        proof.start_infrastructure()
+        proof.prove_balanced_and_proxied()
+        proof.prove_failover()
+        failed = False
+    finally:
+        signal.alarm(0)  # teardown runs to its end (it is bounded: 5 s per process at most)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        leftovers = lab.close()
+        proof.report["seconds"] = round(time.monotonic() - started, 1)
+        proof.report["leftovers"] = leftovers
+        if leftovers:
+            say(f"NOT CLEAN after teardown: {leftovers}")
+        else:
+            say(f"teardown: {len(lab.processes)} processes and {len(lab.namespaces)} namespaces removed; none left")
+        if failed or keep_logs:
+            say(f"logs kept in {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+    if leftovers:
+        raise ProofFailed(f"teardown left {leftovers}")
+    return proof.report
