@@ -400,3 +400,33 @@ def test_refused_lines_are_activity_for_the_idle_timeout(start_server: StartServ
             assert client.receive() == ErrorNotice("message is not valid UTF-8")
         assert time.monotonic() - started > 0.8
         assert client.request("still here").message == "still here"
+
+
+# ------------------------------------------------------------------------------------------ issue 9
+
+
+def read_to_eof(sock: socket.socket, limit: int = 1 << 16) -> bytes:
+    """Everything the server sends until its FIN (bounded by ``limit`` and the socket's timeout)."""
+    received = b""
+    while len(received) < limit:
+        chunk = sock.recv(4096)
+        if not chunk:
+            return received
+        received += chunk
+    raise AssertionError(f"no end of input after {len(received)} bytes")
+
+
+def test_rule11_an_unframed_client_that_half_closes_at_once_is_answered(start_server: StartServer) -> None:
+    """``printf 30hi | socat - TCP:...``: the chunk and the half-close both arrive inside the framing window."""
+    server = start_server()
+    sock = create_connection(server.address, timeout=5)
+    sock.sendall(b"30hi")
+    sock.shutdown(socket.SHUT_WR)
+    received = read_to_eof(sock)
+    sock.close()
+    greeting = "你好,我是geventchat~\n".encode()
+    assert received.startswith(greeting), received  # the server answered at all
+    assert received == greeting + (PREFIX + "hi").encode()  # the raw reply (no newline), then EOF
+    wait_until(lambda: server.stats.current == 0, timeout=5, what="the connection to close")
+    assert server.stats.closed == {"peer closed": 1}
+    assert server.stats.messages == 1
