@@ -88,12 +88,20 @@ class _TLSHandshakeExpired(Exception):
 
 @dataclass
 class ServerStats:
-    """Counters since start. Updated per received chunk, not per message, to keep the hot path short."""
+    """Counters since start. Updated per received chunk (or per write), not per message, to keep the hot path
+    short."""
 
     current: int = 0
     total: int = 0
     rejected_full: int = 0
+    #: Complete messages received (each is answered with one reply).
     messages: int = 0
+    #: Replies written to the socket, counted once the whole write that carries them went out: the replies of a
+    #: write cut short (a client that stopped reading, a reset) are not counted, so ``messages - replies`` is what
+    #: was received and never answered.
+    replies: int = 0
+    #: ``error:`` and ``bye:`` lines written (rejects on accept included), counted the same way as replies.
+    notices: int = 0
     bytes_in: int = 0
     bytes_out: int = 0
     closed: dict[str, int] = field(default_factory=dict)
@@ -427,8 +435,11 @@ class ChatServer:
                 except (OSError, _LingerOver):
                     sock.close()
                     return
+            bye = ServerConversation.reject(reason)
             try:
-                sock.send(ServerConversation.reject(reason))
+                if sock.send(bye) == len(bye):
+                    self.stats.notices += 1
+                    self.stats.bytes_out += len(bye)
             except OSError:
                 return
             if self._lingering_rejects <= _MAX_LINGERING_REJECTS:
@@ -535,6 +546,7 @@ class _Connection:
         recv_size = config.recv_size
         reply_latency = stats.reply_latency
         received_at = 0.0
+        notices_counted = 0  # conversation.notices_queued already added to stats.notices
         if self.debug:
             log.debug("%s connected", format_peer(self.address))
         hub = gevent.get_hub()
@@ -585,6 +597,11 @@ class _Connection:
                 out = conversation.data_to_send()
                 if out:
                     self._write(out)
+                    # Counted after the write: one that raised (cut short, reset) sent these replies to no one.
+                    stats.replies += conversation.messages_received - before
+                    if conversation.notices_queued != notices_counted:
+                        stats.notices += conversation.notices_queued - notices_counted
+                        notices_counted = conversation.notices_queued
                     if reply_latency is not None:
                         reply_latency.observe(time.perf_counter() - received_at)
                 # Drop this chunk's bytes and events before blocking again: an idle client should not pin them.
@@ -613,8 +630,10 @@ class _Connection:
             return str(reason.value), str(reason.value)
         # We are closing: send what is queued (the reply to ':q' or a 'bye:'), then close without a reset.
         queued = conversation.data_to_send()
-        if not self._write_cut:  # after a cut write the peer is not reading: no last line to protect
-            self._flush_and_linger(queued, config.linger, polite=reason is CloseReason.QUIT)
+        # After a cut write the peer is not reading: no last line to protect.
+        if not self._write_cut and self._flush_and_linger(queued, config.linger, polite=reason is CloseReason.QUIT):
+            stats.bytes_out += len(queued)
+            stats.notices += conversation.notices_queued - notices_counted
         text = str(reason.value) if reason is not None else "closed"
         return text, text
 
@@ -742,23 +761,26 @@ class _Connection:
             self._idle_timer.close()
             self._idle_timer = None
 
-    def _flush_and_linger(self, data: bytes, linger: float, *, polite: bool = False) -> None:
+    def _flush_and_linger(self, data: bytes, linger: float, *, polite: bool = False) -> bool:
         """Send ``data`` within ``linger`` seconds, then :func:`linger_close` (inline here, timed by this
         connection's own timer rather than two gevent.Timeouts: it is paid on every connection's way out).
+        Returns True if all of ``data`` went out.
 
         ``polite``: the client said ``:q``. If nothing it sent is left unread, a plain close sends FIN, not a reset,
         so the lingering (a shutdown, a wait and a read per connection) is skipped: connection churn is mostly
         such closes.
         """
         sock = self.sock
+        flushed = False
         try:
             self._start_timer(linger, _LingerOver)
             view = memoryview(data)
             while view:
                 view = view[sock.send(view) :]
             view.release()
+            flushed = True
             if polite and self.server.tls is None and _unread_bytes(sock) == 0:
-                return
+                return True
             self._start_timer(linger, _LingerOver)
             sock.shutdown(socket.SHUT_WR)
             while sock.recv(_LINGER_READ):
@@ -767,6 +789,7 @@ class _Connection:
             pass
         finally:
             self._disarm()
+        return flushed
 
 
 def _unread_bytes(sock: GeventSocket) -> int:
