@@ -429,7 +429,7 @@ def test_rule11_an_unframed_client_that_half_closes_at_once_is_answered(start_se
     assert received == greeting + (PREFIX + "hi").encode()  # the raw reply (no newline), then EOF
     wait_until(lambda: server.stats.current == 0, timeout=5, what="the connection to close")
     assert server.stats.closed == {"peer closed": 1}
-    assert server.stats.messages == 1
+    assert server.stats.messages == 1 and server.stats.replies == 1
 
 
 def test_rule5_the_idle_timeout_is_one_gevent_timeout_re_armed_when_it_fires_early(start_server: StartServer) -> None:
