@@ -62,12 +62,20 @@ class StatsCollector(Collector):
         yield closed
         messages = CounterMetricFamily(
             "geventchat_messages",
-            "Messages: in = complete messages received, out = replies sent (one per message received).",
+            "Messages: in = complete messages received, out = replies written to the socket (a reply whose write "
+            "was cut short, by a client that stopped reading or a reset, is not counted).",
             labels=[*names, "direction"],
         )
         messages.add_metric([*values, "in"], stats.messages)
-        messages.add_metric([*values, "out"], stats.messages)
+        messages.add_metric([*values, "out"], stats.replies)
         yield messages
+        notices = CounterMetricFamily(
+            "geventchat_notices",
+            "'error:' and 'bye:' lines written to clients (a 'bye:' on accept, such as 'server full', included).",
+            labels=names,
+        )
+        notices.add_metric(values, stats.notices)
+        yield notices
         octets = CounterMetricFamily("geventchat_bytes", "Bytes received and sent.", labels=[*names, "direction"])
         octets.add_metric([*values, "in"], stats.bytes_in)
         octets.add_metric([*values, "out"], stats.bytes_out)

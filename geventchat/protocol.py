@@ -204,8 +204,10 @@ ClientEvent = Greeting | Reply | ErrorNotice | Bye | ConnectionClosed
 
 # --------------------------------------------------------------------------------------------------- helpers
 
-_DECIMAL = re.compile(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*")
-_LEADING_DECIMAL = re.compile(rb"\s*(\d+(?:\.\d*)?|\.\d+)")
+# ASCII only: in a str pattern \d would also match other scripts' digits ('٣٠' would parse as 30) and \s other
+# spaces; the protocol's timeout is a plain ASCII decimal. (The bytes pattern is ASCII by nature.)
+_DECIMAL = re.compile(r"\s*([0-9]+(?:\.[0-9]*)?|\.[0-9]+)\s*", re.ASCII)
+_LEADING_DECIMAL = re.compile(rb"\s*([0-9]+(?:\.[0-9]*)?|\.[0-9]+)")
 
 
 def escape_controls(text: str) -> str:
@@ -242,8 +244,9 @@ def describe_event(event: object) -> str:
 def parse_timeout(text: str, minimum: float, maximum: float) -> tuple[float, float]:
     """Parse a timeout request. Returns ``(applied, requested)``: the request clamped to ``[minimum, maximum]``.
 
-    Raises :class:`InvalidTimeout` unless ``text`` is a positive decimal number (``30``, ``0.5``, ``.5``);
-    exponents, signs, ``nan`` and ``inf`` are refused.
+    Raises :class:`InvalidTimeout` unless ``text`` is a positive decimal number in ASCII digits (``30``, ``0.5``,
+    ``.5``, with optional ASCII whitespace around it); exponents, signs, ``nan``, ``inf`` and digits of other
+    scripts are refused.
     """
     match = _DECIMAL.fullmatch(text)
     if match is None:
@@ -301,6 +304,7 @@ class ServerConversation:
         "close_reason",
         "idle_timeout",
         "messages_received",
+        "notices_queued",
     )
 
     def __init__(self, config: ProtocolConfig) -> None:
@@ -314,8 +318,10 @@ class ServerConversation:
         self.idle_timeout: float = config.default_timeout
         #: Why the conversation ended, once it has.
         self.close_reason: CloseReason | None = None
-        #: Complete messages answered so far (for statistics).
+        #: Complete messages answered so far (for statistics); each queued exactly one reply.
         self.messages_received = 0
+        #: ``error:`` and ``bye:`` lines queued so far (for statistics).
+        self.notices_queued = 0
         greeting = config.greeting.encode()
         self._out: list[bytes] = [greeting if self._framing is Framing.RAW else greeting + NEWLINE]
 
@@ -334,7 +340,9 @@ class ServerConversation:
     @property
     def awaiting_framing_decision(self) -> bool:
         """True in ``auto`` framing while bytes without a newline are pending: the shell should wait the detection
-        window for more input, then call :meth:`settle_framing` if none came."""
+        window for more input, then call :meth:`settle_framing` if none came. End of input (``receive_data(b"")``)
+        within the window settles it too: the pending chunk is answered in raw framing, then the conversation
+        closes."""
         return self._framing is Framing.AUTO and bool(self._partial)
 
     @property
@@ -359,7 +367,8 @@ class ServerConversation:
     # -- input
 
     def receive_data(self, data: bytes) -> list[ServerEvent]:
-        """Feed bytes received from the client; ``b""`` means the client closed its side.
+        """Feed bytes received from the client; ``b""`` means the client closed its side (in ``auto`` framing,
+        a chunk still awaiting the framing decision is then answered as raw before the :class:`ConnectionClosed`).
 
         Returns the events they completed (often none). Replies and notices are queued for :meth:`data_to_send`.
         Raises :class:`LocalProtocolError` if the conversation is already closed.
@@ -385,6 +394,12 @@ class ServerConversation:
             raise LocalProtocolError("receive_data() called on a closed conversation")
         events: list[ServerEvent] = []
         if not data:
+            if self.awaiting_framing_decision:
+                # End of input is a decision too: no newline can follow, so this is an unframed client that sent
+                # its one chunk and half-closed (``printf 30hi | socat``). Answer it, then close.
+                events += self.settle_framing()
+                if self._state is _State.CLOSED:  # the chunk was ':q'
+                    return events
             self._finish(events, CloseReason.PEER_CLOSED, None)
             return events
         framing = self._framing
@@ -446,12 +461,14 @@ class ServerConversation:
         self._partial.clear()
         if bye is not None and self._framing is not Framing.RAW:
             self._out.append(f"{BYE_PREFIX}{bye}\n".encode())
+            self.notices_queued += 1
         else:
             bye = None
         events.append(ConnectionClosed(reason, bye))
 
     def _notice_error(self, reason: str) -> None:
         self._out.append(f"{ERROR_PREFIX}{reason}\n".encode())
+        self.notices_queued += 1
 
     def _receive_lines(self, data: bytes, events: list[ServerEvent]) -> None:
         partial = self._partial

@@ -1,7 +1,8 @@
 """The gevent shell: accept, one greenlet per client, read → feed → write, idle timeouts, graceful shutdown.
 
 The conversation itself lives in :mod:`geventchat.protocol`; this module only moves bytes and keeps time.
-Nothing here monkey-patches: it uses gevent's own socket and timer APIs.
+Nothing here monkey-patches: it uses gevent's own socket API, and ``gevent.Timeout`` for every wait that has a
+deadline (the idle and handshake timeouts, the lingering close).
 """
 
 from __future__ import annotations
@@ -45,8 +46,8 @@ _ACCEPT_RESOURCE_ERRORS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, 
 _MAX_LINGERING_REJECTS = 256
 # Bytes discarded per read while lingering.
 _LINGER_READ = 16384
-# _Connection._armed_for while the handshake timer runs: differs from every idle timeout, so the first events
-# after the handshake re-arm the timer for the negotiated idle timeout.
+# _Connection._armed_for while the handshake timeout runs: differs from every idle timeout, so the first events
+# after the handshake re-arm the connection's Timeout for the negotiated idle timeout.
 _IN_HANDSHAKE = -1.0
 
 
@@ -58,11 +59,26 @@ INTERNAL_ERROR = "internal error"
 
 
 class IdleAlarm(Exception):
-    """Thrown by a connection's idle timer into its own greenlet (and only there)."""
+    """Raised in a connection's greenlet (and only there) by its ``gevent.Timeout``: the idle deadline may have
+    passed. Whoever catches it asks :meth:`_Connection._check_deadline`, which re-arms for the time left if messages
+    moved the deadline meanwhile, or raises :class:`IdleExpired`."""
 
 
 class IdleExpired(Exception):
     """No complete message within the idle timeout (the peer's doing)."""
+
+
+class IdleTimeout(gevent.Timeout):
+    """The ``gevent.Timeout`` each connection keeps pending, with its attributes in slots instead of a dict.
+
+    One is pending per connection for as long as the client stays. A plain ``gevent.Timeout`` stores its four
+    attributes in the instance ``__dict__`` that BaseException provides (created on the first attribute stored
+    outside a slot): 184 bytes of the 0.33 KB per idle client it adds over a bare loop timer, against 0.19 KB with
+    slots (docs/performance.md). ``__slots__`` names every attribute ``gevent.Timeout.__init__`` sets, and a test
+    pins the list: an attribute a later gevent adds would go to a dict again, bigger but still correct.
+    """
+
+    __slots__ = ("_one_shot", "exception", "seconds", "timer")
 
 
 class ShutdownRequested(Exception):
@@ -88,12 +104,20 @@ class _TLSHandshakeExpired(Exception):
 
 @dataclass
 class ServerStats:
-    """Counters since start. Updated per received chunk, not per message, to keep the hot path short."""
+    """Counters since start. Updated per received chunk (or per write), not per message, to keep the hot path
+    short."""
 
     current: int = 0
     total: int = 0
     rejected_full: int = 0
+    #: Complete messages received (each is answered with one reply).
     messages: int = 0
+    #: Replies written to the socket, counted once the whole write that carries them went out: the replies of a
+    #: write cut short (a client that stopped reading, a reset) are not counted, so ``messages - replies`` is what
+    #: was received and never answered.
+    replies: int = 0
+    #: ``error:`` and ``bye:`` lines written (rejects on accept included), counted the same way as replies.
+    notices: int = 0
     bytes_in: int = 0
     bytes_out: int = 0
     closed: dict[str, int] = field(default_factory=dict)
@@ -427,8 +451,11 @@ class ChatServer:
                 except (OSError, _LingerOver):
                     sock.close()
                     return
+            bye = ServerConversation.reject(reason)
             try:
-                sock.send(ServerConversation.reject(reason))
+                if sock.send(bye) == len(bye):
+                    self.stats.notices += 1
+                    self.stats.bytes_out += len(bye)
             except OSError:
                 return
             if self._lingering_rejects <= _MAX_LINGERING_REJECTS:
@@ -483,9 +510,9 @@ class _Connection:
         "_accepted_at",
         "_armed_for",
         "_deadline",
-        "_idle_timer",
         "_reading",
         "_shutdown_requested",
+        "_timeout",
         "_write_cut",
         "address",
         "conversation",
@@ -502,7 +529,7 @@ class _Connection:
         self.greenlet = gevent.getcurrent()
         self.conversation = ServerConversation(server.config.protocol)
         self.debug = log.isEnabledFor(logging.DEBUG)
-        self._idle_timer: Any = None
+        self._timeout: IdleTimeout | None = None
         self._armed_for = 0.0
         self._deadline = 0.0
         self._reading = False
@@ -535,6 +562,7 @@ class _Connection:
         recv_size = config.recv_size
         reply_latency = stats.reply_latency
         received_at = 0.0
+        notices_counted = 0  # conversation.notices_queued already added to stats.notices
         if self.debug:
             log.debug("%s connected", format_peer(self.address))
         hub = gevent.get_hub()
@@ -585,6 +613,11 @@ class _Connection:
                 out = conversation.data_to_send()
                 if out:
                     self._write(out)
+                    # Counted after the write: one that raised (cut short, reset) sent these replies to no one.
+                    stats.replies += conversation.messages_received - before
+                    if conversation.notices_queued != notices_counted:
+                        stats.notices += conversation.notices_queued - notices_counted
+                        notices_counted = conversation.notices_queued
                     if reply_latency is not None:
                         reply_latency.observe(time.perf_counter() - received_at)
                 # Drop this chunk's bytes and events before blocking again: an idle client should not pin them.
@@ -596,25 +629,30 @@ class _Connection:
         except ShutdownRequested:
             conversation.close(CloseReason.SHUTDOWN)
         except _TLSHandshakeExpired:
-            self._disarm()
             return CloseReason.HANDSHAKE_TIMEOUT.value, CloseReason.HANDSHAKE_TIMEOUT.value
         except ssl.SSLError as exc:  # not TLS, a bad certificate, a TLS alert: the peer's side too
-            self._disarm()
             return TLS_ERROR, f"tls error: {exc.reason or exc}"
         except OSError as exc:
-            self._disarm()
             return RESET, f"connection error (peer's side): {exc.strerror or exc}"
         finally:
+            # Also on the way out of a kill (GreenletExit): a Timeout left pending would fire into a dead greenlet.
+            self._disarm()
             if own_watcher:
                 readable.close()
-        self._disarm()
         reason = conversation.close_reason
         if reason is CloseReason.PEER_CLOSED:
             return str(reason.value), str(reason.value)
-        # We are closing: send what is queued (the reply to ':q' or a 'bye:'), then close without a reset.
+        # We are closing: send what is queued (the reply to ':q' or a 'bye:'), then close without a reset. After a
+        # cut write the peer is not reading: no last line to protect.
         queued = conversation.data_to_send()
-        if not self._write_cut:  # after a cut write the peer is not reading: no last line to protect
-            self._flush_and_linger(queued, config.linger, polite=reason is CloseReason.QUIT)
+        if not self._write_cut and self._flush(queued, config.linger):
+            stats.bytes_out += len(queued)
+            stats.notices += conversation.notices_queued - notices_counted
+            # After ':q' with nothing unread a plain close sends a FIN, not a reset: the lingering (a shutdown, a
+            # wait and a read per connection) is skipped, and connection churn is mostly such closes.
+            polite = reason is CloseReason.QUIT and self.server.tls is None and _unread_bytes(self.sock) == 0
+            if not polite:
+                linger_close(self.sock, config.linger)
         text = str(reason.value) if reason is not None else "closed"
         return text, text
 
@@ -624,7 +662,7 @@ class _Connection:
             latency.observe(time.monotonic() - self._accepted_at)
 
     def _tls_handshake(self, context: ssl.SSLContext) -> GeventSocket:
-        """Wrap our socket in TLS and finish the TLS handshake under the (already armed) handshake timer."""
+        """Wrap our socket in TLS and finish the TLS handshake under the (already armed) handshake timeout."""
         self.sock = context.wrap_socket(self.sock, server_side=True, do_handshake_on_connect=False)
         while True:
             try:
@@ -710,63 +748,53 @@ class _Connection:
             events += conversation.receive_data(data)
         return events
 
-    # -- the idle timer: one event-loop timer per connection, re-armed lazily
-
-    def _start_timer(self, seconds: float, alarm: type[Exception] = IdleAlarm) -> None:
-        # What gevent.Timeout does, without the Timeout object and an exception instance kept per idle client:
-        # the timer throws the alarm class into this greenlet, where the loops above (or the caller) catch it.
-        if self._idle_timer is not None:
-            self._idle_timer.close()
-        self._idle_timer = timer = gevent.get_hub().loop.timer(seconds)
-        timer.start(_throw, self.greenlet, alarm)
+    # -- the idle timeout: one gevent.Timeout per connection, re-armed lazily
 
     def _arm(self, seconds: float) -> None:
-        """(Re)start the idle timer for ``seconds`` from now.
+        """(Re)start the idle timeout for ``seconds`` from now.
 
-        Messages do not restart the timer (that would allocate a timer per message); they move ``_deadline``. When
-        the timer fires early because messages arrived meanwhile, :meth:`_check_deadline` re-arms it for what is
-        left.
+        Messages do not restart the Timeout (that would allocate one per message); they move ``_deadline``. When it
+        fires early because messages arrived meanwhile, :meth:`_check_deadline` re-arms it for what is left.
         """
         self._deadline = time.monotonic() + seconds
         self._armed_for = seconds
-        self._start_timer(seconds)
+        self._start_timeout(seconds)
+
+    def _start_timeout(self, seconds: float) -> None:
+        # A gevent.Timeout's duration is fixed when it is made, so re-arming for another duration replaces it: one
+        # pending per connection at any time. Given the IdleAlarm class (not an instance), gevent raises a fresh
+        # IdleAlarm when it fires, so no exception object is kept per idle client. Started here, in the
+        # connection's own greenlet, which is where gevent raises it.
+        if self._timeout is not None:
+            self._timeout.close()
+        self._timeout = timeout = IdleTimeout(seconds, IdleAlarm)
+        timeout.start()
 
     def _check_deadline(self) -> None:
+        """After an :class:`IdleAlarm`: raise :class:`IdleExpired` if the deadline has passed, else re-arm."""
         remaining = self._deadline - time.monotonic()
         if remaining <= 0:
             raise IdleExpired()
-        self._start_timer(remaining)
+        self._start_timeout(remaining)
 
     def _disarm(self) -> None:
-        if self._idle_timer is not None:
-            self._idle_timer.close()
-            self._idle_timer = None
+        if self._timeout is not None:
+            self._timeout.close()
+            self._timeout = None
 
-    def _flush_and_linger(self, data: bytes, linger: float, *, polite: bool = False) -> None:
-        """Send ``data`` within ``linger`` seconds, then :func:`linger_close` (inline here, timed by this
-        connection's own timer rather than two gevent.Timeouts: it is paid on every connection's way out).
-
-        ``polite``: the client said ``:q``. If nothing it sent is left unread, a plain close sends FIN, not a reset,
-        so the lingering (a shutdown, a wait and a read per connection) is skipped: connection churn is mostly
-        such closes.
-        """
-        sock = self.sock
+    def _flush(self, data: bytes, linger: float) -> bool:
+        """Send the last bytes (a ``bye:``, or nothing) within ``linger`` seconds. Returns True if all went out."""
+        if not data:
+            return True  # the usual case after ':q': no Timeout to make
         try:
-            self._start_timer(linger, _LingerOver)
-            view = memoryview(data)
-            while view:
-                view = view[sock.send(view) :]
-            view.release()
-            if polite and self.server.tls is None and _unread_bytes(sock) == 0:
-                return
-            self._start_timer(linger, _LingerOver)
-            sock.shutdown(socket.SHUT_WR)
-            while sock.recv(_LINGER_READ):
-                pass
+            with gevent.Timeout(linger, _LingerOver):
+                view = memoryview(data)
+                while view:
+                    view = view[self.sock.send(view) :]
+                view.release()
         except (OSError, _LingerOver):
-            pass
-        finally:
-            self._disarm()
+            return False
+        return True
 
 
 def _unread_bytes(sock: GeventSocket) -> int:

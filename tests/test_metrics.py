@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import socket
+
+import gevent
 import pytest
+from gevent.socket import socket as GeventSocket
 
 from geventchat import ChatClient, ChatServer, ClosedByServer, ProtocolConfig
 from geventchat.histogram import LatencyHistogram
 from geventchat.metrics import StatsCollector
+from geventchat.protocol import ErrorNotice
 from geventchat.server import ServerStats
 
-from .faultkit import metric, quiet, raw_connect, read_line, reset_close, scrape, serving, wait_until
+from .faultkit import WaitTimedOut, metric, quiet, raw_connect, read_line, reset_close, scrape, serving, wait_until
 
 
 def test_metrics_follow_connections_messages_and_closes() -> None:
@@ -30,6 +35,7 @@ def test_metrics_follow_connections_messages_and_closes() -> None:
         assert metric(during, "geventchat_connections_accepted_total") == 3
         assert metric(during, "geventchat_messages_total", direction="in") == 10
         assert metric(during, "geventchat_messages_total", direction="out") == 10
+        assert metric(during, "geventchat_notices_total") == 0
         assert metric(during, "geventchat_bytes_total", direction="in") > len(b"message 0\n") * 10
         assert (
             metric(during, "geventchat_bytes_total", direction="out")
@@ -77,6 +83,7 @@ def test_metrics_follow_connections_messages_and_closes() -> None:
         }
         assert metric(after, "geventchat_connections") == 2
         assert metric(after, "geventchat_connections_accepted_total") == 7
+        assert metric(after, "geventchat_notices_total") == 3  # bye: server full, idle timeout, line too long
         server.shutdown(grace=2)  # the two held clients are told 'bye: server shutting down'
         for client in held:
             client.close()
@@ -84,6 +91,59 @@ def test_metrics_follow_connections_messages_and_closes() -> None:
     values = {(s.name, s.labels.get("reason")): s.value for s in samples}
     assert values[("geventchat_connections", None)] == 0
     assert values[("geventchat_connections_closed_total", "server shutting down")] == 2
+    assert values[("geventchat_notices_total", None)] == 5  # and the two 'bye: server shutting down'
+
+
+def test_messages_out_counts_replies_and_notices_apart() -> None:
+    """``in`` counts messages received, ``out`` replies written; notices are neither."""
+    with serving(quiet(metrics_port=0, protocol=ProtocolConfig(max_line=100))) as server:
+        assert server.metrics is not None
+        with ChatClient.connect(*server.address, idle_timeout=30) as client:
+            for i in range(7):
+                assert client.request(f"m{i}").message == f"m{i}"
+            client.sock.sendall(b"\xff\n")
+            assert client.receive() == ErrorNotice("message is not valid UTF-8")
+            answered = scrape(server.metrics.address)
+            client.send("z" * 101)
+            with pytest.raises(ClosedByServer):
+                client.receive()
+        wait_until(lambda: server.stats.closed.get("line too long") == 1, timeout=5)
+        closed = scrape(server.metrics.address)
+    assert metric(answered, "geventchat_messages_total", direction="in") == 7
+    assert metric(answered, "geventchat_messages_total", direction="out") == 7
+    assert metric(answered, "geventchat_notices_total") == 1  # the 'error:' line
+    assert metric(closed, "geventchat_messages_total", direction="in") == 7
+    assert metric(closed, "geventchat_messages_total", direction="out") == 7
+    assert metric(closed, "geventchat_notices_total") == 2  # and the 'bye: line too long'
+
+
+def test_replies_a_client_never_reads_are_not_counted_as_sent() -> None:
+    """A client that sends and never reads: the server's send blocks, the idle timeout ends the connection, and the
+    replies it could not write are received (``in``) but not sent (``out``)."""
+    with serving(quiet(metrics_port=0)) as server:
+        assert server.metrics is not None
+        sock = GeventSocket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connect: no autotuning
+        sock.connect(server.address)
+        assert read_line(sock).startswith("你好".encode())
+        sock.sendall(b"0.5\n")
+        line = b"y" * 32768 + b"\n"
+        sent = 0
+        # Bounded: 2,000 lines (64 MB, several times what the loopback buffers hold) or 10 s.
+        with gevent.Timeout(10, WaitTimedOut):
+            while sent < 2000:
+                try:
+                    sock.sendall(line)
+                except OSError:  # the server closed at the idle timeout, with our input unread: a reset
+                    break
+                sent += 1
+        wait_until(lambda: server.stats.closed.get("idle timeout") == 1, timeout=5)
+        sock.close()
+        samples = scrape(server.metrics.address)
+    received = metric(samples, "geventchat_messages_total", direction="in")
+    written = metric(samples, "geventchat_messages_total", direction="out")
+    assert 0 < received <= sent, (received, sent)  # the server did read and answer before its sends blocked
+    assert written < received, (written, received)
 
 
 def test_resets_are_counted_under_one_reason() -> None:
@@ -129,7 +189,9 @@ def test_a_worker_endpoint_labels_its_series() -> None:
 
 
 def test_const_labels_mark_every_series() -> None:
-    stats = ServerStats(current=2, total=5, messages=7, bytes_in=70, bytes_out=90, closed={"quit": 3})
+    stats = ServerStats(
+        current=2, total=5, messages=7, replies=6, notices=1, bytes_in=70, bytes_out=90, closed={"quit": 3}
+    )
     stats.reply_latency = LatencyHistogram((0.01,))
     stats.reply_latency.observe(0.001)
     samples = [s for family in StatsCollector(stats, {"worker": "1"}).collect() for s in family.samples]
@@ -140,4 +202,7 @@ def test_const_labels_mark_every_series() -> None:
     assert values[("geventchat_connections", None)] == 2
     assert values[("geventchat_connections_closed_total", "quit")] == 3
     assert values[("geventchat_bytes_total", "out")] == 90
+    assert values[("geventchat_messages_total", "in")] == 7
+    assert values[("geventchat_messages_total", "out")] == 6
+    assert values[("geventchat_notices_total", None)] == 1
     assert values[("geventchat_reply_seconds_bucket", "0.01")] == 1

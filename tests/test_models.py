@@ -7,13 +7,14 @@ Each model runs as ``python -m geventchat --model M --port 0`` in a subprocess; 
 from __future__ import annotations
 
 import signal
+import socket
 import time
 from collections.abc import Iterator
 
 import pytest
 
 from geventchat import ChatClient, ClosedByServer, ConnectTimeout, Framing, ReplyTimeout
-from geventchat.config import DEFAULT_GREETING
+from geventchat.config import DEFAULT_GREETING, DEFAULT_PREFIX
 from geventchat.models import MODELS
 from geventchat.protocol import ClientConversation, ErrorNotice
 from tests.watched_server import WatchedServer
@@ -145,6 +146,24 @@ def test_unframed_client_is_detected(port: int) -> None:
         assert client.expect_reply().message == "hi"
         client.send(b"again")
         assert client.expect_reply().message == "again"
+
+
+def test_unframed_client_that_half_closes_at_once_is_answered(port: int) -> None:
+    """``printf 30hi | socat - TCP:...``: the chunk and the half-close both arrive inside the framing window."""
+    with socket.create_connection((HOST, port), timeout=5) as sock:
+        sock.sendall(b"30hi")
+        sock.shutdown(socket.SHUT_WR)
+        received = b""
+        for _ in range(100):  # bounded: the whole answer is two short writes
+            chunk = sock.recv(4096)
+            if not chunk:
+                break
+            received += chunk
+        else:
+            raise AssertionError(f"no end of input after {received!r}")
+    greeting = (DEFAULT_GREETING + "\n").encode()
+    assert received.startswith(greeting), received  # the server answered at all
+    assert received == greeting + (DEFAULT_PREFIX + "hi").encode()  # the raw reply (no newline), then EOF
 
 
 def test_trickling_bytes_does_not_extend_the_idle_timeout(port: int) -> None:

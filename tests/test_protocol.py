@@ -137,7 +137,23 @@ def test_timeout_is_clamped_to_bounds(request_line: bytes, applied: float) -> No
     assert out == b""
 
 
-@pytest.mark.parametrize("bad", [b"abc", b"0", b"-5", b"nan", b"inf", b"1e3", b"", b"3 0", b"0.0"])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        b"abc",
+        b"0",
+        b"-5",
+        b"nan",
+        b"inf",
+        b"1e3",
+        b"",
+        b"3 0",
+        b"0.0",
+        "٣٠".encode(),  # Arabic-Indic digits: float() would take them, the protocol does not
+        "３０".encode(),  # fullwidth digits
+        "\u00a030".encode(),  # a no-break space before ASCII digits
+    ],
+)
 def test_invalid_timeout_gets_an_error_and_the_default(bad: bytes) -> None:
     events, out, conv = run_server([bad + b"\nnext\n"])
     rejected = [e for e in events if isinstance(e, TimeoutRejected)]
@@ -155,6 +171,13 @@ def test_the_default_applies_until_negotiated() -> None:
     assert conv.idle_timeout == 42
     conv.receive_data(b"\n")
     assert conv.idle_timeout == 4
+
+
+@pytest.mark.parametrize("text", ["٣٠", "３０", "৩", "1.٥", "\u00a030", "30\u2003"])
+def test_parse_timeout_takes_ascii_digits_only(text: str) -> None:
+    assert float(text.strip()) > 0  # what a parser built on \d or float() alone would accept
+    with pytest.raises(InvalidTimeout, match="not a positive decimal"):
+        parse_timeout(text, 0.1, 10)
 
 
 def test_parse_timeout_reports_why() -> None:
@@ -307,6 +330,55 @@ def test_raw_sends_no_notices() -> None:
     assert conv.data_to_send() == PREFIX + b"abc"
     conv.close(CloseReason.IDLE_TIMEOUT)
     assert conv.data_to_send() == b""
+
+
+@pytest.mark.parametrize("split", SPLITS)
+def test_auto_end_of_input_in_the_window_settles_raw_and_answers(split: Callable[[bytes], list[bytes]]) -> None:
+    """``printf 30hi | socat``: the chunk and the client's half-close arrive within the detection window. End of
+    input is a decision: the chunk is an unframed client's, answered as such before the close."""
+    events, out, conv = run_server(split(b"30hi"), ProtocolConfig(), eof=True)
+    assert FramingChosen(Framing.RAW) in events
+    assert TimeoutNegotiated(30.0, 30.0) in events
+    assert messages(events) == [b"hi"]
+    assert out == PREFIX + b"hi"
+    assert events[-1] == ConnectionClosed(CloseReason.PEER_CLOSED)
+    assert conv.framing is Framing.RAW and conv.closed
+
+
+def test_auto_end_of_input_after_a_bare_timeout_answers_nothing() -> None:
+    events, out, conv = run_server([b"30"], ProtocolConfig(), eof=True)
+    assert events == [
+        FramingChosen(Framing.RAW),
+        TimeoutNegotiated(30.0, 30.0),
+        ConnectionClosed(CloseReason.PEER_CLOSED),
+    ]
+    assert out == b"" and conv.close_reason is CloseReason.PEER_CLOSED
+
+
+def test_auto_end_of_input_after_an_unframed_quit_is_a_quit() -> None:
+    events, out, _ = run_server([b":q"], ProtocolConfig(), eof=True)
+    assert messages(events) == [b":q"] and QuitReceived() in events
+    assert out == PREFIX + b":q"
+    assert events[-1] == ConnectionClosed(CloseReason.QUIT)
+    assert sum(isinstance(e, ConnectionClosed) for e in events) == 1
+
+
+def test_forced_line_framing_drops_an_unfinished_line_at_end_of_input() -> None:
+    """No framing to decide: a line without its newline is not a message (only auto framing answers it)."""
+    events, out, _ = run_server([b"30\nhi"], ProtocolConfig(framing=Framing.LINE), eof=True)
+    assert TimeoutNegotiated(30.0, 30.0) in events
+    assert messages(events) == [] and out == b""
+    assert events[-1] == ConnectionClosed(CloseReason.PEER_CLOSED)
+
+
+def test_notices_are_counted_apart_from_messages() -> None:
+    conv = ServerConversation(ProtocolConfig(framing=Framing.LINE, max_line=10))
+    conv.data_to_send()
+    conv.receive_data(b"soon\nok\n\xff\n" + b"z" * 11 + b"\n")
+    out = conv.data_to_send()
+    assert out.startswith(b"error: timeout") and out.endswith(b"bye: line too long (limit 10 bytes)\n")
+    assert conv.messages_received == 1  # 'ok'
+    assert conv.notices_queued == 3  # the invalid timeout, the invalid UTF-8 line, the bye
 
 
 def test_settle_framing_is_a_no_op_once_decided() -> None:

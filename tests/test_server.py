@@ -439,3 +439,79 @@ def test_refused_lines_are_activity_for_the_idle_timeout(start_server: StartServ
         # The situation: only refused lines for over twice the idle timeout; the conversation is still open.
         assert last_sent - negotiated > 2 * IDLE
         assert client.request("still here").message == "still here"
+
+
+# ------------------------------------------------------------------------------------------ issue 9
+
+
+def read_to_eof(sock: socket.socket, limit: int = 1 << 16) -> bytes:
+    """Everything the server sends until its FIN (bounded by ``limit`` and the socket's timeout)."""
+    received = b""
+    while len(received) < limit:
+        chunk = sock.recv(4096)
+        if not chunk:
+            return received
+        received += chunk
+    raise AssertionError(f"no end of input after {len(received)} bytes")
+
+
+def test_rule11_an_unframed_client_that_half_closes_at_once_is_answered(start_server: StartServer) -> None:
+    """``printf 30hi | socat - TCP:...``: the chunk and the half-close both arrive inside the framing window."""
+    server = start_server()
+    sock = create_connection(server.address, timeout=5)
+    sock.sendall(b"30hi")
+    sock.shutdown(socket.SHUT_WR)
+    received = read_to_eof(sock)
+    sock.close()
+    greeting = "你好,我是geventchat~\n".encode()
+    assert received.startswith(greeting), received  # the server answered at all
+    assert received == greeting + (PREFIX + "hi").encode()  # the raw reply (no newline), then EOF
+    wait_until(lambda: server.stats.current == 0, timeout=5, what="the connection to close")
+    assert server.stats.closed == {"peer closed": 1}
+    assert server.stats.messages == 1 and server.stats.replies == 1
+
+
+def test_rule5_the_idle_timeout_is_one_gevent_timeout_re_armed_when_it_fires_early(start_server: StartServer) -> None:
+    """The design: one ``gevent.Timeout`` per connection raising our own ``Exception`` subclass; messages move the
+    deadline and the Timeout is replaced only when it fires before it (white-box: reads the connection's state)."""
+    from geventchat.server import IdleAlarm
+
+    server = start_server()
+    with connect(server, idle_timeout=1.0) as client:
+        assert client.request("first").message == "first"
+        (connection,) = server._connections
+        armed = connection._timeout
+        assert armed is not None and isinstance(armed, gevent.Timeout) and armed.pending
+        assert vars(armed) == {}  # all in slots: see IdleTimeout
+        assert armed.exception is IdleAlarm and issubclass(IdleAlarm, Exception)
+        assert not issubclass(IdleAlarm, gevent.Timeout)  # what is raised is ours, never a raw Timeout
+        # A message every 0.1 s (a tenth of the timeout: margin for a loaded machine) until the Timeout has fired
+        # early and been replaced; bounded by 100 messages.
+        for index in range(100):
+            if connection._timeout is not armed:
+                break
+            gevent.sleep(0.1)
+            assert client.request(f"m{index}").message == f"m{index}"
+        replaced = connection._timeout
+        assert replaced is not armed, "the Timeout never fired early"
+        assert replaced is not None and replaced.pending and not armed.pending
+        assert replaced.seconds < 1.0  # re-armed for the time left, not a whole timeout
+        assert client.request("still served").message == "still served"
+        assert expect_bye(client) == "idle timeout (1s)"
+    wait_until(lambda: server.stats.current == 0, timeout=5, what="the connection to close")
+    assert connection._timeout is None and not replaced.pending  # disarmed on the way out
+
+
+def test_idle_timeout_slots_hold_every_attribute_gevent_timeout_sets() -> None:
+    """IdleTimeout saves its dict only if its slots name every attribute gevent.Timeout stores; a gevent upgrade
+    that adds one makes this fail (the server still works, each idle client just costs a dict more)."""
+    from geventchat.server import IdleAlarm, IdleTimeout
+
+    plain = gevent.Timeout(5, IdleAlarm)
+    plain.start()
+    try:
+        stored = set(vars(plain))
+    finally:
+        plain.close()
+    assert stored  # gevent.Timeout does keep its state in the instance dict
+    assert stored <= set(IdleTimeout.__slots__)
