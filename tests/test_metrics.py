@@ -8,8 +8,9 @@ from geventchat import ChatClient, ChatServer, ClosedByServer, ProtocolConfig
 from geventchat.histogram import LatencyHistogram
 from geventchat.metrics import StatsCollector
 from geventchat.server import ServerStats
+from geventchat.testing import wait_until
 
-from .faultkit import metric, quiet, raw_connect, read_line, reset_close, scrape, serving, wait_until
+from .faultkit import metric, quiet, raw_connect, read_line, reset_close, scrape, serving
 
 
 def test_metrics_follow_connections_messages_and_closes() -> None:
