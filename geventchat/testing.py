@@ -7,32 +7,37 @@
   :mod:`geventchat._listening`, next to the code that prints it).
 - :func:`wait_until`: a bounded wait for a condition that is only visible as state (a counter, a /proc figure).
 - /proc readers (Linux): :func:`open_fds`, :func:`rss_bytes`, :func:`pss_bytes`, :func:`cpu_seconds` of one
-  process, :func:`descendants` of a process, and :func:`summed` to add a reading up over a process tree.
+  process, :func:`descendants` of a process, and :func:`summed` to add a reading up over a process tree (from
+  :mod:`geventchat._procfs`).
 
-gevent is never imported at module level. Every wait here polls, and between polls it yields to gevent's hub by
-default, so the caller's greenlets (in-process servers, load clients) keep running while it waits; a gevent-free
-program (the benchmark runner) passes ``sleep=time.sleep`` to :func:`wait_until` and ``use_gevent=False`` to
-:class:`ServerProcess`, and then nothing here touches gevent. Why not wait on the pipes directly: a wait must let
-other greenlets run in a test process and must not start a hub in a gevent-free one; polling every few
-milliseconds with the caller's choice of sleep serves both with one code path.
+This module imports gevent only inside the functions that use it (the package's ``__init__`` does import gevent,
+for ChatServer, but importing is not running: no hub starts and nothing is patched). Every wait here polls, and
+between polls it yields to gevent's hub by default, so the caller's greenlets (in-process servers, load clients)
+keep running while it waits; a gevent-free program (the benchmark runner) passes ``sleep=time.sleep`` to
+:func:`wait_until` and ``use_gevent=False`` to :class:`ServerProcess`, and then no hub is started. Polling every
+few milliseconds with the caller's choice of sleep serves both kinds of program with one code path, where waiting
+on an event would need a gevent event in one and a thread condition in the other.
 """
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import gc
 import os
 import re
 import resource
+import select
 import signal
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from typing import TypeVar
 
 from ._listening import format_listening_line, parse_listening_line
+from ._procfs import cpu_seconds, descendants, open_fds, pss_bytes, rss_bytes, summed
 
 __all__ = [
     "QUIET",
@@ -55,7 +60,6 @@ __all__ = [
 QUIET = ("--port", "0", "--stats-interval", "0")
 
 _T = TypeVar("_T")
-_N = TypeVar("_N", int, float)
 
 
 class WaitTimedOut(Exception):
@@ -98,6 +102,60 @@ def wait_until(
 
 
 _METRICS_LINE = re.compile(r"metrics on http://(?:\[(?P<v6>[^\]]+)\]|(?P<host>\S+?)):(?P<port>\d+)/metrics$")
+#: Reads of up to 64 KiB one catch-up makes at most, so a child writing flat out cannot hold a caller there.
+_MAX_READS = 64
+
+
+class _Output:
+    """One of the child's output pipes, read into ``lines``.
+
+    A thread of ours reads as output arrives, so the child never blocks on a full pipe whatever the caller does
+    (a test blocked on stdlib sockets, a gevent-free program). A caller catches up under the same lock before it
+    looks (:meth:`catch_up`), so it sees every line the child wrote before it looked: a log line written just
+    before the client got its reply is there when the test checks for it."""
+
+    def __init__(self, fd: int, label: str) -> None:
+        os.set_blocking(fd, False)
+        self.lines: list[str] = []
+        self.ended = False
+        self._fd = fd
+        self._lock = threading.Lock()
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._partial = ""
+        threading.Thread(target=self._pump, name=label, daemon=True).start()
+
+    def _pump(self) -> None:
+        poller = select.poll()
+        poller.register(self._fd, select.POLLIN)
+        while not self.ended:  # until every writer has closed the pipe (the child and anything it forked)
+            poller.poll()  # without the lock: a caller may catch up meanwhile
+            self.catch_up()
+        with self._lock:
+            os.close(self._fd)  # here only, so no one polls or reads a closed (or reused) descriptor
+
+    def catch_up(self) -> list[str]:
+        """Take in what the child has written so far; returns ``lines``."""
+        with self._lock:
+            for _ in range(_MAX_READS):
+                if self.ended:
+                    break
+                try:
+                    data = os.read(self._fd, 65536)
+                except BlockingIOError:
+                    break
+                text = self._partial + self._decoder.decode(data, final=not data)
+                *complete, self._partial = text.split("\n")
+                self.lines.extend(line.removesuffix("\r") for line in complete)
+                if not data:  # end of file; a last line without its newline counts too
+                    if self._partial:
+                        self.lines.append(self._partial.removesuffix("\r"))
+                    self.ended = True
+        return self.lines
+
+    def done(self) -> bool:
+        """Everything the child (and its children) will ever write here has been read."""
+        self.catch_up()
+        return self.ended
 
 
 class ServerProcess:
@@ -111,8 +169,8 @@ class ServerProcess:
 
     ``nofile`` sets the child's open-file limit and ``cpus`` pins it, both before it runs; ``new_session`` puts it
     in a session of its own so that :meth:`kill` takes its whole process tree. ``stdout`` and ``stderr`` are the
-    lines so far (without newlines), read by two threads of ours whatever the caller does meanwhile, so a
-    server never blocks on a full pipe; :meth:`wait_for` waits for one.
+    lines it has written up to the moment they are read (without newlines; a thread of ours keeps each pipe
+    drained, so the server never blocks on a full one); :meth:`wait_for` waits for one.
 
     With ``use_gevent`` (the default) the process is a ``gevent.subprocess.Popen`` and every wait yields to
     gevent: a stdlib child would be reaped by gevent's SIGCHLD handler once any gevent subprocess has run in this
@@ -137,14 +195,11 @@ class ServerProcess:
         if command is None:
             command = [sys.executable, "-c", code] if code is not None else [sys.executable, "-m", "geventchat"]
         self.command = [*command, *args]
-        self.stdout: list[str] = []
-        self.stderr: list[str] = []
         self.host, self.port = "", 0
         self._name = name
         self._new_session = new_session
         self._use_gevent = use_gevent
         self._sleep: Callable[[float], None] = _gevent_sleep if use_gevent else time.sleep
-        self._drained: set[str] = set()
         out_read, out_write = os.pipe()
         err_read, err_write = os.pipe()
         try:
@@ -157,8 +212,8 @@ class ServerProcess:
             os.close(out_write)  # the child has its copies: our reads end when it (and its children) close them
             os.close(err_write)
         self.pid = self.proc.pid
-        self._read(out_read, self.stdout, "stdout")
-        self._read(err_read, self.stderr, "stderr")
+        self._out = _Output(out_read, f"stdout of pid {self.pid}")
+        self._err = _Output(err_read, f"stderr of pid {self.pid}")
         if wait:
             try:
                 self.wait_listening(start_timeout)
@@ -169,6 +224,16 @@ class ServerProcess:
     @property
     def address(self) -> tuple[str, int]:
         return self.host, self.port
+
+    @property
+    def stdout(self) -> list[str]:
+        """The lines (without newlines) the server has written on stdout, up to now."""
+        return self._out.catch_up()
+
+    @property
+    def stderr(self) -> list[str]:
+        """The lines (without newlines) the server has written on stderr, up to now."""
+        return self._err.catch_up()
 
     def _popen(
         self, stdout: int, stderr: int, env: dict[str, str] | None, nofile: int | None, cpus: set[int] | None
@@ -198,36 +263,19 @@ class ServerProcess:
         )
         return process
 
-    def _read(self, fd: int, lines: list[str], label: str) -> threading.Thread:
-        """A thread that appends each line the child writes on ``fd`` to ``lines`` until every writer closed it.
-
-        A thread, not a greenlet, even under gevent: plain blocking reads need no hub, so output is read while
-        the caller blocks (a test on stdlib sockets), and the same code serves gevent-free programs."""
-
-        def pump() -> None:
-            try:
-                with open(fd, encoding="utf-8", errors="replace") as stream:
-                    for line in stream:  # ends at EOF
-                        lines.append(line.rstrip("\n"))
-            finally:
-                self._drained.add(label)
-
-        reader = threading.Thread(target=pump, name=f"{label} of pid {self.pid}", daemon=True)
-        reader.start()
-        return reader
-
     def _ended(self) -> bool:
         """The process exited and everything it wrote has been read."""
-        return self.proc.poll() is not None and len(self._drained) == 2
+        return self.proc.poll() is not None and self._out.done() and self._err.done()
 
     def _wait_line(self, parse: Callable[[str], _T | None], stream: str, timeout: float, start: int, what: str) -> _T:
-        lines = self.stdout if stream == "stdout" else self.stderr
+        output = self._out if stream == "stdout" else self._err
         found: list[_T] = []
         index = start
 
         def seen() -> bool:
             nonlocal index
             ended = self._ended()  # before the scan: once ended, the scan sees every line
+            lines = output.catch_up()
             while index < len(lines) and not found:
                 result = parse(lines[index])
                 if result is not None:
@@ -271,7 +319,7 @@ class ServerProcess:
 
     def stderr_text(self) -> str:
         """Everything read from the server's stderr so far, one line per line."""
-        return "".join(line + "\n" for line in list(self.stderr))
+        return "".join(line + "\n" for line in self.stderr)
 
     def fds(self) -> int:
         return open_fds(self.pid)
@@ -288,7 +336,7 @@ class ServerProcess:
         status. :class:`WaitTimedOut` if it does not end."""
         wait_until(lambda: self.proc.poll() is not None, timeout, f"pid {self.pid} to exit", sleep=self._sleep)
         with contextlib.suppress(WaitTimedOut):  # children that outlive it may hold the pipes: not past the bound
-            wait_until(lambda: len(self._drained) == 2, timeout, "its output", sleep=self._sleep)
+            wait_until(lambda: self._out.done() and self._err.done(), timeout, "its output", sleep=self._sleep)
         return int(self.proc.returncode)
 
     def stop(self, timeout: float = 10.0) -> int:
@@ -321,72 +369,6 @@ class ServerProcess:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
-
-
-# ------------------------------------------------------------------------------------------ /proc (Linux)
-
-_PAGE = os.sysconf("SC_PAGE_SIZE")
-_TICK = os.sysconf("SC_CLK_TCK")
-
-
-def open_fds(pid: int | str = "self") -> int:
-    """How many file descriptors ``pid`` has open."""
-    return len(os.listdir(f"/proc/{pid}/fd"))
-
-
-def rss_bytes(pid: int | str = "self") -> int:
-    """Resident set size of ``pid``."""
-    with open(f"/proc/{pid}/statm", "rb") as statm:
-        return int(statm.read().split()[1]) * _PAGE
-
-
-def pss_bytes(pid: int | str = "self") -> int:
-    """Proportional set size of ``pid``: pages shared with other processes split between them (fair for forks)."""
-    with open(f"/proc/{pid}/smaps_rollup", "rb") as rollup:
-        for line in rollup:
-            if line.startswith(b"Pss:"):
-                return int(line.split()[1]) * 1024
-    return 0
-
-
-def cpu_seconds(pid: int | str = "self") -> float:
-    """User + system CPU seconds ``pid`` has used so far."""
-    with open(f"/proc/{pid}/stat", "rb") as stat:
-        fields = stat.read().rsplit(b")", 1)[1].split()  # after the command name, which may hold spaces
-    return (int(fields[11]) + int(fields[12])) / _TICK  # utime, stime
-
-
-def descendants(pid: int) -> list[int]:
-    """``pid`` and every live process below it (pre-forked workers, a process per client)."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as stat:
-                fields = stat.read().rsplit(b")", 1)[1].split()
-        except OSError:
-            continue  # exited while we looked
-        children.setdefault(int(fields[1]), []).append(int(entry))  # its parent's pid
-    found, todo = [], [pid]
-    while todo:  # bounded: each process is visited once, /proc lists each pid once
-        current = todo.pop()
-        found.append(current)
-        todo.extend(children.get(current, ()))
-    return found
-
-
-def summed(read: Callable[[int], _N], pids: Iterable[int]) -> _N:
-    """``read`` (one of the readers above) added up over ``pids``, skipping those that have exited meanwhile.
-
-    Summed RSS counts pages shared between processes once per process; sum PSS over forks."""
-    values: list[_N] = []
-    for pid in pids:
-        try:
-            values.append(read(pid))
-        except OSError:
-            continue
-    return sum(values)
 
 
 def live_greenlets() -> int:

@@ -103,6 +103,18 @@ def test_a_server_that_cannot_start_is_reported_with_its_output() -> None:
     assert "'not-a-port' is not a whole number" in str(exited.value)
 
 
+def test_output_written_before_the_server_looked_ready_is_there_at_once() -> None:
+    # A stand-in server: a line on stderr, then the listening line on stdout, then nothing more.
+    code = (
+        "import sys, time; print('written first', file=sys.stderr, flush=True); "
+        "print('geventchat listening on 127.0.0.1:9', flush=True); time.sleep(60)"
+    )
+    with ServerProcess(code=code) as server:
+        assert server.address == ("127.0.0.1", 9)
+        # No wait: reading the lines takes in what is already in the pipe.
+        assert server.stderr == ["written first"]
+
+
 def test_waiting_for_a_line_that_never_comes_times_out() -> None:
     with ServerProcess(*QUIET) as server:
         with pytest.raises(WaitTimedOut, match="never printed"):
