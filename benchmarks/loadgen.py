@@ -31,7 +31,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from .procstats import cpu_seconds, descendants
+from geventchat.testing import cpu_seconds, descendants, summed
 
 MESSAGE = b"m" * 31 + b"\n"  # 32-byte lines, as in the anchors
 TIMEOUT_LINE = b"60\n"
@@ -232,14 +232,14 @@ class _CpuMeter:
         self.wall = time.perf_counter()
         self.own = time.process_time()
         self.pids = descendants(self.server_pid) if self.server_pid else []
-        self.server = cpu_seconds(self.pids)
+        self.server = summed(cpu_seconds, self.pids)
 
     def stop(self) -> dict[str, float]:
         wall = time.perf_counter() - self.wall
         result = {"seconds": wall, "loadgen_cpu": (time.process_time() - self.own) / wall}
         if self.server_pid:
             pids = sorted(set(self.pids) | set(descendants(self.server_pid)))
-            result["server_cpu"] = (cpu_seconds(pids) - self.server) / wall
+            result["server_cpu"] = (summed(cpu_seconds, pids) - self.server) / wall
         return result
 
 

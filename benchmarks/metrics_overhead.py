@@ -8,37 +8,18 @@ for per-chunk costs: every chunk is one message). Reads the server's CPU time fr
 from __future__ import annotations
 
 import argparse
-import os
-import re
 import statistics
-import subprocess
-import sys
 
 import gevent
 
 from geventchat import ChatClient
-
-TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as stat:
-        fields = stat.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS  # utime + stime
+from geventchat.testing import QUIET, ServerProcess, cpu_seconds
 
 
 def one_run(metrics: bool, connections: int, requests: int) -> float:
     """Server CPU microseconds per reply."""
-    args = [sys.executable, "-m", "geventchat", "--port", "0", "--stats-interval", "0"]
-    if metrics:
-        args += ["--metrics-port", "0"]
-    server = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    try:
-        assert server.stdout is not None
-        match = re.search(r"listening on ([\d.]+):(\d+)", server.stdout.readline())
-        assert match is not None
-        address = (match.group(1), int(match.group(2)))
-        clients = [ChatClient.connect(*address, idle_timeout=60) for _ in range(connections)]
+    with ServerProcess(*QUIET, *(["--metrics-port", "0"] if metrics else [])) as server:
+        clients = [ChatClient.connect(*server.address, idle_timeout=60) for _ in range(connections)]
         before = cpu_seconds(server.pid)
 
         def talk(client: ChatClient) -> None:
@@ -50,9 +31,6 @@ def one_run(metrics: bool, connections: int, requests: int) -> float:
         for client in clients:
             client.close()
         return used / (connections * requests) * 1e6
-    finally:
-        server.terminate()
-        server.wait(10)
 
 
 def main() -> None:

@@ -17,6 +17,7 @@ import socket
 import sys
 from collections.abc import Callable
 
+from geventchat._listening import format_listening_line
 from geventchat.config import DEFAULT_GREETING, DEFAULT_PREFIX, ProtocolConfig
 from geventchat.protocol import BYE_PREFIX, CloseReason
 
@@ -247,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
     host, port = sock.getsockname()[:2]
 
     def ready() -> None:
-        print(f"{args.name} listening on {host}:{port}", flush=True)
+        print(format_listening_line((host, port), name=args.name), flush=True)
 
     try:
         serve(args.name, sock, ready)

@@ -6,11 +6,9 @@ Raw results go to ``benchmarks/results/<date>.json``; :mod:`benchmarks.report` t
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import select
-import signal
 import subprocess
 import sys
 import time
@@ -18,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .procstats import descendants, pss_bytes, rss_bytes
+from geventchat.testing import ServerExited, ServerProcess, WaitTimedOut, descendants, pss_bytes, rss_bytes, summed
 
 _CPUS = sorted(os.sched_getaffinity(0))
 #: The server's core and the load generator's; ``None`` (no pinning) on a machine with one usable CPU.
@@ -33,7 +31,8 @@ class BenchmarkError(Exception):
 
 @dataclass(frozen=True)
 class ServerSpec:
-    """How to start one server under test. ``command`` must print ``... listening on HOST:PORT`` when ready."""
+    """How to start one server under test. ``command`` must print ``NAME listening on HOST:PORT`` on stdout when
+    ready (:func:`geventchat.testing.format_listening_line`)."""
 
     name: str
     command: tuple[str, ...]
@@ -136,36 +135,27 @@ class Settings:
 
 
 class RunningServer:
-    """A server process in its own session (so its whole tree can be killed), pinned if asked."""
+    """A server process in its own session (so its whole tree can be killed), pinned if asked.
+
+    The runner is gevent-free (it only starts processes and reads pipes): its waits sleep plainly."""
 
     def __init__(self, spec: ServerSpec) -> None:
         self.spec = spec
-        cpu = {SERVER_CPU} if spec.pinned and SERVER_CPU is not None else None
-        self.process = subprocess.Popen(
-            spec.command,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            text=True,
-            start_new_session=True,
-            preexec_fn=(lambda: os.sched_setaffinity(0, cpu)) if cpu else None,  # noqa: PLW1509
-        )
-        assert self.process.stdout is not None
-        ready, _, _ = select.select([self.process.stdout], [], [], 30)
-        line = self.process.stdout.readline() if ready else ""
-        if "listening on" not in line:
-            self.stop()
-            raise BenchmarkError(f"{spec.name} did not start (said {line!r})")
-        self.port = int(line.rsplit(":", 1)[1])
+        cpus = {SERVER_CPU} if spec.pinned and SERVER_CPU is not None else None
+        try:
+            self.process = ServerProcess(
+                command=spec.command, name=None, start_timeout=30, cpus=cpus, new_session=True, use_gevent=False
+            )
+        except (ServerExited, WaitTimedOut) as exc:
+            raise BenchmarkError(f"{spec.name} did not start: {exc}") from exc
+        self.port = self.process.port
         self.pid = self.process.pid
 
     def memory(self) -> int:
-        pids = descendants(self.pid)
-        return pss_bytes(pids) if self.spec.forks else rss_bytes(pids)
+        return summed(pss_bytes if self.spec.forks else rss_bytes, descendants(self.pid))
 
     def stop(self) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGKILL)
-        self.process.wait(10)
+        self.process.kill()
 
 
 def loadgen(mode: str, server: RunningServer, *args: str, timeout: float = 300) -> dict[str, Any]:

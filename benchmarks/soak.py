@@ -9,28 +9,16 @@ SECONDS, and prints open fds, live greenlets and RSS at every report interval, t
 from __future__ import annotations
 
 import argparse
-import gc
-import os
 import time
 
 import gevent
-import greenlet
 
 from geventchat import ChatClient, ChatServer, ServerConfig
-
-
-def open_fds() -> int:
-    return len(os.listdir("/proc/self/fd"))
+from geventchat.testing import live_greenlets, open_fds, rss_bytes
 
 
 def rss_kib() -> int:
-    with open("/proc/self/statm") as statm:
-        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") // 1024
-
-
-def live_greenlets() -> int:
-    gc.collect()
-    return sum(1 for obj in gc.get_objects() if isinstance(obj, greenlet.greenlet) and not obj.dead)
+    return rss_bytes() // 1024
 
 
 def main() -> None:

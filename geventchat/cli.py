@@ -161,9 +161,9 @@ def _tune_gc(args: argparse.Namespace) -> None:
 
 
 def _announce(address: tuple[str, int]) -> None:
-    host, port = address
-    shown = f"[{host}]" if ":" in host else host
-    print(f"geventchat listening on {shown}:{port}", flush=True)
+    from ._listening import format_listening_line
+
+    print(format_listening_line(address), flush=True)
 
 
 def _cannot_listen(config: ServerConfig, exc: OSError) -> int:

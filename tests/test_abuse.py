@@ -9,7 +9,6 @@ from __future__ import annotations
 import errno
 import re
 import time
-from pathlib import Path
 
 import gevent
 import gevent.event
@@ -20,18 +19,9 @@ from gevent.socket import wait_read
 
 from geventchat import ChatClient
 from geventchat.config import DEFAULT_GREETING, DEFAULT_PREFIX
+from geventchat.testing import QUIET, ServerProcess, WaitTimedOut, wait_until
 
-from .faultkit import (
-    WaitTimedOut,
-    fresh_client_works,
-    metric,
-    raw_connect,
-    read_line,
-    read_until_closed,
-    scrape,
-    server_process,
-    wait_until,
-)
+from .faultkit import fresh_client_works, metric, raw_connect, read_line, read_until_closed, scrape
 
 GREETING = (DEFAULT_GREETING + "\n").encode()
 PREFIX = DEFAULT_PREFIX.encode()
@@ -48,8 +38,8 @@ def no_tracebacks(stderr: str) -> None:
     assert "Traceback" not in stderr and "internal error" not in stderr, stderr[-2000:]
 
 
-def test_slowloris_does_not_starve_legitimate_clients(tmp_path: Path) -> None:
-    with server_process(tmp_path, "--linger", "0.5", "--max-connections", "5000") as server:
+def test_slowloris_does_not_starve_legitimate_clients() -> None:
+    with ServerProcess(*QUIET, "--linger", "0.5", "--max-connections", "5000") as server:
         fds = server.fds()
         outcomes: list[tuple[bytes, float]] = []
         handshaken = gevent.event.Event()
@@ -101,7 +91,7 @@ def test_slowloris_does_not_starve_legitimate_clients(tmp_path: Path) -> None:
         assert closed_after[-1] < TRICKLE_IDLE + 4
         wait_until(lambda: server.fds() == fds, timeout=10)
         assert fresh_client_works(server.address)
-        no_tracebacks(server.stderr())
+        no_tracebacks(server.stderr_text())
 
 
 #: Slow readers: clients that send line after line and never read a reply.
@@ -111,10 +101,11 @@ SLOW_READER_CAP = 1 << 30  # bytes each may try to send (the lingering close dra
 SLOW_READER_RSS_BOUND = 2 << 20  # server memory per slow reader
 
 
-def test_slow_readers_are_bounded_and_closed_at_their_idle_timeout(tmp_path: Path) -> None:
+def test_slow_readers_are_bounded_and_closed_at_their_idle_timeout() -> None:
     args = ("--linger", "0.5", "--metrics-port", "0")
-    with server_process(tmp_path, *args) as server:
-        assert server.metrics_address is not None
+    with ServerProcess(*QUIET, *args) as server:
+        metrics_address = server.metrics_address()
+        assert metrics_address is not None
         fds = server.fds()
         assert fresh_client_works(server.address)  # also warms up the code paths before measuring memory
         rss = server.rss()
@@ -149,7 +140,7 @@ def test_slow_readers_are_bounded_and_closed_at_their_idle_timeout(tmp_path: Pat
         assert all(f.dead for f in floods), "slow readers were not closed"
         assert elapsed < SLOW_READER_IDLE + 5, f"closed only after {elapsed:.1f}s"
         gevent.joinall(floods, raise_error=True)
-        samples = scrape(server.metrics_address)
+        samples = scrape(metrics_address)
         reached = sum(data.count(b"\n") - 1 for data in unread)
         print(
             f"slow readers: {SLOW_READERS} sent {sum(sent) >> 20} MiB in total without reading; all closed after "
@@ -172,7 +163,7 @@ def test_slow_readers_are_bounded_and_closed_at_their_idle_timeout(tmp_path: Pat
         assert metric(samples, "geventchat_connections_closed_total", reason="idle timeout") == SLOW_READERS
         wait_until(lambda: server.fds() == fds, timeout=10)
         assert fresh_client_works(server.address)
-        no_tracebacks(server.stderr())
+        no_tracebacks(server.stderr_text())
 
 
 #: Flood: connections opened at once against a server capped at FLOOD_CAP.
@@ -181,8 +172,8 @@ FLOOD_CAP = 50
 FLOOD_HELD = 10
 
 
-def test_connection_flood_above_max_connections(tmp_path: Path) -> None:
-    with server_process(tmp_path, "--max-connections", str(FLOOD_CAP), "--linger", "0.5") as server:
+def test_connection_flood_above_max_connections() -> None:
+    with ServerProcess(*QUIET, "--max-connections", str(FLOOD_CAP), "--linger", "0.5") as server:
         fds = server.fds()
         held = [ChatClient.connect(*server.address, idle_timeout=60) for _ in range(FLOOD_HELD)]
         first_lines: list[bytes] = []
@@ -210,7 +201,7 @@ def test_connection_flood_above_max_connections(tmp_path: Path) -> None:
             client.quit()
         wait_until(lambda: server.fds() == fds, timeout=10)
         assert fresh_client_works(server.address)
-        stderr = server.stderr()
+        stderr = server.stderr_text()
         assert stderr.count("rejecting new clients with 'bye: server full'") == 1, stderr
         assert stderr.count("accepting clients again") == 1, stderr
         no_tracebacks(stderr)
@@ -221,14 +212,14 @@ EMFILE_NOFILE = 128
 EMFILE_FLOOD = 300
 
 
-def test_open_file_exhaustion_is_logged_once_and_recovers(tmp_path: Path) -> None:
+def test_open_file_exhaustion_is_logged_once_and_recovers() -> None:
     # A connection cap far above the fd limit, so accept() itself runs out of files.
     args = ("--max-connections", "1000", "--linger", "0.5", "--backlog", "1024")
-    with server_process(tmp_path, *args, nofile=EMFILE_NOFILE) as server:
+    with ServerProcess(*QUIET, *args, nofile=EMFILE_NOFILE) as server:
         fds = server.fds()
         held = [ChatClient.connect(*server.address, idle_timeout=60) for _ in range(5)]
         flood_socks = [raw_connect(server.address) for _ in range(EMFILE_FLOOD)]
-        wait_until(lambda: "accept failed" in server.stderr(), timeout=10)
+        wait_until(lambda: "accept failed" in server.stderr_text(), timeout=10)
         exhausted_fds = server.fds()
         # Hold the exhaustion while the accept back-off retries (after 0.05, 0.1, 0.2, 0.4, 0.8 s ...): nothing
         # announces a retry (that is the point: one log line), so this is a fixed wait, and the recovery line's
@@ -242,7 +233,7 @@ def test_open_file_exhaustion_is_logged_once_and_recovers(tmp_path: Path) -> Non
         for client in held:
             client.quit()
         wait_until(lambda: server.fds() == fds, timeout=15)
-        stderr = server.stderr()
+        stderr = server.stderr_text()
         recovered = re.search(r"accepting again after (\d+) failed accepts", stderr)
         assert recovered is not None, stderr
         failed_accepts = int(recovered.group(1))
@@ -263,8 +254,8 @@ SHUTDOWN_CLIENTS = 50
 SHUTDOWN_BURST = 20
 
 
-def test_graceful_shutdown_under_load_answers_every_accepted_message(tmp_path: Path) -> None:
-    with server_process(tmp_path, "--grace", "5", "--linger", "1") as server:
+def test_graceful_shutdown_under_load_answers_every_accepted_message() -> None:
+    with ServerProcess(*QUIET, "--grace", "5", "--linger", "1") as server:
         received: dict[int, bytearray] = {}
         replies_seen = [0]
         busy = gevent.event.Event()
@@ -308,9 +299,9 @@ def test_graceful_shutdown_under_load_answers_every_accepted_message(tmp_path: P
 
         clients = [gevent.spawn(converse, cid) for cid in range(SHUTDOWN_CLIENTS)]
         assert busy.wait(20), "the clients never got going"
-        code = server.terminate(timeout=20)
+        code = server.stop(timeout=20)
         gevent.joinall(clients, timeout=20, raise_error=True)
-        assert code == 0, server.stderr()
+        assert code == 0, server.stderr_text()
         answered = 0
         for cid, data in received.items():
             assert data.endswith(b"\n"), f"client {cid}: cut mid-line: {bytes(data[-60:])!r}"
@@ -323,7 +314,7 @@ def test_graceful_shutdown_under_load_answers_every_accepted_message(tmp_path: P
             assert replies == [PREFIX + f"c{cid}-{seq}".encode() for seq in range(len(replies))]
             answered += len(replies)
         print(f"shutdown: {SHUTDOWN_CLIENTS} pipelining clients, {answered} replies, all before the bye; exit {code}")
-        no_tracebacks(server.stderr())
+        no_tracebacks(server.stderr_text())
 
 
 def test_bounded_waits_raise_our_exception_not_a_raw_timeout() -> None:

@@ -12,8 +12,7 @@ import pytest
 
 from geventchat.client import ChatClient, ClosedByServer
 from geventchat.config import DEFAULT_PORT, ServerConfig
-
-from .conftest import ServerProcess
+from geventchat.testing import ServerProcess
 
 
 def geventchat(*args: str) -> subprocess.CompletedProcess[str]:
@@ -79,7 +78,7 @@ def test_sigterm_says_bye_to_every_client_and_exits_0(server_process: Callable[.
             reasons.append(closed.reason)
         client.close()
     assert reasons == ["server shutting down"] * 10
-    code, err = server.wait_for_exit()
+    code, err = server.wait(timeout=10), server.stderr_text()
     assert code == 0, err
     assert "shutting down" in err
 
@@ -93,7 +92,7 @@ def test_second_signal_exits_at_once(server_process: Callable[..., ServerProcess
         client.receive(timeout=5)
     assert bye.value.reason == "server shutting down"
     server.proc.send_signal(signal.SIGINT)
-    code, err = server.wait_for_exit(timeout=5)  # far less than the 30 s grace
+    code, err = server.wait(timeout=5), server.stderr_text()  # far less than the 30 s grace
     assert code == 1 and "second signal" in err
     client.close()
 
@@ -144,7 +143,7 @@ def test_one_sigint_shuts_down_gracefully_and_exits_0(server_process: Callable[.
         client.receive(timeout=5)
     assert bye.value.reason == "server shutting down"
     client.close()  # leaving at once: the shutdown need not wait out the grace period
-    code, err = server.wait_for_exit(timeout=10)
+    code, err = server.wait(timeout=10), server.stderr_text()
     assert code == 0, err
     assert "SIGINT: shutting down" in err and "stopped" in err
     assert "KeyboardInterrupt" not in err and "second signal" not in err

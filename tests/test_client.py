@@ -14,8 +14,7 @@ from gevent.socket import socket as GeventSocket
 
 from geventchat.client import ChatClient, ClosedByServer, ConnectionRefused, ConnectTimeout, ReplyTimeout
 from geventchat.config import Framing
-
-from .conftest import ServerProcess
+from geventchat.testing import ServerProcess
 
 PREFIX = "我收到了你的信息:"
 TUTORIAL_GREETING = "你好,我是服务器~"

@@ -12,8 +12,8 @@ import pytest
 from gevent.socket import wait_read
 
 from geventchat.config import DEFAULT_GREETING, Framing
+from geventchat.testing import ServerProcess
 
-from .conftest import ServerProcess
 from .test_client import PREFIX, TUTORIAL_GREETING, HoldingServer
 
 #: Ctrl-D at the start of a line: the terminal ends the input (read() returns nothing).

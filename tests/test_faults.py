@@ -16,20 +16,9 @@ from gevent.socket import socket as GeventSocket
 import geventchat.server
 from geventchat import ChatClient, ChatServer, ClosedByServer, Framing, ProtocolConfig
 from geventchat.config import DEFAULT_GREETING, DEFAULT_PREFIX
+from geventchat.testing import live_greenlets, open_fds, rss_bytes, wait_until
 
-from .faultkit import (
-    fresh_client_works,
-    live_greenlets,
-    open_fds,
-    quiet,
-    raw_connect,
-    read_line,
-    read_until_closed,
-    reset_close,
-    rss_bytes,
-    serving,
-    wait_until,
-)
+from .faultkit import fresh_client_works, quiet, raw_connect, read_line, read_until_closed, reset_close, serving
 
 GREETING = (DEFAULT_GREETING + "\n").encode()
 PREFIX = DEFAULT_PREFIX.encode()

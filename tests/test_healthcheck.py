@@ -8,8 +8,7 @@ import sys
 from collections.abc import Callable
 
 from geventchat.client import ChatClient
-
-from .conftest import ServerProcess
+from geventchat.testing import ServerProcess
 
 
 def healthcheck(*args: str) -> subprocess.CompletedProcess[str]:
@@ -24,7 +23,7 @@ def test_healthy_with_and_without_the_proxy_protocol(server_process: Callable[..
         result = healthcheck(server.host, str(server.port))
         assert result.returncode == 0, (args, result.stderr)
         # The check left nothing behind that the server counts as a misconfigured load balancer.
-        code, err = server.terminate_and_wait()
+        code, err = server.stop(), server.stderr_text()
         assert code == 0 and "invalid PROXY protocol header" not in err
 
 

@@ -13,8 +13,9 @@ from geventchat.histogram import LatencyHistogram
 from geventchat.metrics import StatsCollector
 from geventchat.protocol import ErrorNotice
 from geventchat.server import ServerStats
+from geventchat.testing import WaitTimedOut, wait_until
 
-from .faultkit import WaitTimedOut, metric, quiet, raw_connect, read_line, reset_close, scrape, serving, wait_until
+from .faultkit import metric, quiet, raw_connect, read_line, reset_close, scrape, serving
 
 
 def test_metrics_follow_connections_messages_and_closes() -> None:

@@ -17,7 +17,7 @@ from geventchat import ChatClient, ClosedByServer, ConnectTimeout, Framing, Repl
 from geventchat.config import DEFAULT_GREETING, DEFAULT_PREFIX
 from geventchat.models import MODELS
 from geventchat.protocol import ClientConversation, ErrorNotice
-from tests.watched_server import WatchedServer
+from geventchat.testing import ServerProcess
 
 HOST = "127.0.0.1"
 # Short waits so the whole module runs in seconds; generous deadlines so a loaded machine does not fail it.
@@ -25,14 +25,8 @@ COMMON = ["--port", "0", "--min-timeout", "0.1", "--default-timeout", "5", "--ma
 COMMON += ["--grace", "2", "--stats-interval", "0", "--handshake-timeout", "0.6"]
 
 
-def start(model: str, *extra: str) -> WatchedServer:
-    server = WatchedServer(["--model", model, *COMMON, *extra])
-    try:
-        server.wait_listening()
-    except BaseException:
-        server.close()
-        raise
-    return server
+def start(model: str, *extra: str) -> ServerProcess:
+    return ServerProcess("--model", model, *COMMON, *extra)
 
 
 def connect(port: int, idle_timeout: float | None = 5.0, **kwargs: object) -> ChatClient:
@@ -45,14 +39,14 @@ def model(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture(scope="module")
-def served(model: str) -> Iterator[WatchedServer]:
+def served(model: str) -> Iterator[ServerProcess]:
     """One server per model for the conversation cases (each test closes its clients: iterative serves one)."""
     with start(model) as server:
         yield server
 
 
 @pytest.fixture
-def port(served: WatchedServer) -> int:
+def port(served: ServerProcess) -> int:
     return served.port
 
 

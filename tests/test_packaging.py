@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from .watched_server import WatchedServer
+from geventchat.testing import ServerProcess
 
 ROOT = Path(__file__).resolve().parent.parent
 # Top-level packages of this repository: imports of these are ours, not dependencies.
@@ -154,7 +154,7 @@ def test_metrics_port_without_prometheus_client_is_one_line_and_exit_2(workers: 
 
 
 def test_without_prometheus_client_the_server_still_runs_when_metrics_are_off() -> None:
-    with WatchedServer(["--port", "0", "--stats-interval", "0"], code=REFUSE_PROMETHEUS) as server:
+    with ServerProcess("--port", "0", "--stats-interval", "0", code=REFUSE_PROMETHEUS, wait=False) as server:
         server.wait_for("^prometheus_client refused$", stream="stdout")
         server.wait_listening()
         server.send_signal()

@@ -8,8 +8,9 @@ import pytest
 
 from geventchat import ClosedByServer
 from geventchat.protocol import escape_controls
+from geventchat.testing import wait_until
 
-from .faultkit import quiet, raw_connect, read_line, read_until_closed, serving, wait_until
+from .faultkit import quiet, raw_connect, read_line, read_until_closed, serving
 
 HOSTILE = b"\x1b[2J\x1b]0;pwned\x07\rline\x00\x7f\xc2\x9b"  # clear screen, set title, bell, CR, NUL, DEL, C1 CSI
 

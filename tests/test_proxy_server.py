@@ -14,8 +14,8 @@ from gevent.socket import socket as GeventSocket
 
 from geventchat.proxy_protocol import V2_SIGNATURE
 from geventchat.server import ChatServer
+from geventchat.testing import wait_until
 
-from .conftest import wait_until
 from .test_cli import geventchat
 from .test_tls import pki  # noqa: F401  (the fixture)
 

@@ -18,8 +18,7 @@ from geventchat.client import ChatClient, ClosedByServer, ConnectionReset, Reply
 from geventchat.config import Framing
 from geventchat.protocol import ErrorNotice
 from geventchat.server import ChatServer
-
-from .conftest import wait_until
+from geventchat.testing import wait_until
 
 PREFIX = "我收到了你的信息:"
 StartServer = Callable[..., ChatServer]

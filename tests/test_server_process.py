@@ -12,9 +12,7 @@ import pytest
 
 from geventchat.client import ChatClient, ClosedByServer
 from geventchat.config import DEFAULT_GREETING, DEFAULT_PREFIX
-
-from .conftest import ServerProcess
-from .watched_server import WatchedServer
+from geventchat.testing import ServerProcess
 
 StartProcess = Callable[..., ServerProcess]
 GREETING = (DEFAULT_GREETING + "\n").encode()
@@ -154,8 +152,8 @@ def test_a_client_that_never_closes_after_a_bye_is_let_go_after_the_linger(serve
 
 @pytest.mark.skipif(not has_ipv6_loopback(), reason="this machine has no IPv6 loopback (::1)")
 def test_listening_line_for_an_ipv6_host_is_parseable_and_connectable() -> None:
-    with WatchedServer(["--host", "::1", "--port", "0", "--stats-interval", "0"]) as server:
-        port = server.wait_listening()
+    with ServerProcess("--host", "::1", "--port", "0", "--stats-interval", "0") as server:
+        port = server.port
         # Brackets around the address, as in a URL, so the last colon is the port's.
         assert server.stdout[0] == f"geventchat listening on [::1]:{port}"
         with socket.create_connection(("::1", port), timeout=10) as sock:

@@ -18,9 +18,10 @@ from cryptography.x509.oid import NameOID
 
 from geventchat import ChatClient, ClosedByServer
 from geventchat.client import TLSHandshakeFailed
+from geventchat.testing import QUIET, ServerProcess, open_fds, wait_until
 from geventchat.tls import client_context
 
-from .faultkit import fresh_client_works, open_fds, quiet, raw_connect, read_until_closed, serving, wait_until
+from .faultkit import fresh_client_works, quiet, raw_connect, read_until_closed, serving
 
 
 def _name(common: str) -> x509.Name:
@@ -159,10 +160,8 @@ def test_tls_client_against_a_plain_server_fails_clearly() -> None:
         ChatClient.connect(*server.address, tls=client_context(), connect_timeout=5)
 
 
-def test_command_line_tls_options(pki: dict[str, str], tmp_path: Path) -> None:
-    from .faultkit import server_process
-
-    with server_process(tmp_path, "--tls-cert", pki["cert"], "--tls-key", pki["key"]) as server:
+def test_command_line_tls_options(pki: dict[str, str]) -> None:
+    with ServerProcess(*QUIET, "--tls-cert", pki["cert"], "--tls-key", pki["key"]) as server:
         host, port = server.address
         command = [sys.executable, "-m", "geventchat", "client", "--host", host, "--port", str(port)]
         done = gevent.subprocess.run(
@@ -175,4 +174,4 @@ def test_command_line_tls_options(pki: dict[str, str], tmp_path: Path) -> None:
         )
         assert refused.returncode == 1
         assert b"certificate verify failed" in refused.stderr
-        assert server.terminate() == 0
+        assert server.stop() == 0

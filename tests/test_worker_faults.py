@@ -13,9 +13,9 @@ import gevent
 import gevent.event
 
 from geventchat import ChatClient, ChatClientError
-from tests.watched_server import WatchedServer
+from geventchat.testing import ServerProcess, wait_until
 
-from .faultkit import metric, scrape, wait_until
+from .faultkit import metric, scrape
 
 HOST = "127.0.0.1"
 ARGS = ["--workers", "2", "--port", "0", "--log-level", "DEBUG", "--stats-interval", "0", "--linger", "0.5"]
@@ -26,28 +26,14 @@ LOAD_CLIENTS = 40
 AFTER_RESTART = 20
 
 
-def stderr_match(server: WatchedServer, pattern: str, start: int = 0) -> re.Match[str] | None:
-    regex = re.compile(pattern)
-    return next((m for line in server.stderr[start:] if (m := regex.search(line))), None)
-
-
-def wait_for_line(server: WatchedServer, pattern: str, start: int = 0, timeout: float = 15.0) -> re.Match[str]:
-    """Like WatchedServer.wait_for, but yields to gevent while it waits, so the load keeps running."""
-    wait_until(lambda: stderr_match(server, pattern, start) is not None, timeout=timeout)
-    match = stderr_match(server, pattern, start)
-    assert match is not None
-    return match
-
-
-def worker_of(server: WatchedServer, client: ChatClient) -> int:
+def worker_of(server: ServerProcess, client: ChatClient) -> int:
     local_port = client.sock.getsockname()[1]
-    return int(wait_for_line(server, rf"geventchat\.server\[(\d+)\]: 127\.0\.0\.1:{local_port} connected").group(1))
+    return int(server.wait_for(rf"geventchat\.server\[(\d+)\]: 127\.0\.0\.1:{local_port} connected").group(1))
 
 
 def test_sigkill_one_worker_under_load() -> None:
-    with WatchedServer(ARGS) as server:
-        server.wait_listening()
-        workers = {int(pid) for pid in wait_for_line(server, READY.pattern).groups()}
+    with ServerProcess(*ARGS) as server:
+        workers = {int(pid) for pid in server.wait_for(READY.pattern).groups()}
         clients = [ChatClient.connect(HOST, server.port, idle_timeout=30, reply_timeout=5) for _ in range(LOAD_CLIENTS)]
         served_by = {id(client): worker_of(server, client) for client in clients}
         assert set(served_by.values()) == workers  # 40 connections over 2 workers (a miss has odds of 2**-39)
@@ -72,10 +58,10 @@ def test_sigkill_one_worker_under_load() -> None:
         mark = len(server.stderr)
         os.kill(victim, signal.SIGKILL)
         killed_at = time.monotonic()
-        crash = wait_for_line(server, rf"worker (\d) \(pid {victim}\) was killed by SIGKILL.*restarting it in", mark)
+        crash = server.wait_for(rf"worker (\d) \(pid {victim}\) was killed by SIGKILL.*restarting it in", start=mark)
         index = crash.group(1)
-        replacement = int(wait_for_line(server, rf"worker {index} started \(pid (\d+)\)", mark).group(1))
-        wait_for_line(server, rf"worker {index} \(pid {replacement}\) is listening", mark)
+        replacement = int(server.wait_for(rf"worker {index} started \(pid (\d+)\)", start=mark).group(1))
+        server.wait_for(rf"worker {index} \(pid {replacement}\) is listening", start=mark)
         restarted_after = time.monotonic() - killed_at
 
         survivors = [c for c in clients if served_by[id(c)] != victim]
@@ -107,11 +93,10 @@ def test_sigkill_one_worker_under_load() -> None:
 
 
 def test_each_worker_serves_its_own_labelled_metrics() -> None:
-    with WatchedServer([*ARGS, "--metrics-port", "0"]) as server:
-        server.wait_listening()
+    with ServerProcess(*ARGS, "--metrics-port", "0") as server:
         endpoints = {}
         for index in ("0", "1"):
-            found = wait_for_line(server, rf"worker {index}: metrics on http://([\d.]+):(\d+)/metrics")
+            found = server.wait_for(rf"worker {index}: metrics on http://([\d.]+):(\d+)/metrics")
             endpoints[index] = (found.group(1), int(found.group(2)))
         clients = [ChatClient.connect(HOST, server.port, idle_timeout=30) for _ in range(20)]
         for client in clients:

@@ -13,8 +13,8 @@ import signal
 import pytest
 
 from geventchat import ChatClient, ClosedByServer, ConnectionReset
+from geventchat.testing import ServerProcess
 from geventchat.workers import resolve_worker_count
-from tests.watched_server import WatchedServer
 
 HOST = "127.0.0.1"
 ARGS = ["--workers", "2", "--port", "0", "--log-level", "DEBUG", "--stats-interval", "0", "--linger", "0.5"]
@@ -26,21 +26,15 @@ def connect(port: int) -> ChatClient:
     return ChatClient.connect(HOST, port, idle_timeout=30, connect_timeout=5, reply_timeout=5)
 
 
-def worker_of(server: WatchedServer, client: ChatClient) -> int:
+def worker_of(server: ServerProcess, client: ChatClient) -> int:
     """The pid of the worker serving ``client`` (from its 'connected' debug line)."""
     local_port = client.sock.getsockname()[1]
     match = server.wait_for(rf"geventchat\.server\[(\d+)\]: 127\.0\.0\.1:{local_port} connected")
     return int(match.group(1))
 
 
-def start_workers(*extra: str, code: str | None = None) -> WatchedServer:
-    server = WatchedServer([*ARGS, *extra], code=code)
-    try:
-        server.wait_listening()
-    except BaseException:
-        server.close()
-        raise
-    return server
+def start_workers(*extra: str, code: str | None = None) -> ServerProcess:
+    return ServerProcess(*ARGS, *extra, code=code)
 
 
 def test_worker_count_zero_means_one_per_cpu() -> None:
@@ -124,7 +118,7 @@ raise SystemExit(cli.main(sys.argv[1:]))
 
 
 def test_workers_that_keep_crashing_make_the_supervisor_exit_non_zero() -> None:
-    with WatchedServer(ARGS, code=CRASH_AT_START) as server:
+    with ServerProcess(*ARGS, code=CRASH_AT_START, wait=False) as server:
         assert server.wait(30) != 0
         assert not any("listening on" in line for line in server.stdout)
         assert any(re.search(r"worker crashes within .*giving up", line) for line in server.stderr)
@@ -133,7 +127,7 @@ def test_workers_that_keep_crashing_make_the_supervisor_exit_non_zero() -> None:
 
 
 def test_workers_refused_for_other_models() -> None:
-    with WatchedServer(["--model", "thread", "--workers", "2", "--port", "0"]) as server:
+    with ServerProcess("--model", "thread", "--workers", "2", "--port", "0", wait=False) as server:
         assert server.wait(15) == 2
         assert any("--workers applies to the gevent model only" in line for line in server.stderr)
 
