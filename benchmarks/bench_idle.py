@@ -24,21 +24,20 @@ import threading
 import time
 from pathlib import Path
 
+from geventchat.testing import ServerProcess, rss_bytes
+
 ROOT = Path(__file__).resolve().parent.parent
 #: The load tester users run.
 LOCUSTFILE = ROOT / "loadtest" / "locustfile.py"
-LISTENING = re.compile(r"geventchat listening on (\S+):(\d+)")
 CURRENT = re.compile(r"connections (\d+) current")
 
 
 def rss_kib(pid: int) -> int:
     """Resident set size of one process, in KiB (0 if it is gone)."""
     try:
-        status = Path(f"/proc/{pid}/status").read_text()
+        return rss_bytes(pid) // 1024
     except OSError:
         return 0
-    match = re.search(r"VmRSS:\s+(\d+) kB", status)
-    return int(match.group(1)) if match else 0
 
 
 def main() -> None:
@@ -52,29 +51,22 @@ def main() -> None:
     parser.add_argument("--sources", default="127.0.0.1-127.0.0.8", help="--gc-source-addresses")
     args = parser.parse_args()
 
-    server = subprocess.Popen(
-        [sys.executable, "-m", "geventchat", "--port", "0", "--stats-interval", "2"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=ROOT,
-    )
-    assert server.stdout is not None and server.stderr is not None
-    match = LISTENING.search(server.stdout.readline())
-    if match is None:
-        server.kill()
-        raise SystemExit("the server did not start")
-    address = f"{match.group(1)}:{match.group(2)}"
+    server = ServerProcess("--port", "0", "--stats-interval", "2", use_gevent=False)
+    address = f"{server.host}:{server.port}"
     peak = [0]
     server_rss = [0]
-    stderr = server.stderr
 
     def watch_server() -> None:
-        for line in stderr:
-            found = CURRENT.search(line)
-            if found:
-                peak[0] = max(peak[0], int(found.group(1)))
-                server_rss[0] = max(server_rss[0], rss_kib(server.pid))
+        seen = 0
+        while server.proc.poll() is None:
+            lines = server.stderr
+            for line in lines[seen:]:
+                found = CURRENT.search(line)
+                if found:
+                    peak[0] = max(peak[0], int(found.group(1)))
+                    server_rss[0] = max(server_rss[0], rss_kib(server.pid))
+            seen = len(lines)
+            time.sleep(0.5)
 
     threading.Thread(target=watch_server, daemon=True).start()
     run_time = args.users // args.spawn_rate + args.hold
@@ -121,8 +113,7 @@ def main() -> None:
         stats = {row["Name"]: row for row in csv.DictReader(Path(f"{prefix}_stats.csv").read_text().splitlines())}
         failures_file = Path(f"{prefix}_failures.csv")
         failures = list(csv.DictReader(failures_file.read_text().splitlines())) if failures_file.exists() else []
-    server.terminate()
-    server.wait(timeout=60)
+    server.stop(timeout=60)
 
     print(
         f"locust exit code {locust.returncode}; {args.users} IdleUsers over {args.processes} processes, "

@@ -17,36 +17,24 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import statistics
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
+from geventchat.testing import QUIET, ServerProcess
+
 ROOT = Path(__file__).resolve().parent.parent
 #: The load tester users run, and the bare-bones baseline next to this file.
 LOCUSTFILE = ROOT / "loadtest" / "locustfile.py"
 BARE_LOCUSTFILE = Path(__file__).resolve().parent / "bare_locustfile.py"
-LISTENING = re.compile(r"geventchat listening on (\S+):(\d+)")
 
 
-def start_server(cpu: int) -> tuple[subprocess.Popen[str], str]:
+def start_server(cpu: int) -> tuple[ServerProcess, str]:
     """A geventchat server on a free port, pinned to ``cpu``; returns it and ``HOST:PORT``."""
-    server = subprocess.Popen(
-        [sys.executable, "-m", "geventchat", "--port", "0", "--stats-interval", "0", "--log-level", "WARNING"],
-        stdout=subprocess.PIPE,
-        text=True,
-        cwd=ROOT,
-    )
-    os.sched_setaffinity(server.pid, {cpu})
-    assert server.stdout is not None
-    line = server.stdout.readline()
-    match = LISTENING.search(line)
-    if match is None:
-        server.kill()
-        raise SystemExit(f"the server did not start: {line!r}")
-    return server, f"{match.group(1)}:{match.group(2)}"
+    server = ServerProcess(*QUIET, "--log-level", "WARNING", cpus={cpu}, use_gevent=False)
+    return server, f"{server.host}:{server.port}"
 
 
 def run_locust(
@@ -112,8 +100,7 @@ def main() -> None:
                     flush=True,
                 )
     finally:
-        server.terminate()
-        server.wait(timeout=30)
+        server.stop(timeout=30)
 
     def median(results: list[dict[str, Any]], key: str) -> float:
         return statistics.median(float(r[key]) for r in results)
