@@ -174,6 +174,16 @@ def test_dockerfile_is_slim_non_root_single_image_with_a_healthcheck() -> None:
     assert extras is not None and "loadtest" in extras.group(1).split(",")
     ignored = (ROOT / ".dockerignore").read_text().split()
     assert {"!geventchat/", "!loadtest/", "!pyproject.toml"} <= set(ignored)
+    # What the build reads besides the package (readme, license-files) reaches the build stage.
+    pyproject = (ROOT / "pyproject.toml").read_text()  # (tomllib is 3.11+; the project supports 3.10)
+    readme = re.search(r'^readme = "([^"]+)"$', pyproject, re.MULTILINE)
+    licenses = re.search(r"^license-files = \[(.*)\]$", pyproject, re.MULTILINE)
+    assert readme is not None and licenses is not None
+    build_reads = {readme.group(1), *json.loads(f"[{licenses.group(1)}]")}
+    assert build_reads == {"README.md", "LICENSE"}
+    copied = re.search(r"^COPY ((?:\S+ )+)\./$", dockerfile.split("\nFROM ", 2)[1], re.MULTILINE)
+    assert copied is not None and build_reads <= set(copied.group(1).split())
+    assert {f"!{name}" for name in build_reads} <= set(ignored)
 
 
 # -------------------------------------------------------------------------- what compose promises an operator
