@@ -5,7 +5,8 @@
 FROM python:3.11-slim AS build
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
 WORKDIR /src
-COPY pyproject.toml README.md ./
+# LICENSE: pyproject.toml names it in license-files, and the build fails without it.
+COPY pyproject.toml README.md LICENSE ./
 COPY geventchat ./geventchat
 RUN python -m venv /opt/venv && /opt/venv/bin/pip install ".[loadtest]"
 

@@ -7,7 +7,9 @@ names, replicas, the PROXY protocol on both ends). The proof itself runs last, a
 
 from __future__ import annotations
 
+import base64
 import json
+import os
 import re
 import shutil
 import socket
@@ -22,21 +24,24 @@ import yaml
 
 from deploy.netns.compose import (
     PROOF_ONLY_MASTER_ARGS,
+    ServicePlan,
     interpolate,
     load_compose,
     plan_hosts,
     plan_services,
     proof_variables,
     read_env_file,
+    scrape_targets,
 )
 from deploy.netns.dns import dns_answer
 from deploy.netns.lab import Unavailable, check_available
 from deploy.netns.proof import server_seen
-from deploy.netns.topology import DOCKER_DNS, HAPROXY_ADMIN, HOST_SERVICE, host_address
+from deploy.netns.topology import DOCKER_DNS, HAPROXY_ADMIN, HOST_SERVICE, NOT_IN_THE_PROOF, host_address
+from geventchat.config import ServerConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 HAPROXY_CFG = (ROOT / "deploy" / "haproxy.cfg").read_text()
-SERVICES = {"server", "lb", "locust-master", "locust-worker"}
+SERVICES = {"server", "lb", "locust-master", "locust-worker", "prometheus"}
 
 
 def option(argv: tuple[str, ...], name: str) -> str:
@@ -169,6 +174,213 @@ def test_dockerfile_is_slim_non_root_single_image_with_a_healthcheck() -> None:
     assert extras is not None and "loadtest" in extras.group(1).split(",")
     ignored = (ROOT / ".dockerignore").read_text().split()
     assert {"!geventchat/", "!loadtest/", "!pyproject.toml"} <= set(ignored)
+    # What the build reads besides the package (readme, license-files) reaches the build stage.
+    pyproject = (ROOT / "pyproject.toml").read_text()  # (tomllib is 3.11+; the project supports 3.10)
+    readme = re.search(r'^readme = "([^"]+)"$', pyproject, re.MULTILINE)
+    licenses = re.search(r"^license-files = \[(.*)\]$", pyproject, re.MULTILINE)
+    assert readme is not None and licenses is not None
+    build_reads = {readme.group(1), *json.loads(f"[{licenses.group(1)}]")}
+    assert build_reads == {"README.md", "LICENSE"}
+    copied = re.search(r"^COPY ((?:\S+ )+)\./$", dockerfile.split("\nFROM ", 2)[1], re.MULTILINE)
+    assert copied is not None and build_reads <= set(copied.group(1).split())
+    assert {f"!{name}" for name in build_reads} <= set(ignored)
+
+
+# -------------------------------------------------------------------------- what compose promises an operator
+
+
+def seconds(duration: str) -> float:
+    """A compose duration (``15s``, ``1m30s``, ``500ms``) in seconds."""
+    parts = re.findall(r"(\d+(?:\.\d+)?)(ms|us|h|m|s)", duration)
+    assert parts and "".join(n + u for n, u in parts) == duration, duration
+    return sum(float(n) * {"h": 3600, "m": 60, "s": 1, "ms": 1e-3, "us": 1e-6}[u] for n, u in parts)
+
+
+def test_compose_durations_are_read_as_compose_reads_them() -> None:
+    assert seconds("15s") == 15 and seconds("1m30s") == 90 and seconds("500ms") == 0.5
+    with pytest.raises(AssertionError):
+        seconds("15")
+
+
+def test_services_start_after_their_dependencies_are_healthy(compose: dict[str, Any]) -> None:
+    specs = compose["services"]
+    # HAProxy after every server greets; Locust after HAProxy routes; the workers after the master has started.
+    assert specs["lb"]["depends_on"] == {"server": {"condition": "service_healthy"}}
+    assert specs["locust-master"]["depends_on"] == {"lb": {"condition": "service_healthy"}}
+    assert specs["locust-worker"]["depends_on"] == {"locust-master": {"condition": "service_started"}}
+    plans = plan_services(compose, {})
+    waited_on = {
+        dependency
+        for spec in specs.values()
+        for dependency, how in (spec.get("depends_on") or {}).items()
+        if how["condition"] == "service_healthy"
+    }
+    assert waited_on == {"server", "lb"}
+    for name in waited_on:  # a service_healthy wait on a service with no health check would never end
+        assert plans[name].healthcheck, name
+    # The server's check is the image's, stated in compose (the Dockerfile's HEALTHCHECK runs the same command).
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    image_check = re.search(r'CMD \[("python".*)\]\s*$', dockerfile.split("HEALTHCHECK", 1)[1], re.MULTILINE)
+    assert image_check is not None
+    assert plans["server"].healthcheck == tuple(json.loads(f"[{image_check.group(1)}]"))
+    assert plans["server"].healthcheck[-1] == option(plans["server"].command, "--port")
+    # HAProxy's check asks its own admin socket (haproxy.cfg's 'stats socket') for the backend's status.
+    host, port = HAPROXY_ADMIN
+    assert f"/dev/tcp/{host}/{port}" in plans["lb"].healthcheck[-1]
+    assert "servers,BACKEND," in plans["lb"].healthcheck[-1]
+
+
+def test_stop_grace_outlasts_the_server_drain(compose: dict[str, Any]) -> None:
+    server = plan_services(compose, {})["server"]
+    assert "--grace" not in server.command  # so the drain is the default's
+    defaults = ServerConfig()
+    # The drain: up to --grace for clients to leave after 'bye: server shutting down', then up to linger to close
+    # the rest (the server waits 1 s for them, less than linger).
+    drain = defaults.grace + defaults.linger
+    assert drain > 0
+    grace_period = seconds(compose["services"]["server"]["stop_grace_period"])
+    assert grace_period >= drain + 5  # margin for the supervisor and its workers to exit, on a loaded host
+
+
+def test_restart_policies(compose: dict[str, Any]) -> None:
+    restart = {name: str(spec.get("restart")) for name, spec in compose["services"].items()}
+    # Long-running services come back after a crash or a daemon restart; a load test is a run, not a service.
+    assert restart == {
+        "server": "unless-stopped",
+        "lb": "unless-stopped",
+        "prometheus": "unless-stopped",
+        "locust-master": "no",
+        "locust-worker": "no",
+    }
+
+
+def test_haproxy_closes_sessions_of_a_server_marked_down() -> None:
+    (template,) = re.findall(r"^\s*server-template .*$", HAPROXY_CFG, re.MULTILINE)
+    assert re.search(r"\bon-marked-down shutdown-sessions\b", template)
+
+
+def stats_section() -> str:
+    """The lines of haproxy.cfg between the '.if' that guards 'frontend stats' and its '.endif'."""
+    match = re.search(r"^\.if (.+)\n((?:(?!\.endif).*\n)*?)\.endif$", HAPROXY_CFG, re.MULTILINE)
+    assert match is not None
+    assert match.group(1) == 'strneq("$HAPROXY_STATS_PASSWORD","")'
+    return match.group(2)
+
+
+def test_haproxy_stats_exist_only_with_a_password_and_publish_on_loopback(compose: dict[str, Any]) -> None:
+    section = stats_section()
+    assert section.startswith("frontend stats\n")
+    assert re.search(r'^\s+stats auth "\$HAPROXY_STATS_USER:\$HAPROXY_STATS_PASSWORD"$', section, re.MULTILINE)
+    assert HAPROXY_CFG.count("frontend stats") == 1  # no unguarded copy
+    lb = plan_services(compose, {})["lb"]
+    # No default password: unset in the caller's environment, it is empty in the container.
+    assert compose["services"]["lb"]["environment"]["HAPROXY_STATS_PASSWORD"] == "${HAPROXY_STATS_PASSWORD:-}"
+    assert lb.environment["HAPROXY_STATS_PASSWORD"] == ""
+    (stats_mapping,) = [str(p) for p in compose["services"]["lb"]["ports"] if str(p).endswith(":8404")]
+    assert interpolate(stats_mapping, {}) == "127.0.0.1:8404:8404"
+    assert interpolate(stats_mapping, {"HAPROXY_STATS_BIND": "0.0.0.0"}) == "0.0.0.0:8404:8404"
+
+
+HAPROXY_IN_A_NETNS = r"""
+import json, socket, subprocess, sys, time
+subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+haproxy = subprocess.Popen(["haproxy", "-db", "-f", sys.argv[1]], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+def http(port, auth=None):
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+            s.sendall(b"GET / HTTP/1.0\r\n" + (b"Authorization: Basic " + auth + b"\r\n" if auth else b"") + b"\r\n")
+            return s.makefile("rb").readline().decode().strip()
+    except ConnectionRefusedError:
+        return "refused"
+
+try:
+    deadline = time.monotonic() + 10
+    while http(8888) == "refused" and haproxy.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)  # HAProxy binds every frontend before it accepts on any: the chat one is up, so all are
+    seen = {"chat": http(8888) != "refused", "anonymous": http(8404), "admin": http(8404, sys.argv[2].encode())}
+    print(json.dumps(seen))
+finally:
+    haproxy.kill()
+    haproxy.wait()
+"""
+
+
+@pytest.mark.skipif(shutil.which("haproxy") is None, reason="haproxy not installed")
+@pytest.mark.skipif(shutil.which("unshare") is None or os.geteuid() != 0, reason="needs root and unshare (util-linux)")
+@pytest.mark.parametrize("password", ["", "s3cret"])
+def test_haproxy_stats_page_with_and_without_a_password(password: str) -> None:
+    """deploy/haproxy.cfg, unchanged, in a network namespace of its own (its fixed ports clash with nothing):
+    without a password nothing listens on 8404; with one, the page asks for it and opens with it."""
+    env = {**os.environ, "HAPROXY_STATS_USER": "admin", "HAPROXY_STATS_PASSWORD": password}
+    credentials = base64.b64encode(f"admin:{password}".encode()).decode()
+    result = subprocess.run(
+        [
+            "unshare",
+            "--net",
+            sys.executable,
+            "-c",
+            HAPROXY_IN_A_NETNS,
+            str(ROOT / "deploy" / "haproxy.cfg"),
+            credentials,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+        env=env,
+    )
+    assert result.returncode == 0, result.stderr
+    seen = json.loads(result.stdout)
+    assert seen["chat"]  # HAProxy ran this configuration
+    if password:
+        assert seen["anonymous"].startswith("HTTP/1.1 401")
+        assert seen["admin"].startswith("HTTP/1.1 200")
+    else:
+        assert seen["anonymous"] == "refused" and seen["admin"] == "refused"
+
+
+def test_prometheus_scrapes_every_worker_metrics_port_of_every_replica(compose: dict[str, Any]) -> None:
+    services = plan_services(compose, {})
+    server = services["server"]
+    metrics_port = int(option(server.command, "--metrics-port"))
+    assert option(server.command, "--metrics-host") == "0.0.0.0"  # reachable from the Prometheus container
+    workers = int(option(server.command, "--workers"))
+    targets = scrape_targets(services)
+    # Found as HAProxy finds the replicas: the compose service name, resolved by Docker's DNS.
+    (template_host,) = re.findall(r"^\s*server-template \S+ \S+ (\S+):\d+", HAPROXY_CFG, re.MULTILINE)
+    assert {name for name, _ in targets} == {template_host} == {"server"}
+    # Worker i serves --metrics-port + i: one discovery per worker of the compose default, no more, no fewer.
+    ports = sorted(port for _, port in targets)
+    assert ports == [metrics_port + i for i in range(workers)]
+    assert set(ports) <= set(server.ports)  # and the compose file says the server listens there
+    assert ("./deploy/prometheus.yml", "/etc/prometheus/prometheus.yml") in services["prometheus"].volumes
+    assert 9090 in services["prometheus"].ports
+    published = [interpolate(str(p), {}) for p in compose["services"]["prometheus"]["ports"]]
+    assert published == ["127.0.0.1:9090:9090"]  # no authentication: loopback unless the operator says otherwise
+
+
+def test_plan_hosts_refuses_a_service_the_proof_neither_plays_nor_excuses(compose: dict[str, Any]) -> None:
+    services = plan_services(compose, {})
+    assert plan_hosts(services)  # the real file plans
+    extra = {**services, "grafana": ServicePlan("grafana", (), {}, (), 1)}
+    with pytest.raises(ValueError, match=r"services no host plays \['grafana'\]"):
+        plan_hosts(extra)
+    without_prometheus = {name: plan for name, plan in services.items() if name != "prometheus"}
+    with pytest.raises(ValueError, match=r"compose lacks \['prometheus'\]"):
+        plan_hosts(without_prometheus)
+
+
+def test_healthcheck_forms_are_read_as_compose_runs_them() -> None:
+    def plan(healthcheck: dict[str, Any]) -> tuple[str, ...]:
+        return plan_services({"services": {"x": {"healthcheck": healthcheck}}}, {"P": "9"})["x"].healthcheck
+
+    assert plan({"test": ["CMD", "check", "${P}"]}) == ("check", "9")
+    assert plan({"test": ["CMD-SHELL", "check $P"]}) == ("sh", "-c", "check 9")
+    assert plan({"test": "check"}) == ("sh", "-c", "check")
+    assert plan({"test": ["NONE"]}) == () and plan({"disable": True}) == () and plan({}) == ()
+    with pytest.raises(ValueError, match="CMD, CMD-SHELL or NONE"):
+        plan({"test": ["check"]})
 
 
 # ------------------------------------------------------------------------ what the namespace proof really runs
@@ -178,10 +390,13 @@ def test_the_proof_runs_the_compose_commands_with_only_names_replaced(compose: d
     variables = proof_variables()
     services = plan_services(compose, variables)
     hosts = plan_hosts(services, json_file="out")
-    assert set(HOST_SERVICE.values()) == SERVICES
+    # Every service is played by hosts or left out with a reason, never both.
+    assert set(HOST_SERVICE.values()) | set(NOT_IN_THE_PROOF) == SERVICES
+    assert not set(HOST_SERVICE.values()) & set(NOT_IN_THE_PROOF)
+    assert all(reason.strip() for reason in NOT_IN_THE_PROOF.values())
     # As many hosts per service as the compose defaults start replicas.
     defaults = plan_services(compose, {})
-    for service in SERVICES:
+    for service in set(HOST_SERVICE.values()):
         assert list(HOST_SERVICE.values()).count(service) == defaults[service].replicas, service
     names = {"lb": host_address("lb"), "locust-master": host_address("master")}
     for host, command in hosts.items():
@@ -211,13 +426,15 @@ def test_the_proof_runs_the_compose_commands_with_only_names_replaced(compose: d
 
 
 @pytest.mark.skipif(shutil.which("haproxy") is None, reason="haproxy not installed")
-def test_haproxy_accepts_the_config() -> None:
+@pytest.mark.parametrize("password", ["", "s3cret"])  # the statistics section left out, and in
+def test_haproxy_accepts_the_config(password: str) -> None:
     result = subprocess.run(
         ["haproxy", "-c", "-f", str(ROOT / "deploy" / "haproxy.cfg")],
         capture_output=True,
         text=True,
         timeout=30,
         check=False,
+        env={**os.environ, "HAPROXY_STATS_USER": "admin", "HAPROXY_STATS_PASSWORD": password},
     )
     assert result.returncode == 0 and "Configuration file is valid" in result.stdout, result.stdout + result.stderr
 
@@ -238,6 +455,11 @@ def test_docker_compose_config_validates_and_agrees_with_our_interpolation(
         assert tuple(rendered[name].get("command", ())) == plan.command, name
         assert {k: str(v) for k, v in (rendered[name].get("environment") or {}).items()} == plan.environment, name
         assert rendered[name].get("deploy", {}).get("replicas", 1) == plan.replicas, name
+        check = rendered[name].get("healthcheck", {})
+        assert (tuple(check["test"][1:]) if "test" in check and not check.get("disable") else ()) == plan.healthcheck
+    # docker-compose accepts the start order and reads it as we do.
+    assert rendered["lb"]["depends_on"] == {"server": {"condition": "service_healthy"}}
+    assert rendered["locust-master"]["depends_on"] == {"lb": {"condition": "service_healthy"}}
 
 
 # ---------------------------------------------------------------------------------------- the DNS stand-in
@@ -299,6 +521,9 @@ def test_namespace_proof(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     report = json.loads(report_path.read_text())
+    # The operator's side: the lb's compose health check passed, no stats page without a password, and every port
+    # Prometheus scrapes served metrics on both server hosts.
+    assert report["operations"] == {"lb_healthcheck": "passed", "stats_port": "refused", "metrics_ports": [9888, 9889]}
     assert report["steady"]["failures"] == 0 and report["steady"]["requests"] > 0
     for server in ("server1", "server2"):
         seen = report["steady_servers"][server]

@@ -1,13 +1,16 @@
-"""What an install needs: every imported package declared where it is used, and an option whose package is
-missing refused in one line before the server listens."""
+"""What an install needs: every imported package declared where it is used, an option whose package is missing
+refused in one line before the server listens, and a wheel that ships the package, its type hints and its license."""
 
 from __future__ import annotations
 
 import ast
+import email
 import importlib.metadata
 import re
+import shutil
 import subprocess
 import sys
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -160,3 +163,57 @@ def test_without_prometheus_client_the_server_still_runs_when_metrics_are_off() 
         server.send_signal()
         assert server.wait() == 0
         assert not any("Traceback" in line for line in server.stderr)
+
+
+# ------------------------------------------------------------------------------------------------- the wheel
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[zipfile.ZipFile]:
+    """The wheel pip builds from what a clean clone has (a copy of the files the build reads), offline, with the
+    setuptools already installed (no build isolation: nothing is downloaded)."""
+    source = tmp_path_factory.mktemp("source")
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
+        shutil.copy2(ROOT / name, source / name)
+    shutil.copytree(ROOT / "geventchat", source / "geventchat", ignore=shutil.ignore_patterns("__pycache__"))
+    out = tmp_path_factory.mktemp("wheel")
+    command = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index", "-w", str(out)]
+    result = subprocess.run([*command, str(source)], capture_output=True, text=True, timeout=180, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    (built,) = out.glob("geventchat-*.whl")
+    with zipfile.ZipFile(built) as archive:
+        yield archive
+
+
+def test_wheel_ships_the_package_its_locust_parts_and_its_type_hints(wheel: zipfile.ZipFile) -> None:
+    names = set(wheel.namelist())
+    # Every module of the package, the Locust parts (geventchat/loadtest/) among them, and nothing from outside.
+    modules = {p.relative_to(ROOT).as_posix() for p in (ROOT / "geventchat").rglob("*.py")}
+    assert {"geventchat/__init__.py", "geventchat/cli.py", "geventchat/loadtest/__init__.py"} <= modules
+    assert modules <= names
+    if (ROOT / "geventchat" / "loadtest" / "locustfile.py").exists():  # the packaged locustfile, once it lands
+        assert "geventchat/loadtest/locustfile.py" in names
+    assert "geventchat/py.typed" in names  # PEP 561: users' type checkers read our hints
+    assert not {n for n in names if n.split("/")[0] in ("tests", "benchmarks", "deploy", "loadtest")}
+
+
+def test_wheel_metadata_says_mit_by_spdx_and_carries_the_license_text(wheel: zipfile.ZipFile) -> None:
+    (metadata_name,) = [n for n in wheel.namelist() if n.endswith(".dist-info/METADATA")]
+    metadata = email.message_from_bytes(wheel.read(metadata_name))
+    assert metadata["Name"] == "geventchat"
+    # PEP 639: an SPDX expression, the file it names, and no legacy License: field or license classifier.
+    assert metadata["License-Expression"] == "MIT"
+    assert metadata.get_all("License-File") == ["LICENSE"]
+    assert metadata["License"] is None
+    classifiers = metadata.get_all("Classifier") or []
+    assert not [c for c in classifiers if c.startswith("License ::")]
+    assert {"Typing :: Typed", "Framework :: gevent", "Operating System :: POSIX :: Linux"} <= set(classifiers)
+    versions = {
+        c.rsplit(" :: ", 1)[1] for c in classifiers if re.fullmatch(r"Programming Language :: Python :: 3\.\d+", c)
+    }
+    assert versions == {"3.10", "3.11", "3.12", "3.13"}
+    assert metadata["Requires-Python"] == ">=3.10"  # the classifiers start where requires-python does
+    license_path = metadata_name.replace("METADATA", "licenses/LICENSE")
+    shipped = wheel.read(license_path).decode()
+    assert shipped == (ROOT / "LICENSE").read_text()
+    assert shipped.startswith("MIT License\n") and "the geventchat authors" in shipped

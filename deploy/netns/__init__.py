@@ -20,10 +20,12 @@ inside namespaces this run created: nothing is added to the namespace it starts 
 prefix, so parallel runs do not clash, and everything (processes, namespaces, and with them the veths and the
 bridge) is removed in ``finally`` and checked gone.
 
-The proof: (1) a short headless Locust run through HAProxy ends with zero failures, both server hosts served
-clients, and the servers logged the worker hosts' addresses (the PROXY protocol), not the load balancer's;
-(2) a second run in which server host 1 is killed midway: HAProxy's health checks mark it DOWN and every later
-connection goes to server host 2.
+The compose file's ``prometheus`` service runs on no host (it carries no traffic; ``topology.NOT_IN_THE_PROOF``);
+instead the proof scrapes every port its config names on each server host. The proof: (0) the lb service's health
+check passes, and without HAPROXY_STATS_PASSWORD nothing listens on the statistics port; (1) a short headless Locust
+run through HAProxy ends with zero failures, both server hosts served clients, and the servers logged the worker
+hosts' addresses (the PROXY protocol), not the load balancer's; (2) a second run in which server host 1 is killed
+midway: HAProxy's health checks mark it DOWN and every later connection goes to server host 2.
 
 The modules, one concern each: :mod:`.topology` (hosts and addresses), :mod:`.compose` (docker-compose.yml → the
 commands, pure), :mod:`.dns` (the stand-in for Docker's DNS), :mod:`.lab` (namespaces, processes, teardown),

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .topology import COMPOSE_FILE, HEADLESS_ENV, HOST_SERVICE, ROOT, service_addresses
+from .topology import COMPOSE_FILE, HEADLESS_ENV, HOST_SERVICE, NOT_IN_THE_PROOF, ROOT, service_addresses
 
 #: Compose variables the proof sets on top of deploy/headless.env: a short run, and per-connection server logs
 #: (the DEBUG "connected" lines are where the real client addresses show).
@@ -87,6 +87,8 @@ class ServicePlan:
     replicas: int
     #: ``(host path, container path)`` of each bind mount.
     volumes: tuple[tuple[str, str], ...] = ()
+    #: The compose ``healthcheck`` command as an argv (``CMD-SHELL`` through ``sh -c``); empty if none or disabled.
+    healthcheck: tuple[str, ...] = ()
 
 
 def plan_services(compose: Mapping[str, Any], variables: Mapping[str, str]) -> dict[str, ServicePlan]:
@@ -105,8 +107,42 @@ def plan_services(compose: Mapping[str, Any], variables: Mapping[str, str]) -> d
         for volume in spec.get("volumes", ()):
             source, target = interpolate(str(volume), variables).split(":")[:2]
             volumes.append((source, target))
-        plans[name] = ServicePlan(name, command, environment, tuple(ports), replicas, tuple(volumes))
+        healthcheck = _healthcheck_argv(spec.get("healthcheck") or {}, variables)
+        plans[name] = ServicePlan(name, command, environment, tuple(ports), replicas, tuple(volumes), healthcheck)
     return plans
+
+
+def _healthcheck_argv(spec: Mapping[str, Any], variables: Mapping[str, str]) -> tuple[str, ...]:
+    """Compose's ``healthcheck.test``: ``[CMD, argv...]``, ``[CMD-SHELL, line]`` or a plain string (a shell line)."""
+    test = spec.get("test")
+    if spec.get("disable") or test is None:
+        return ()
+    parts = [interpolate(str(part), variables) for part in ([test] if isinstance(test, str) else test)]
+    if isinstance(test, str):
+        return ("sh", "-c", parts[0])
+    kind, rest = parts[0], parts[1:]
+    if kind == "NONE":
+        return ()
+    if kind == "CMD-SHELL":
+        return ("sh", "-c", " ".join(rest))
+    if kind != "CMD":
+        raise ValueError(f"healthcheck test must start with CMD, CMD-SHELL or NONE, not {kind!r}")
+    return tuple(rest)
+
+
+def scrape_targets(services: Mapping[str, ServicePlan]) -> list[tuple[str, int]]:
+    """``(service name, port)`` of every DNS discovery in the Prometheus config the ``prometheus`` service mounts
+    (as ``docker compose`` would mount it): what Prometheus scrapes, one port per server worker."""
+    import yaml
+
+    (source,) = (host for host, target in services["prometheus"].volumes if target.endswith("prometheus.yml"))
+    config = yaml.safe_load((ROOT / source).read_text())
+    return [
+        (str(name), int(discovery["port"]))
+        for job in config["scrape_configs"]
+        for discovery in job.get("dns_sd_configs", ())
+        for name in discovery["names"]
+    ]
 
 
 def _replace_service_names(text: str, names: Mapping[str, str]) -> str:
@@ -129,7 +165,17 @@ class HostCommand:
 
 def plan_hosts(services: Mapping[str, ServicePlan], *, json_file: str = "locust") -> dict[str, HostCommand]:
     """The command each namespace host runs: its service's compose command and environment, with service names
-    replaced by host addresses (single-address services only: ``server`` is found through DNS by HAProxy)."""
+    replaced by host addresses (single-address services only: ``server`` is found through DNS by HAProxy).
+
+    Raises :class:`ValueError` if the compose file has a service that no host plays and that
+    :data:`~.topology.NOT_IN_THE_PROOF` does not excuse (or names one that is gone)."""
+    unplanned = set(services) - set(HOST_SERVICE.values()) - set(NOT_IN_THE_PROOF)
+    missing = (set(HOST_SERVICE.values()) | set(NOT_IN_THE_PROOF)) - set(services)
+    if unplanned or missing:
+        raise ValueError(
+            f"docker-compose.yml and deploy/netns/topology.py disagree: services no host plays {sorted(unplanned)}, "
+            f"services the proof expects that compose lacks {sorted(missing)}"
+        )
     names = {service: addresses[0] for service, addresses in service_addresses().items() if len(addresses) == 1}
     commands = {}
     for host, service in HOST_SERVICE.items():

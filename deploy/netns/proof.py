@@ -1,9 +1,11 @@
 """The proof: the compose services on the lab's hosts, then two Locust runs through HAProxy.
 
-(1) A short headless run ends with zero failures, both server hosts served clients, and the servers logged the
-worker hosts' addresses (the PROXY protocol), not the load balancer's. (2) A second run in which server host 1 is
-killed midway: HAProxy's health checks mark it DOWN and every later connection goes to server host 2.
-:func:`run` builds the lab, proves, and tears everything down whatever happened.
+(0) The operator's side of compose: the lb's health check passes, HAProxy's statistics page is absent without a
+password, and every port Prometheus scrapes serves metrics on each server host. (1) A short headless run ends with
+zero failures, both server hosts served clients, and the servers logged the worker hosts' addresses (the PROXY
+protocol), not the load balancer's. (2) A second run in which server host 1 is killed midway: HAProxy's health
+checks mark it DOWN and every later connection goes to server host 2. :func:`run` builds the lab, proves, and tears
+everything down whatever happened.
 """
 
 from __future__ import annotations
@@ -24,9 +26,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .compose import HostCommand, load_compose, plan_hosts, plan_services
+from .compose import HostCommand, load_compose, plan_hosts, plan_services, scrape_targets
 from .lab import Lab, Process, ProofFailed, check_available
-from .topology import DOCKER_DNS, HAPROXY_ADMIN, HOST_OCTET, host_address, service_addresses
+from .topology import DOCKER_DNS, HAPROXY_ADMIN, HOST_OCTET, ROOT, host_address, service_addresses
 
 #: Seconds the whole proof may take before it gives up (and still tears everything down).
 DEADLINE = 80
@@ -34,6 +36,23 @@ DEADLINE = 80
 FAILOVER_VARIABLES = {"LOCUST_USERS": "16", "LOCUST_SPAWN_RATE": "4", "LOCUST_RUN_TIME": "7s"}
 #: Seconds after starting the failover run's Locust processes (and once both servers have clients) to kill server1.
 FAILOVER_KILL_AFTER = 3.5
+
+
+#: Run on another host: ``probe.py HOST PORT [PATH]`` prints ``refused``, or the body of GET PATH (``open`` without
+#: a path). Stdlib only, bounded by its timeouts.
+_PROBE = """
+import socket, sys, urllib.request
+host, port = sys.argv[1], int(sys.argv[2])
+if len(sys.argv) > 3:
+    print(urllib.request.urlopen(f"http://{host}:{port}{sys.argv[3]}", timeout=5).read().decode())
+    raise SystemExit
+try:
+    socket.create_connection((host, port), timeout=5).close()
+except ConnectionRefusedError:
+    print("refused")
+else:
+    print("open")
+"""
 
 
 class DeadlineExceeded(ProofFailed):
@@ -146,6 +165,44 @@ class Proof:
 
         wait_for(all_up, 20, "HAProxy to find both servers through DNS and mark them UP")
         self.say(f"HAProxy found {', '.join(servers)} through DNS ('server-template' + 'resolvers'); both UP")
+
+    def prove_operations(self) -> None:
+        """What the compose file promises an operator, on the lab: the lb service's health check passes once the
+        servers are UP; without HAPROXY_STATS_PASSWORD nothing listens on the statistics port; every port Prometheus
+        scrapes (the prometheus service's config) serves geventchat's metrics on each server host."""
+        services = plan_services(load_compose(), self.variables)
+        check = services["lb"].healthcheck
+        if not check:
+            raise ProofFailed("the lb service has no health check in docker-compose.yml")
+        self.lab.exec_output("lb", check)  # a non-zero exit raises ProofFailed with its stderr
+        self.say(f"lb: the compose health check passes ({' '.join(check[:2])} ...: admin socket, backend UP)")
+        if services["lb"].environment.get("HAPROXY_STATS_PASSWORD"):
+            raise ProofFailed("the proof checks the statistics page without a password, but one is set")
+        stats = re.search(
+            r"^frontend stats\n(?:.*\n)*?\s+bind :(\d+)", (ROOT / "deploy" / "haproxy.cfg").read_text(), re.M
+        )
+        if stats is None:
+            raise ProofFailed("deploy/haproxy.cfg has no statistics frontend to check")
+        answer = self._probe(host_address("lb"), int(stats.group(1)))
+        if answer != "refused":
+            raise ProofFailed(f"HAProxy's statistics port {stats.group(1)} is {answer} without a password")
+        self.say(f"lb: no HAPROXY_STATS_PASSWORD, so nothing listens on the statistics port {stats.group(1)}")
+        targets = scrape_targets(services)
+        if not targets:
+            raise ProofFailed("the Prometheus config scrapes nothing")
+        for name, port in targets:
+            for address in service_addresses()[name]:
+                body = self._probe(address, port, "/metrics")
+                if "geventchat_connections " not in body:
+                    raise ProofFailed(f"{address}:{port}/metrics has no geventchat_connections: {body[:200]!r}")
+        ports = sorted({port for _, port in targets})
+        self.report["operations"] = {"lb_healthcheck": "passed", "stats_port": answer, "metrics_ports": ports}
+        self.say(f"Prometheus's targets answer: ports {ports} on every server host serve geventchat metrics")
+
+    def _probe(self, address: str, port: int, path: str = "") -> str:
+        # From the master host: another machine on the network, as the Prometheus container is.
+        argv = [sys.executable, "-c", _PROBE, address, str(port), *([path] if path else [])]
+        return self.lab.exec_output("master", argv).strip()
 
     def run_locust(
         self, label: str, extra: Mapping[str, str], during: Callable[[], None] | None = None
@@ -354,6 +411,7 @@ def _run(variables: Mapping[str, str], *, keep_logs: bool, say: Callable[[str], 
     try:
         lab.build()
         proof.start_infrastructure()
+        proof.prove_operations()
         proof.prove_balanced_and_proxied()
         proof.prove_failover()
         failed = False

@@ -23,6 +23,12 @@ HOST_SERVICE = {
     "worker1": "locust-worker",
     "worker2": "locust-worker",
 }
+#: Compose services no host plays, and why. The proof is about traffic (HAProxy, the servers, Locust); a service
+#: not listed here or in HOST_SERVICE makes :func:`~.compose.plan_hosts` refuse, so a new one is a decision.
+NOT_IN_THE_PROOF = {
+    "prometheus": "it only reads the servers' metrics and carries no chat traffic; its targets are checked "
+    "instead (the proof scrapes every port deploy/prometheus.yml names on each server host)",
+}
 #: Docker's embedded DNS address, which haproxy.cfg names; the proof serves the same address in the lb namespace.
 DOCKER_DNS = "127.0.0.11"
 #: HAProxy's admin socket, as haproxy.cfg declares it (loopback of the lb host).
