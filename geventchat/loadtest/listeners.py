@@ -4,7 +4,7 @@
 - ``init``: checks the host and the options before any user starts (exit code 2 if they are unusable), installs
   :class:`SteppedShape` for ``--gc-shape``, ships the µs histograms from workers to the master and merges them
   there, prints and writes the µs table (and ``--gc-hlog``, and its section of ``--html``) when Locust quits, and
-  adds the "Latency µs" web UI tab (:mod:`.webui`) and the plain-text ``/geventchat/latency`` page.
+  adds the "Latency (microseconds)" web UI tab (:mod:`.webui`) and the plain-text ``/geventchat/latency`` page.
 - ``test_start``: a fresh :class:`~geventchat.loadtest.session.RunContext` per test run.
 
 :mod:`geventchat.loadtest.users` calls :func:`install` when it is imported. Importing this module imports Locust,

@@ -28,15 +28,15 @@ CSV_ROUTE = "/geventchat/latency.csv"
 
 
 def install_tab(environment: Any, web_ui: Any, recorder: LatencyRecorder) -> None:
-    """Add the "Latency µs" tab to ``web_ui`` (a ``locust.web.WebUI``), fed from ``recorder`` and Locust's own
-    failure statistics."""
+    """Add the "Latency (microseconds)" tab to ``web_ui`` (a ``locust.web.WebUI``), fed from ``recorder`` and
+    Locust's own failure statistics."""
     from flask import Response, request
 
     def current_table() -> list[dict[str, Any]]:
         return table_rows(recorder.rows(), failure_causes(environment))
 
     # Kept across Locust's update_template_args(), which merges its own keys over the existing ones.
-    web_ui.template_args["extended_tabs"] = [{"title": "Latency µs", "key": TAB_KEY}]
+    web_ui.template_args["extended_tabs"] = [{"title": "Latency (microseconds)", "key": TAB_KEY}]
     web_ui.template_args["extended_tables"] = [
         {"key": TAB_KEY, "structure": [{"key": key, "title": title} for key, title in TABLE_COLUMNS]}
     ]
