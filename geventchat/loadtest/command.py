@@ -45,7 +45,7 @@ def main(argv: list[str]) -> int:
         # From the distribution's metadata: importing Locust here would monkey-patch a process about to exec.
         check_locust(version)
     except LocustTooOld as exc:
-        print(f"{_PROG}: {exc}", file=sys.stderr)
+        print(exc, file=sys.stderr)  # the line names the load tester already
         return 2
     if "-h" in argv or "--help" in argv:
         return _print_help()
