@@ -170,3 +170,7 @@ def test_the_latency_tab_renders_numbers_per_scenario_and_step_in_chromium(web_u
     lines = get(f"{web_ui}{CSV_ROUTE}").decode().splitlines()
     assert lines[0].startswith("scenario,step,count,failures,")
     assert any(line.startswith("ChurnUser,echo,") for line in lines)
+    # The HTML report the web UI serves ends with the same table.
+    report = get(f"{web_ui}/stats/report").decode()
+    section = report[report.index('<section id="geventchat-latency"') :]
+    assert ">ChurnUser</td><td" in section and section.index("</section>") < section.index("</body>")
