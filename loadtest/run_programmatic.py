@@ -7,14 +7,17 @@ not be), and ``benchmarks/bench_locust.py`` uses it to measure a steady window p
 are passed to Locust's own parser, so every ``--gc-*`` option works. The JSON (one object on stdout)::
 
     {"requests": {"echo": 1234, ...}, "failures": {"echo": 0, ...},
+     "by_scenario": {"ChatUser": {"echo": {"requests": 1200, "failures": 0}, ...}, ...},
      "causes": {"connect": {"connection refused": 17}, ...},
      "latency_us": [{"scenario": "ChatUser", "step": "echo", "count": 1234, "p50": 41, ...}, ...],
      "locust_median_ms": {"echo": 0.04, ...},
      "window": {"seconds": 2.0, "requests": 80000, "requests_per_s": 40000.0, "cpu_us_per_request": 24.1},
      "exit_code": 0}
 
-``window`` counts the ``--measure-step`` step (default ``echo``) between ``--warmup`` seconds after every user has
-started and the end of the run, with the process's CPU time over the same window.
+``requests``, ``failures``, ``causes`` and ``locust_median_ms`` are per step over every scenario (the request type is
+the scenario; ``by_scenario`` keeps them apart). ``window`` counts the ``--measure-step`` step (default ``echo``, every
+scenario's) between ``--warmup`` seconds after every user has started and the end of the run, with the process's CPU
+time over the same window.
 """
 
 from __future__ import annotations
@@ -92,10 +95,9 @@ def _run(runner: Any, args: argparse.Namespace) -> dict[str, Any]:
     while runner.user_count < args.users and time.monotonic() < deadline:
         gevent.sleep(0.05)
     gevent.sleep(args.warmup)
-    step = runner.stats.get(args.measure_step, "tcp")
-    first = (time.perf_counter(), time.process_time(), step.num_requests)
+    first = (time.perf_counter(), time.process_time(), _step_requests(runner, args.measure_step))
     gevent.sleep(args.seconds)
-    last = (time.perf_counter(), time.process_time(), step.num_requests)
+    last = (time.perf_counter(), time.process_time(), _step_requests(runner, args.measure_step))
     seconds, cpu, counted = last[0] - first[0], last[1] - first[1], last[2] - first[2]
     return {
         "seconds": round(seconds, 3),
@@ -105,20 +107,38 @@ def _run(runner: Any, args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def _step_requests(runner: Any, step: str) -> int:
+    """Requests of one step so far, over every scenario (request type)."""
+    return sum(entry.num_requests for (name, _type), entry in list(runner.stats.entries.items()) if name == step)
+
+
 def _figures(environment: Any, runner: Any) -> dict[str, Any]:
-    """Requests, failures and their causes per step, the µs latency rows, Locust's medians, the exceptions."""
+    """Requests, failures and their causes per step (and per scenario), the µs latency rows, Locust's medians per
+    step (from its merged histogram), the exceptions."""
+    from locust.stats import StatsEntry  # Locust is imported by now (the locustfile did)
+
     entries = sorted(runner.stats.entries.items())
+    requests: dict[str, int] = {}
+    failures: dict[str, int] = {}
+    by_scenario: dict[str, dict[str, dict[str, int]]] = {}
+    merged: dict[str, Any] = {}
+    for (name, scenario), entry in entries:
+        requests[name] = requests.get(name, 0) + entry.num_requests
+        failures[name] = failures.get(name, 0) + entry.num_failures
+        by_scenario.setdefault(scenario, {})[name] = {"requests": entry.num_requests, "failures": entry.num_failures}
+        merged.setdefault(name, StatsEntry(runner.stats, name, "")).extend(entry)
     causes: dict[str, dict[str, int]] = {}
     for error in runner.stats.errors.values():
         by_cause = causes.setdefault(error.name, {})
         by_cause[str(error.error)] = by_cause.get(str(error.error), 0) + error.occurrences
     recorder = getattr(environment, "geventchat_latency", None)
     return {
-        "requests": {name: entry.num_requests for (name, _method), entry in entries},
-        "failures": {name: entry.num_failures for (name, _method), entry in entries},
+        "requests": requests,
+        "failures": failures,
+        "by_scenario": by_scenario,
         "causes": causes,
         "latency_us": [row.__dict__ for row in recorder.rows()] if recorder is not None else [],
-        "locust_median_ms": {name: entry.median_response_time for (name, _method), entry in entries},
+        "locust_median_ms": {name: entry.median_response_time for name, entry in merged.items()},
         "exceptions": [str(e["msg"]) for e in runner.exceptions.values()],
     }
 

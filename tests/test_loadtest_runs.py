@@ -199,6 +199,16 @@ def test_every_scenario_against_a_live_server_counts_requests_without_failures(
     for step in ("connect", "greeting", "timeout", "echo", "idle", "quit", "bye"):
         assert summary["requests"].get(step, 0) > 0, (step, summary["requests"])
         assert summary["failures"][step] == 0
+    # The scenario is Locust's request type: each scenario's connect is a row of its own in Locust's statistics.
+    by_scenario = summary["by_scenario"]
+    assert {s for s, steps in by_scenario.items() if steps.get("connect", {}).get("requests")} == {
+        "ChatUser",
+        "IdleUser",
+        "ChurnUser",
+        "TimeoutUser",
+    }, by_scenario
+    assert summary["requests"]["connect"] == sum(steps["connect"]["requests"] for steps in by_scenario.values())
+    assert "bye" in by_scenario["TimeoutUser"] and "bye" not in by_scenario["ChatUser"]
     echo = latency(summary, "ChatUser", "echo")
     # Microseconds, not whole milliseconds: a loopback echo takes well under one.
     assert echo["count"] > 0 and 0 < echo["min"] < 1000
@@ -302,13 +312,14 @@ def test_locust_command_line_smoke_with_two_worker_processes(
     assert completed.returncode == 0, output[-3000:]
     assert "Latency in µs" in output
     assert any(line.split()[:2] == ["ChatUser", "echo"] for line in output.splitlines())
-    assert "tcp      echo" in output  # Locust's own table, rows named by step
+    # Locust's own table (the lines with "|"): request type = the scenario, name = the step.
+    assert any(line.split()[:2] == ["ChatUser", "echo"] and "|" in line for line in output.splitlines())
     data = json.loads((tmp_path / "out" / "run_latency_us.json").read_text(encoding="utf-8"))
     echo = next(r for r in data["rows"] if r["step"] == "echo")
     assert echo["count"] > 0 and echo["failures"] == 0
     # Every echo the workers reported to Locust is in the master's merged µs histogram.
     stats = (tmp_path / "out" / "run_stats.csv").read_text(encoding="utf-8").splitlines()
-    locust_echo = next(line.split(",") for line in stats if line.startswith("tcp,echo,"))
+    locust_echo = next(line.split(",") for line in stats if line.startswith("ChatUser,echo,"))
     assert int(locust_echo[2]) == echo["count"]
 
 
@@ -363,7 +374,8 @@ def test_a_locustfile_of_ones_own_builds_on_the_installed_users(
     )
     output = completed.stdout + completed.stderr
     assert completed.returncode == 0, output[-3000:]
-    assert "tcp      hello" in output  # Locust's own table, the row named by the step
+    # Locust's own table: the scenario (the user's own class) as request type, the step as name.
+    assert any(line.split()[:2] == ["HelloUser", "hello"] and "|" in line for line in output.splitlines())
     data = json.loads((tmp_path / "out" / "latency.json").read_text(encoding="utf-8"))
     hello = next(r for r in data["rows"] if (r["scenario"], r["step"]) == ("HelloUser", "hello"))
     assert hello["count"] > 0 and hello["failures"] == 0

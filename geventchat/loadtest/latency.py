@@ -14,12 +14,15 @@ from __future__ import annotations
 import csv
 import json
 import math
+import re
+import time
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from hdrh.histogram import HdrHistogram
+from hdrh.log import HistogramLogWriter
 
 __all__ = [
     "HIGHEST_MICROS",
@@ -28,7 +31,9 @@ __all__ = [
     "LatencyRow",
     "fine_bucket",
     "format_summary",
+    "hlog_tag",
     "write_csv",
+    "write_hlog",
     "write_json",
 ]
 
@@ -180,6 +185,12 @@ class LatencyRecorder:
         """The merged histogram of one step (folding in pending counts)."""
         return self._step(scenario, step).fold()
 
+    def histograms(self) -> list[tuple[str, str, HdrHistogram]]:
+        """``(scenario, step, merged histogram)`` for every step with a successful request, in order of first
+        appearance (the histograms are the recorder's own: read them, do not change them)."""
+        folded = [(scenario, step, entry.fold()) for (scenario, step), entry in self._steps.items()]
+        return [item for item in folded if item[2].get_total_count()]
+
     def rows(self) -> list[LatencyRow]:
         """The summary, one row per (scenario, step) seen, grouped by scenario, in order of first appearance."""
         rows = []
@@ -278,6 +289,38 @@ def write_json(rows: Iterable[LatencyRow], path: Path) -> None:
     """``{"unit": "us", "rows": [...]}`` with the same fields as the CSV."""
     data = {"unit": "us", "rows": [asdict(row) for row in rows]}
     path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+_NOT_IN_TAG = re.compile(r"[^A-Za-z0-9_.-]")
+
+
+def hlog_tag(scenario: str, step: str) -> str:
+    """The ``.hlog`` tag of one step: ``ChatUser.echo``. A tag ends at the first comma and must hold no blanks,
+    so anything but letters, digits, ``_``, ``.`` and ``-`` (a custom step's name may have them) becomes ``_``."""
+    return _NOT_IN_TAG.sub("_", f"{scenario}.{step}")
+
+
+def write_hlog(histograms: Iterable[tuple[str, str, HdrHistogram]], path: Path, start: float, end: float) -> None:
+    """Write an HdrHistogram log (format 1.2, what HistogramLogAnalyzer and ``hdrh.log.HistogramLogReader`` read):
+    one interval per (scenario, step), tagged :func:`hlog_tag`, spanning the run from ``start`` to ``end`` (seconds
+    since the epoch, written as absolute timestamps). Values are microseconds; the interval's max column is in
+    milliseconds."""
+    with path.open("w", encoding="utf-8") as out:
+        writer = HistogramLogWriter(out)
+        writer.output_comment("[geventchat loadtest latency: values in microseconds, one interval per SCENARIO.STEP]")
+        writer.output_log_format_version()
+        # hdrh's own output_start_time() formats the time with a method datetime does not have: write the line here.
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(start))
+        # "%f" as the writer formats the intervals: the reader skips an interval that starts before StartTime.
+        writer.output_comment(f"[StartTime: {start:f} (seconds since epoch), {stamp}]")
+        writer.output_legend()
+        for scenario, step, histogram in histograms:
+            # The format puts "Tag=NAME," first on an interval's line; hdrh's writer has no tag support, so the
+            # prefix goes out just before the line it writes (its reader parses it back into the histogram's tag).
+            out.write(f"Tag={hlog_tag(scenario, step)},")
+            writer.output_interval_histogram(
+                histogram, start_time_stamp_sec=start, end_time_stamp_sec=max(end, start), max_value_unit_ratio=1000.0
+            )
 
 
 def micros(seconds: float) -> int:

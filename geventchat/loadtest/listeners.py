@@ -3,25 +3,33 @@
 - ``init_command_line_parser``: the ``--gc-*`` options (:func:`~geventchat.loadtest.settings.add_arguments`).
 - ``init``: checks the host and the options before any user starts (exit code 2 if they are unusable), installs
   :class:`SteppedShape` for ``--gc-shape``, ships the µs histograms from workers to the master and merges them
-  there, prints and writes the µs table when Locust quits, and adds the ``/geventchat/latency`` web UI page.
+  there, prints and writes the µs table (and ``--gc-hlog``, and its section of ``--html``) when Locust quits, and
+  adds the "Latency (microseconds)" web UI tab (:mod:`.webui`) and the plain-text ``/geventchat/latency`` page.
 - ``test_start``: a fresh :class:`~geventchat.loadtest.session.RunContext` per test run.
 
-:mod:`geventchat.loadtest.users` calls :func:`install` when it is imported. Importing this module imports Locust.
+:mod:`geventchat.loadtest.users` calls :func:`install` when it is imported. Importing this module imports Locust,
+and raises :class:`~geventchat.loadtest.compat.LocustTooOld` on a Locust without the response-time bucketing hook.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import locust
 import locust.stats
 from locust import LoadTestShape
 from locust.runners import MasterRunner, WorkerRunner
 
+from .compat import check_locust
 from .latency import LatencyRecorder, fine_bucket
 from .report import finish_run, latency_page, recorder_of
 from .session import log, start_run
 from .settings import BadSettings, Settings, StepSpec, add_arguments
 from .target import BadTarget, parse_targets
+from .webui import install_tab
+
+# Before anything is installed: an older Locust would take the bucketing override below and ignore it.
+check_locust(str(getattr(locust, "__version__", "")), hasattr(locust.stats, "bucket_response_time"))
 
 __all__ = ["SteppedShape", "install"]
 
@@ -66,6 +74,7 @@ def _on_init(environment: Any, runner: Any = None, web_ui: Any = None, **_kwargs
         _check_and_shape(environment, runner)
         _merge_and_report(environment, runner, recorder)
     if web_ui is not None:
+        install_tab(environment, web_ui, recorder)
         latency_page(web_ui, recorder)
 
 

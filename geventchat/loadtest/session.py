@@ -2,7 +2,8 @@
 
 - :class:`ChatSession` drives :class:`~geventchat.client.ChatClient` one step at a time (``connect``,
   ``greeting``, ``timeout``, ``echo``, ``quit``, ...), times each step, records it in the µs histogram and fires
-  Locust's ``request`` event (request type ``tcp``, name = the step). A failure is reported under its cause
+  Locust's ``request`` event (request type = the scenario, name = the step, so ChatUser's and ChurnUser's
+  ``connect`` rows stay apart in Locust's tables, charts, CSV and report). A failure is reported under its cause
   (:func:`~geventchat.loadtest.failures.cause_of`), then the connection is dropped; the next step reconnects.
 - :class:`RunContext` is what one test run shares per process: the settings, the target addresses, the latency
   recorder and the reply :class:`Watchdog`. :func:`start_run` builds it at ``test_start``.
@@ -34,7 +35,6 @@ from .settings import BadSettings, Settings
 from .target import Target, parse_targets
 
 __all__ = [
-    "REQUEST_TYPE",
     "ChatSession",
     "ReplyExpired",
     "RunContext",
@@ -45,8 +45,6 @@ __all__ = [
 
 log = logging.getLogger("loadtest")
 
-#: Locust request type of every step.
-REQUEST_TYPE = "tcp"
 #: How early (s) a ``bye:`` may come before the negotiated timeout, measured from when our last message was sent
 #: (the server's deadline cannot start earlier), and still count: clock granularity only.
 _EARLY_SLACK = 0.001
@@ -203,7 +201,7 @@ class ChatSession:
             counts = self._counters[step] = self._recorder.counter(self.scenario, step)
         counts[int(elapsed * 1_000_000 + 0.5)] += 1
         self._fire(
-            request_type=REQUEST_TYPE,
+            request_type=self.scenario,
             name=step,
             response_time=elapsed * 1000,
             response_length=length,
@@ -215,7 +213,7 @@ class ChatSession:
         elapsed = time.perf_counter() - started
         self._recorder.record_failure(self.scenario, step)
         self._fire(
-            request_type=REQUEST_TYPE,
+            request_type=self.scenario,
             name=step,
             response_time=elapsed * 1000,
             response_length=0,

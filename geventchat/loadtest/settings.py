@@ -19,7 +19,7 @@ from geventchat.config import DEFAULT_PREFIX
 
 from .target import BadTarget, parse_source_addresses
 
-__all__ = ["BadSettings", "Settings", "StepSpec", "add_arguments", "parse_step_spec"]
+__all__ = ["BadSettings", "Settings", "StepSpec", "add_arguments", "options_help", "parse_step_spec"]
 
 
 class BadSettings(ValueError):
@@ -103,6 +103,8 @@ class Settings:
     shape: StepSpec | None = None
     #: Base path for the µs latency CSV/JSON (``""``: next to ``--csv`` if given, else none).
     latency_file: str = ""
+    #: HdrHistogram log (``.hlog``) of the µs histograms, one tag per scenario and step (``""``: none).
+    hlog_file: str = ""
     #: Talk TLS to the server (a server started with ``--tls-cert``), verifying its certificate.
     tls: bool = False
     #: PEM file of the CA that signed the server's certificate (``""``: the system's trusted CAs).
@@ -158,6 +160,7 @@ class Settings:
                 prefix=str(options.gc_prefix),
                 shape=parse_step_spec(str(options.gc_shape)),
                 latency_file=str(options.gc_latency_file),
+                hlog_file=str(getattr(options, "gc_hlog", "") or ""),
                 tls=_flag(options.gc_tls),
                 tls_ca=str(options.gc_tls_ca),
             )
@@ -269,7 +272,7 @@ _OPTIONS: tuple[tuple[str, dict[str, Any]], ...] = (
         {
             "default": "",
             "help": "Stepped ramp STEP,EVERY,MAX[,HOLD]: +STEP users every EVERY s up to MAX, hold HOLD s "
-            "(default EVERY), then stop. Replaces -u/-r/-t",
+            "(default EVERY), then stop. Replaces -u/-r/-t. Default: none",
         },
     ),
     (
@@ -277,6 +280,16 @@ _OPTIONS: tuple[tuple[str, dict[str, Any]], ...] = (
         {
             "default": "",
             "help": "Write the µs latency summary to PATH.csv and PATH.json (default: PREFIX_latency_us.* with --csv)",
+            "include_in_web_ui": False,
+        },
+    ),
+    (
+        "--gc-hlog",
+        {
+            "default": "",
+            "metavar": "PATH",
+            "help": "Write the µs histograms as an HdrHistogram log (.hlog) to PATH, tagged SCENARIO.STEP. "
+            "Default: none",
             "include_in_web_ui": False,
         },
     ),
@@ -296,6 +309,18 @@ _OPTIONS: tuple[tuple[str, dict[str, Any]], ...] = (
         },
     ),
 )
+
+
+def options_help(prog: str = "geventchat loadtest") -> str:
+    """The ``--gc-*`` options with their defaults, formatted as an argparse help section (Locust prints its own
+    help before it loads a locustfile, so these are not in ``locust --help``)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog=prog, add_help=False, usage=argparse.SUPPRESS)
+    group = parser.add_argument_group("geventchat options (also gc-timeout = 10 in locust.conf, LOCUST_GC_TIMEOUT=10)")
+    for flag, keywords in _OPTIONS:
+        group.add_argument(flag, **{k: v for k, v in keywords.items() if k != "include_in_web_ui"})
+    return parser.format_help()
 
 
 def add_arguments(parser: Any) -> None:
