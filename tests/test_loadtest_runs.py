@@ -289,6 +289,9 @@ def test_locust_command_line_smoke_with_two_worker_processes(
     start_server: Callable[..., ChatServer], tmp_path: Path
 ) -> None:
     host, port = start_server(linger=0.5).address
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        master_port = probe.getsockname()[1]
     completed = locust_cli(
         "-f",
         str(ROOT / "loadtest" / "locustfile.py"),
@@ -301,6 +304,13 @@ def test_locust_command_line_smoke_with_two_worker_processes(
         "2s",
         "--processes",
         "2",  # a master and two workers: the µs histograms must be merged
+        # Locust's master binds 5557 on every interface by default: a free loopback port keeps parallel runs apart.
+        "--master-bind-host",
+        "127.0.0.1",
+        "--master-bind-port",
+        str(master_port),
+        "--master-port",
+        str(master_port),
         "--host",
         f"{host}:{port}",
         "--csv",
