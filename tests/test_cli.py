@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import re
 import signal
 import subprocess
@@ -22,17 +23,36 @@ def geventchat(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_help_lists_the_options() -> None:
+def test_help_lists_the_commands_and_each_command_its_options() -> None:
     result = geventchat("--help")
-    assert result.returncode == 0
-    for option in ["--port", "--max-connections", "--framing", "--grace", "--min-timeout", "client"]:
-        assert option in result.stdout
+    assert result.returncode == 0, result.stderr
+    commands = re.findall(r"^    (\w+)\s", result.stdout, re.MULTILINE)
+    assert commands == ["serve", "client", "check", "loadtest"]
+    serve_help = geventchat("serve", "--help")
+    assert serve_help.returncode == 0
+    for option in ["--port", "--max-connections", "--framing", "--grace", "--min-timeout", "--log-format"]:
+        assert option in serve_help.stdout
+    assert "GEVENTCHAT_<OPTION>" in serve_help.stdout  # the environment, said once in the epilog
     client_help = geventchat("client", "--help")
     assert client_help.returncode == 0 and "--timeout" in client_help.stdout and "--framing" in client_help.stdout
+    check_help = geventchat("check", "--help")
+    assert check_help.returncode == 0 and "--port" in check_help.stdout
 
 
-def test_serve_is_the_default_command() -> None:
-    assert geventchat("serve", "--help").stdout == geventchat("--help").stdout
+def test_serve_is_the_default_command(server_process: Callable[..., ServerProcess]) -> None:
+    # conftest's ServerProcess runs 'python -m geventchat --port 0 ...' with no command word.
+    server = server_process()
+    with ChatClient.connect(server.host, server.port, idle_timeout=5) as client:
+        assert client.request("default").message == "default"
+    assert geventchat("--port", "abc").stderr == geventchat("serve", "--port", "abc").stderr
+
+
+def test_version_everywhere_comes_from_the_package_metadata() -> None:
+    expected = f"geventchat {importlib.metadata.version('geventchat')}"
+    for command in [(), ("serve",), ("client",), ("check",)]:
+        result = geventchat(*command, "--version")
+        assert result.returncode == 0, (command, result.stderr)
+        assert result.stdout.strip() == expected, command
 
 
 def test_bad_arguments_give_a_clear_message_and_exit_2() -> None:
@@ -114,7 +134,7 @@ def option_helps(help_output: str) -> dict[str, str]:
     return helps
 
 
-@pytest.mark.parametrize("command", [(), ("client",)])
+@pytest.mark.parametrize("command", [("serve",), ("client",)])
 def test_help_shows_each_default_once_and_never_none(command: tuple[str, ...]) -> None:
     result = geventchat(*command, "--help")
     assert result.returncode == 0, result.stderr
@@ -126,7 +146,7 @@ def test_help_shows_each_default_once_and_never_none(command: tuple[str, ...]) -
         text = helps[option]
         assert text.count("(default:") == 1, (option, text)
         assert "None" not in text, (option, text)
-    if command:
+    if command == ("client",):
         assert helps["--timeout"].endswith("(default: 60.0)") and helps["--tls"].endswith("(default: off)")
     else:
         assert helps["--port"].endswith(f"(default: {DEFAULT_PORT})")
