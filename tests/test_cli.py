@@ -7,10 +7,13 @@ import re
 import signal
 import subprocess
 import sys
+import types
 from collections.abc import Callable
 
 import pytest
 
+from geventchat import cli
+from geventchat.cli import LOADTEST_MISSING
 from geventchat.client import ChatClient, ClosedByServer
 from geventchat.config import DEFAULT_PORT, ServerConfig
 
@@ -168,3 +171,58 @@ def test_one_sigint_shuts_down_gracefully_and_exits_0(server_process: Callable[.
     assert code == 0, err
     assert "SIGINT: shutting down" in err and "stopped" in err
     assert "KeyboardInterrupt" not in err and "second signal" not in err
+
+
+def test_check_is_the_health_check(server_process: Callable[..., ServerProcess]) -> None:
+    server = server_process()
+    healthy = geventchat("check", "--host", server.host, "--port", str(server.port))
+    assert healthy.returncode == 0, healthy.stderr
+    code, _err = server.terminate_and_wait()
+    assert code == 0
+    gone = geventchat("check", "--host", server.host, "--port", str(server.port), "--timeout", "2")
+    assert gone.returncode == 1
+    assert gone.stderr.startswith(f"unhealthy: {server.host}:{server.port}: ") and "Traceback" not in gone.stderr
+
+
+LOADTEST_BLOCKED = """
+import sys
+sys.modules["geventchat.loadtest.command"] = None  # what an install without the module looks like to import
+from geventchat import cli
+raise SystemExit(cli.main(["loadtest", "--headless", "-u", "1"]))
+"""
+
+
+def test_loadtest_without_the_load_tester_is_one_line_and_exit_2() -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", LOADTEST_BLOCKED], capture_output=True, text=True, timeout=20, check=False
+    )
+    assert result.returncode == 2
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(LOADTEST_MISSING), result.stderr
+
+
+def test_loadtest_hands_every_argument_to_the_load_tester(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[list[str]] = []
+
+    def fake_main(argv: list[str]) -> int:
+        seen.append(argv)
+        return 7
+
+    fake = types.ModuleType("geventchat.loadtest.command")
+    fake.main = fake_main  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "geventchat.loadtest.command", fake)
+    args = ["--help", "--headless", "-u", "3", "--gc-scenario", "chat", "--", "extra"]
+    assert cli.main(["loadtest", *args]) == 7
+    assert seen == [args]  # untouched: Locust parses them, --help included
+
+
+def test_the_healthcheck_module_still_runs_for_the_dockerfile(server_process: Callable[..., ServerProcess]) -> None:
+    server = server_process()
+    result = subprocess.run(
+        [sys.executable, "-m", "geventchat.healthcheck", server.host, str(server.port)],
+        capture_output=True,
+        text=True,
+        timeout=20,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
