@@ -62,7 +62,14 @@ def _peer_and_reason(record: logging.LogRecord) -> tuple[str | None, str | None]
 def configure_logging(level: str, log_format: str, log_file: str | None, *, with_pid: bool) -> None:
     """Send the root logger's records at ``level`` and above to ``log_file`` (appended; stderr when None) as
     ``log_format`` (``text`` or ``json``). ``with_pid`` puts ``[pid]`` after the logger name in text lines, for
-    runs with several processes. Raises :class:`OSError` if the file cannot be opened."""
+    runs with several processes. Raises :class:`OSError` if the file cannot be opened.
+
+    Like :func:`logging.basicConfig`, it leaves a root logger that already has handlers alone: whoever called
+    :func:`geventchat.cli.main` in-process (a program embedding it, a test under pytest) configured logging already.
+    """
+    root = logging.getLogger()
+    if root.handlers:
+        return
     handler: logging.Handler
     if log_file is None:
         handler = logging.StreamHandler(sys.stderr)
@@ -75,8 +82,5 @@ def configure_logging(level: str, log_format: str, log_file: str | None, *, with
     else:
         name = "%(name)s[%(process)d]" if with_pid else "%(name)s"
         handler.setFormatter(logging.Formatter(f"%(asctime)s %(levelname)s {name}: %(message)s"))
-    root = logging.getLogger()
-    for old in list(root.handlers):
-        root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level)
