@@ -1,4 +1,5 @@
-"""What one pre-forked worker runs (see :mod:`geventchat.workers`): a ChatServer on a ``SO_REUSEPORT`` listener.
+"""What one pre-forked worker runs (see :mod:`geventchat.workers`): a ChatServer on its slot's ``SO_REUSEPORT``
+listener, inherited from the supervisor.
 
 Kept apart from the supervisor so the supervising parent never touches gevent; only the forked child imports and
 starts a hub here.
@@ -6,6 +7,7 @@ starts a hub here.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import signal
@@ -15,25 +17,36 @@ import gevent
 from gevent.socket import socket as GeventSocket
 
 from .config import ServerConfig
-from .server import ChatServer, create_listener
+from .server import ChatServer
 
 __all__ = ["serve_worker"]
 
 log = logging.getLogger("geventchat.workers")
 
 
-def serve_worker(config: ServerConfig, port: int, index: int, control: socket.socket, early_signals: list[int]) -> int:
-    """Listen on ``port`` next to the other workers, report ready on ``control``, serve until told to stop.
+def serve_worker(
+    config: ServerConfig,
+    listener: socket.socket,
+    index: int,
+    control: socket.socket,
+    early_signals: list[int],
+    *,
+    heartbeat: float | None = None,
+) -> int:
+    """Serve on the listening socket ``listener``, report ready on ``control``, serve until told to stop.
+
+    Writes ``alive`` on ``control`` every ``heartbeat`` seconds (None: never), from a greenlet, so a blocked hub
+    goes silent. Answers ``release-metrics`` by closing its metrics endpoint and writing ``released``.
 
     Stops gracefully (every client gets ``bye: server shutting down``) on SIGTERM/SIGINT, on a signal that arrived
     before the handlers were in place (``early_signals``), and when ``control`` reaches end of file (the supervisor
-    is gone). Returns the exit status. Raises :class:`OSError` if the port cannot be bound.
+    is gone). Returns the exit status. Raises :class:`OSError` if the metrics port cannot be bound.
     """
     gevent.reinit()  # harmless without a hub; required if the parent ever created one
-    listener = create_listener(config.host, port, backlog=config.backlog, reuse_port=True)
+    accepting = GeventSocket(listener.family, listener.type, fileno=listener.detach())
     if config.metrics_port:  # one endpoint per worker, each series labelled worker="<index>" (docs/hardening.md)
         config = dataclasses.replace(config, metrics_port=config.metrics_port + index)
-    server = ChatServer(config, listener=listener, metrics_labels={"worker": str(index)})
+    server = ChatServer(config, listener=accepting, metrics_labels={"worker": str(index)})
     server.start()
     if server.metrics is not None:
         log.info("worker %d: metrics on http://%s:%d/metrics", index, *server.metrics.address)
@@ -54,16 +67,28 @@ def serve_worker(config: ServerConfig, port: int, index: int, control: socket.so
 
     def watch_supervisor() -> None:
         try:
-            while channel.recv(64):
-                pass
+            while data := channel.recv(64):
+                if b"release-metrics" in data and server.metrics is not None:
+                    server.metrics.stop()  # a replacement is about to bind its port (SIGHUP)
+                    server.metrics = None
+                if b"release-metrics" in data:
+                    channel.sendall(b"released\n")
         except OSError:
             pass
         stop("the supervisor is gone")
 
+    def beat(interval: float) -> None:
+        with contextlib.suppress(OSError):  # the supervisor is gone: watch_supervisor sees it
+            while True:  # ends when killed after serve_forever, or when the supervisor is gone
+                gevent.sleep(interval)
+                channel.sendall(b"alive\n")
+
     channel.sendall(b"ready\n")
-    watcher = gevent.spawn(watch_supervisor)
+    helpers = [gevent.spawn(watch_supervisor)]
+    if heartbeat is not None:
+        helpers.append(gevent.spawn(beat, heartbeat))
     server.serve_forever()
-    watcher.kill(block=False)
+    gevent.killall(helpers, block=False)
     channel.close()
     log.debug("worker %d: stopped", index)
     return 0

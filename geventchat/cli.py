@@ -1,25 +1,33 @@
-"""Entry point: argv → frozen config, logging, signals. The only module that reads argv or installs handlers.
+"""Entry point: argv and the environment → frozen config, logging, signals. The only module that reads argv or
+the environment, or installs handlers.
 
-``geventchat [serve] [options]`` runs the server; ``geventchat client [options]`` runs the client. The options
-and their parsing live in :mod:`geventchat.options`, the client's session in :mod:`geventchat.client_cli`.
+``geventchat [serve] [options]`` runs the server, ``geventchat client`` the client, ``geventchat check`` the health
+check, ``geventchat loadtest`` Locust with the packaged scenarios. The options and their parsing live in
+:mod:`geventchat.options`, the environment's part in :mod:`geventchat.envconfig`, the client's session in
+:mod:`geventchat.client_cli`.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import logging
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
 
 import gevent
 
+from . import systemd
 from .client_cli import run_client
 from .config import ServerConfig
-from .options import client_parser, gevent_only_options, server_config, server_parser
+from .envconfig import apply_environment
+from .healthcheck import check_server
+from .logs import configure_logging
+from .options import COMMANDS, command_parser, gevent_only_options, server_config, server_parser, subparsers
 
 if TYPE_CHECKING:
     from .server import ChatServer
@@ -32,15 +40,48 @@ log = logging.getLogger("geventchat")
 _server_parser = server_parser
 _server_config = server_config
 
+#: What ``geventchat loadtest`` says when the load tester does not import.
+LOADTEST_MISSING = "geventchat: the load tester needs Locust: pip install 'geventchat[loadtest]'"
+_TOP_LEVEL_FLAGS = ("-h", "--help", "--version")
+
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run ``geventchat``; returns the process exit code."""
+    """Run ``geventchat``; returns the process exit code (argparse exits 2 itself for bad options)."""
     args = list(sys.argv[1:] if argv is None else argv)
-    if args and args[0] == "client":
-        return run_client(client_parser().parse_args(args[1:]))
-    if args and args[0] == "serve":
-        args = args[1:]
-    return run_server(server_parser().parse_args(args))
+    if args and args[0] == "loadtest":
+        return run_loadtest(args[1:])  # Locust parses its own options, --help included
+    if not args or (args[0] not in COMMANDS and args[0] not in _TOP_LEVEL_FLAGS):
+        args = ["serve", *args]  # serve is the default command
+    parser = command_parser()
+    if args[0] == "serve":
+        apply_environment(subparsers(parser)["serve"], os.environ)
+    namespace = parser.parse_args(args)
+    if namespace.command == "client":
+        return run_client(namespace)
+    if namespace.command == "check":
+        return run_check(namespace)
+    return run_server(namespace)
+
+
+def run_check(args: argparse.Namespace) -> int:
+    """``geventchat check``: 0 if the server greets, 1 (with the reason on stderr) if not."""
+    problem = check_server(args.host, args.port, args.timeout)
+    if problem is not None:
+        print(f"unhealthy: {problem}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def run_loadtest(argv: list[str]) -> int:
+    """``geventchat loadtest ARGS``: hand every argument to :func:`geventchat.loadtest.command.main`, imported only
+    now, so the server and client never import Locust (nor need it installed)."""
+    try:
+        command = importlib.import_module(".loadtest.command", __package__)
+    except ImportError as exc:
+        print(f"{LOADTEST_MISSING} ({exc})", file=sys.stderr)
+        return 2
+    code: int = command.main(argv)
+    return code
 
 
 # --------------------------------------------------------------------------------------------------- server
@@ -70,14 +111,25 @@ def run_server(args: argparse.Namespace) -> int:
     """Serve as ``args`` say until SIGTERM/SIGINT; returns the exit status (0 after a clean shutdown, 1 if the
     address cannot be bound or the server failed, 2 for options that cannot work)."""
     several_processes = args.workers != 1 or args.model == "process"
-    # With several processes, each log line says which one wrote it.
-    name = "%(name)s[%(process)d]" if several_processes else "%(name)s"
-    logging.basicConfig(level=args.log_level, format=f"%(asctime)s %(levelname)s {name}: %(message)s")
+    try:  # with several processes, each text log line says which one wrote it
+        configure_logging(args.log_level, args.log_format, args.log_file, with_pid=several_processes)
+    except OSError as exc:
+        print(f"geventchat: error: cannot open --log-file {args.log_file}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
     try:
         config = server_config(args)
     except ValueError as exc:
         print(f"geventchat: error: {exc}", file=sys.stderr)
         return 2
+    try:
+        with _pid_file(args.pid_file):
+            return _serve(args, config)
+    except _PidFileError as exc:
+        print(f"geventchat: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _serve(args: argparse.Namespace, config: ServerConfig) -> int:
     if args.model != "gevent":
         return _serve_other_model(args, config)
     unusable = _missing_dependency(config) or _unusable_certificate(config)
@@ -91,10 +143,41 @@ def run_server(args: argparse.Namespace) -> int:
         if count > 1:
             _tune_gc(args)  # before the fork: the workers inherit the frozen start-up objects and the thresholds
             try:
-                return Supervisor(config, count, _announce).run()
+                return Supervisor(config, count, _announce, worker_timeout=args.worker_timeout).run()
             except OSError as exc:
                 return _cannot_listen(config, exc)
     return _serve_gevent(args, config)
+
+
+class _PidFileError(Exception):
+    """The pid file cannot be written (the operator's path or permissions)."""
+
+
+@contextlib.contextmanager
+def _pid_file(path: str | None) -> Iterator[None]:
+    """Write this process's id to ``path`` for the body's duration, then remove it (if it is still ours).
+
+    Written to a temporary name and renamed, so a reader never sees a half-written file. Forked workers leave
+    through ``os._exit`` and never reach the removal.
+    """
+    if path is None:
+        yield
+        return
+    pid = os.getpid()
+    try:
+        with open(f"{path}.tmp", "w", encoding="ascii") as file:
+            file.write(f"{pid}\n")
+        os.replace(f"{path}.tmp", path)
+    except OSError as exc:
+        raise _PidFileError(f"cannot write --pid-file {path}: {exc.strerror or exc}") from None
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            with open(path, encoding="ascii") as file:
+                ours = file.read().strip() == str(pid)
+            if ours:
+                os.unlink(path)
 
 
 def _unusable_certificate(config: ServerConfig) -> str | None:
@@ -144,6 +227,7 @@ def _handle_stop_signals(server: ChatServer) -> None:
                 signal.Signals(signum).name,
                 server.config.grace,
             )
+            systemd.notify("STOPPING=1")
             gevent.spawn(server.shutdown)
         else:
             log.warning("second signal: exiting now")
@@ -164,6 +248,7 @@ def _announce(address: tuple[str, int]) -> None:
     from ._listening import format_listening_line
 
     print(format_listening_line(address), flush=True)
+    systemd.notify("READY=1")  # after the line: whoever reads either may connect at once
 
 
 def _cannot_listen(config: ServerConfig, exc: OSError) -> int:

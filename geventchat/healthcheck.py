@@ -1,4 +1,5 @@
-"""``python -m geventchat.healthcheck [HOST [PORT]]``: exit 0 if a geventchat server there greets, else 1.
+"""``geventchat check [--host H] [--port P]`` and ``python -m geventchat.healthcheck [HOST [PORT]]`` (the form the
+Dockerfile uses, kept so existing images work): exit 0 if a geventchat server there greets, else 1.
 
 For container health checks (the Dockerfile's ``HEALTHCHECK``). Plain blocking sockets, no gevent: it runs once
 and exits. It sends ``PROXY UNKNOWN\\r\\n`` first, so a server started with ``--proxy-protocol`` accepts it as a

@@ -1,5 +1,6 @@
-"""The command line's vocabulary: argparse parsers for ``geventchat [serve]`` and ``geventchat client``, their value
-parsers, and the one place parsed server options become a :class:`~geventchat.config.ServerConfig`.
+"""The command line's vocabulary: the ``geventchat`` parser with its subcommands (``serve``, the default, ``client``,
+``check`` and ``loadtest``), their value parsers, and the one place parsed server options become a
+:class:`~geventchat.config.ServerConfig`.
 
 Nothing here reads ``sys.argv``, installs handlers or starts anything: :mod:`geventchat.cli` does that.
 """
@@ -7,14 +8,38 @@ Nothing here reads ``sys.argv``, installs handlers or starts anything: :mod:`gev
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import math
 from collections.abc import Callable
 
 from . import __version__
 from .config import DEFAULT_GREETING, DEFAULT_PORT, DEFAULT_PREFIX, Framing, ProtocolConfig, ServerConfig
+from .envconfig import ENVIRONMENT_HELP
 from .models import MODELS
 
-__all__ = ["client_parser", "gevent_only_options", "server_config", "server_parser"]
+__all__ = [
+    "COMMANDS",
+    "check_parser",
+    "client_parser",
+    "command_parser",
+    "gevent_only_options",
+    "server_config",
+    "server_parser",
+    "subparsers",
+    "version_line",
+]
+
+#: The subcommands, in the order ``geventchat --help`` lists them; ``serve`` is assumed when none is given.
+COMMANDS = ("serve", "client", "check", "loadtest")
+
+
+def version_line() -> str:
+    """``geventchat X.Y.Z``, from the installed distribution's metadata (the source tree's when not installed)."""
+    try:
+        version = importlib.metadata.version("geventchat")
+    except importlib.metadata.PackageNotFoundError:
+        version = __version__
+    return f"geventchat {version}"
 
 
 def _number(minimum: float, *, inclusive: bool) -> Callable[[str], float]:
@@ -67,21 +92,87 @@ class _HelpFormatter(argparse.HelpFormatter):
         return f"{text} (default: %(default)s)"
 
 
-def server_parser() -> argparse.ArgumentParser:
-    """The parser for ``geventchat [serve]`` (the word ``serve`` already removed)."""
-    defaults = ServerConfig()
+def command_parser() -> argparse.ArgumentParser:
+    """The ``geventchat`` parser: ``--version`` and one subparser per command in :data:`COMMANDS`.
+
+    ``loadtest``'s subparser only names the command for ``--help``: its arguments belong to Locust and are handed
+    over unparsed (:mod:`geventchat.cli`).
+    """
     parser = argparse.ArgumentParser(
-        prog="geventchat [serve]",
-        description="Run the geventchat server (one greenlet per client). "
-        "'geventchat client --help' shows the client's options.",
+        prog="geventchat",
+        description="A greenlet-per-client TCP chat/echo server on gevent, its client, a health check and a load "
+        "tester. With no command, 'serve' is assumed: 'geventchat --port 0' is 'geventchat serve --port 0'.",
+        epilog="'geventchat COMMAND --help' shows a command's options.",
+    )
+    _add_version(parser)
+    commands = parser.add_subparsers(dest="command", title="commands", metavar="COMMAND")
+    serve = commands.add_parser(
+        "serve",
+        help="run the server (the default command)",
+        description="Run the geventchat server (one greenlet per client).",
+        epilog=ENVIRONMENT_HELP,
         formatter_class=_HelpFormatter,
     )
-    parser.add_argument("--version", action="version", version=f"geventchat {__version__}")
+    _add_server_options(serve)
+    client = commands.add_parser(
+        "client",
+        help="talk to a server, interactively or from a pipe",
+        description="Talk to a geventchat server. Interactive on a terminal (':q' or Ctrl-D quits); with piped "
+        "input, sends each line, prints each reply, and sends ':q' at the end.",
+        formatter_class=_HelpFormatter,
+    )
+    _add_client_options(client)
+    check = commands.add_parser(
+        "check",
+        help="health check: exit 0 if a server greets, 1 if not",
+        description="Exit 0 if a geventchat server at HOST:PORT greets within the timeout, else print why and exit "
+        "1 (for container and load-balancer health checks; also 'python -m geventchat.healthcheck [HOST [PORT]]').",
+        formatter_class=_HelpFormatter,
+    )
+    _add_check_options(check)
+    commands.add_parser(
+        "loadtest",
+        help="run Locust with the packaged scenarios (needs pip install 'geventchat[loadtest]'); "
+        "'geventchat loadtest --help' lists its options",
+        add_help=False,
+    )
+    return parser
+
+
+def subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    """The subcommand parsers of :func:`command_parser`'s ``parser``, by command name."""
+    for action in parser._actions:  # argparse keeps its subparsers only in this private list
+        if isinstance(action, argparse._SubParsersAction):
+            return dict(action.choices)
+    raise ValueError("the parser has no subcommands")
+
+
+def server_parser() -> argparse.ArgumentParser:
+    """The parser for ``geventchat serve`` (the word ``serve`` already removed)."""
+    return subparsers(command_parser())["serve"]
+
+
+def client_parser() -> argparse.ArgumentParser:
+    """The parser for ``geventchat client`` (the word ``client`` already removed)."""
+    return subparsers(command_parser())["client"]
+
+
+def check_parser() -> argparse.ArgumentParser:
+    """The parser for ``geventchat check`` (the word ``check`` already removed)."""
+    return subparsers(command_parser())["check"]
+
+
+def _add_version(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--version", action="version", version=version_line(), help="print the version and exit")
+
+
+def _add_server_options(parser: argparse.ArgumentParser) -> None:
+    defaults = ServerConfig()
+    _add_version(parser)
     _add_network_options(parser, defaults)
     _add_protocol_options(parser, ProtocolConfig())
     _add_operations_options(parser, defaults)
     _add_hardening_options(parser, defaults)
-    return parser
 
 
 def _add_network_options(parser: argparse.ArgumentParser, defaults: ServerConfig) -> None:
@@ -101,7 +192,15 @@ def _add_network_options(parser: argparse.ArgumentParser, defaults: ServerConfig
         type=_integer(0),
         default=1,
         help="worker processes sharing the port (SO_REUSEPORT) under a supervising parent; 0 = one per CPU. "
-        "--max-connections applies to each worker",
+        "--max-connections applies to each worker. SIGHUP replaces the workers gracefully, SIGTTIN adds one, "
+        "SIGTTOU removes one",
+    )
+    net.add_argument(
+        "--worker-timeout",
+        type=_non_negative,
+        default=30.0,
+        help="with --workers: seconds a worker may miss its heartbeat before the supervisor kills and replaces it "
+        "(0 = never)",
     )
     net.add_argument(
         "--model",
@@ -177,7 +276,24 @@ def _add_operations_options(parser: argparse.ArgumentParser, defaults: ServerCon
         default="INFO",
         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
         type=str.upper,
-        help="logging level (stderr)",
+        help="logging level",
+    )
+    ops.add_argument(
+        "--log-format",
+        choices=["text", "json"],
+        default="text",
+        help="text: one human line per record; json: one JSON object per line with time, level, logger, event, "
+        "pid, and peer and reason where the record has them (the listening line stays plain text on stdout)",
+    )
+    ops.add_argument(
+        "--log-file",
+        default=None,
+        help="append log records to this file instead of stderr (default: stderr)",
+    )
+    ops.add_argument(
+        "--pid-file",
+        default=None,
+        help="write the server's (or the supervisor's) process id here at start, remove it at exit (default: none)",
     )
 
 
@@ -210,14 +326,8 @@ def _add_hardening_options(parser: argparse.ArgumentParser, defaults: ServerConf
     group.add_argument("--metrics-host", default=defaults.metrics_host, help="address the metrics endpoint binds")
 
 
-def client_parser() -> argparse.ArgumentParser:
-    """The parser for ``geventchat client`` (the word ``client`` already removed)."""
-    parser = argparse.ArgumentParser(
-        prog="geventchat client",
-        description="Talk to a geventchat server. Interactive on a terminal (':q' or Ctrl-D quits); with piped "
-        "input, sends each line, prints each reply, and sends ':q' at the end.",
-        formatter_class=_HelpFormatter,
-    )
+def _add_client_options(parser: argparse.ArgumentParser) -> None:
+    _add_version(parser)
     parser.add_argument("--host", default="127.0.0.1", help="server address")
     parser.add_argument("--port", type=_integer(1, 65535), default=DEFAULT_PORT, help="server port")
     parser.add_argument("--timeout", type=_positive, default=60.0, help="idle timeout (s) to negotiate")
@@ -236,7 +346,13 @@ def client_parser() -> argparse.ArgumentParser:
         default=None,
         help="PEM CA file to verify the server with (implies --tls) (default: the system CAs, with --tls)",
     )
-    return parser
+
+
+def _add_check_options(parser: argparse.ArgumentParser) -> None:
+    _add_version(parser)
+    parser.add_argument("--host", default="127.0.0.1", help="server address")
+    parser.add_argument("--port", type=_integer(1, 65535), default=DEFAULT_PORT, help="server port")
+    parser.add_argument("--timeout", type=_positive, default=2.0, help="seconds to connect and be greeted")
 
 
 def server_config(args: argparse.Namespace) -> ServerConfig:

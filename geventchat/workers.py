@@ -1,19 +1,30 @@
 """Pre-forked workers: one supervising parent, N worker processes each with its own gevent hub and ChatServer.
 
-The parent runs no gevent at all: it reserves the port, forks the workers, and then only waits (``selectors`` on
-the signal wake-up pipe and one control socket per worker) and reaps. Each worker binds the same port with
-``SO_REUSEPORT`` (set before ``bind``), so the kernel spreads new connections over the workers' own accept queues;
-``--max-connections`` and the open-file limit apply to each worker separately.
+The parent runs no gevent at all: it binds the listening sockets, forks the workers, and then only waits
+(``selectors`` on the signal wake-up pipe and one control socket per worker) and reaps. Worker *slots* are
+numbered ``0..N-1``; the parent binds one ``SO_REUSEPORT`` listening socket per slot (the first learns the
+concrete port for port 0) and keeps it open, and the worker in that slot inherits it. The kernel spreads new
+connections over the slots' accept queues; ``--max-connections`` and the open-file limit apply to each worker.
+Because the parent holds every slot's socket, a replacement worker takes over the same accept queue: connections
+that arrive while a slot's worker restarts wait in the queue instead of being refused or reset.
 
-- Port 0: the parent binds a ``SO_REUSEPORT`` socket first to learn a concrete port and keeps it bound (never
-  listening, so it gets no connections) for its whole life: a restarting worker can always bind the port again.
-  It keeps off programs that bind plainly, but it is not a lock: Linux lets a ``SO_REUSEADDR`` socket bind a port
-  nobody listens on, and a same-user ``SO_REUSEPORT`` socket join the workers.
-- Readiness: a worker writes ``ready`` on its control socket once it listens; the parent prints the one line
-  ``geventchat listening on HOST:PORT`` after every worker has done so.
-- Signals: SIGTERM/SIGINT are forwarded (as SIGTERM) to every worker, which shuts down gracefully (every client
-  gets ``bye: server shutting down``); the parent exits 0 once all workers exited 0. A second signal kills the
-  workers and exits 1.
+- Readiness: a worker writes ``ready`` on its control socket once it serves; the parent prints the one line
+  ``geventchat listening on HOST:PORT`` after every worker has done so, and tells systemd ``READY=1``
+  (:mod:`geventchat.systemd`).
+- Heartbeat: a worker writes ``alive`` on its control socket every quarter of ``worker_timeout``; one silent for
+  ``worker_timeout`` seconds (a hung hub, a stopped process) is killed with SIGKILL and counts as a crash. A
+  worker that is not ready within :attr:`Supervisor.start_timeout` is treated the same way.
+- SIGTERM/SIGINT: ``STOPPING=1`` to systemd, then SIGTERM to every worker, which shuts down gracefully (every
+  client gets ``bye: server shutting down``); the parent exits 0 once all workers exited 0. A second signal kills
+  the workers and exits 1.
+- SIGHUP: graceful replacement, as gunicorn does it. A new worker starts in every slot, sharing the slot's socket
+  with the old one; once all new workers are ready the old ones get SIGTERM and drain (``bye: server shutting
+  down``, up to the grace period). No connection is refused: the sockets never close. With ``--metrics-port``,
+  slot *i*'s old worker first closes its metrics endpoint (port ``METRICS_PORT + i``) so the new one can bind it;
+  the endpoint is gone for that moment. systemd hears ``RELOADING=1`` and ``READY=1`` when done.
+- SIGTTIN adds a worker (a new slot); SIGTTOU removes the highest slot (never the last): its worker gets SIGTERM
+  and drains, and its socket closes, so connections still queued there at that instant are reset (Linux moves
+  them to another socket of the port only with ``sysctl net.ipv4.tcp_migrate_req=1``).
 - Crashes: a worker that exits while the server is running is restarted after an exponential back-off. More than
   :attr:`Supervisor.max_crashes` crashes within :attr:`Supervisor.crash_window` seconds: the parent stops the
   other workers and exits 1 (the rule is :class:`~geventchat.restart_policy.RestartPolicy`).
@@ -34,6 +45,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from . import systemd
 from ._net import WakePipe, bind_tcp
 from .config import ServerConfig
 from .restart_policy import RestartPolicy
@@ -42,9 +54,14 @@ __all__ = ["Supervisor", "resolve_worker_count"]
 
 log = logging.getLogger("geventchat.workers")
 
-_READY = b"ready\n"
+_READY = b"ready"
+_RELEASED = b"released"
+#: Parent → worker: close your metrics endpoint now (a replacement needs its port).
+RELEASE_METRICS = b"release-metrics\n"
 _FORWARDED = (signal.SIGTERM, signal.SIGINT)
-_WATCHED = (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD)
+_WATCHED = (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD, signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU)
+#: Signals only the supervisor acts on: a worker ignores them (a terminal hang-up reaches the whole group).
+_SUPERVISOR_ONLY = (signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU)
 
 
 def resolve_worker_count(requested: int) -> int:
@@ -59,17 +76,22 @@ def resolve_worker_count(requested: int) -> int:
 
 @dataclass
 class _Worker:
-    index: int
+    index: int  # the slot
     pid: int
     control: socket.socket
     started: float
+    generation: int
+    last_seen: float = 0.0  # monotonic time of the last message on the control socket
     ready: bool = False
+    retiring: bool = False  # told to drain and leave: its exit is not a crash
+    killed_silent: bool = False  # killed for a missed heartbeat or start: do not kill it twice
 
 
 class Supervisor:
     """Pre-fork ``count`` gevent workers serving ``config`` and keep them running; see the module docstring.
 
-    Call :meth:`run` from the main thread of a process that has not started a gevent hub.
+    ``worker_timeout`` is the heartbeat limit in seconds (0 turns the heartbeat off). Call :meth:`run` from the
+    main thread of a process that has not started a gevent hub.
     """
 
     #: Crashes tolerated within :attr:`crash_window` seconds; one more and the supervisor gives up (exit 1).
@@ -80,19 +102,31 @@ class Supervisor:
     restart_delay = 0.1
     #: Longest restart delay in seconds.
     max_restart_delay = 5.0
-    #: Seconds every worker gets to report ready at start before the supervisor gives up.
+    #: Seconds a worker gets to report ready; at the first start the supervisor gives up, later it kills it.
     start_timeout = 30.0
     #: Seconds, beyond the grace period and the linger time, to wait for workers to exit on shutdown.
     exit_margin = 5.0
 
-    def __init__(self, config: ServerConfig, count: int, announce: Callable[[tuple[str, int]], None]) -> None:
+    def __init__(
+        self,
+        config: ServerConfig,
+        count: int,
+        announce: Callable[[tuple[str, int]], None],
+        *,
+        worker_timeout: float = 30.0,
+    ) -> None:
         if count < 1:
             raise ValueError(f"count must be at least 1, not {count}")
+        if worker_timeout < 0:
+            raise ValueError(f"worker_timeout must be >= 0, not {worker_timeout}")
         self.config = config
         self.count = count
+        self.worker_timeout = worker_timeout
         self._announce = announce
         self._workers: dict[int, _Worker] = {}  # by pid
-        self._restarts: dict[int, float] = {}  # worker index -> monotonic time due
+        self._listeners: dict[int, socket.socket] = {}  # by slot: the parent's copy of each slot's socket
+        self._restarts: dict[int, float] = {}  # slot -> monotonic time due
+        self._awaiting_release: dict[int, int] = {}  # old worker's pid -> slot whose replacement waits for it
         # Built from the class attributes here, so a subclass (or a test) can tune them before construction.
         self._restart_policy = RestartPolicy(
             max_crashes=self.max_crashes,
@@ -100,14 +134,15 @@ class Supervisor:
             first_delay=self.restart_delay,
             max_delay=self.max_restart_delay,
         )
+        self._generation = 0
+        self._reloading = False
         self._announced = False
         self._stopping = False
         self._stop_deadline = 0.0
         self._failed = False
         self._unclean_exits = 0
         self._signals = 0
-        self._reservation: socket.socket | None = None
-        self._wake = WakePipe()  # SIGTERM, SIGINT and SIGCHLD write their numbers here
+        self._wake = WakePipe()  # the watched signals write their numbers here
         self._selector = selectors.DefaultSelector()
         self.address: tuple[str, int] | None = None
 
@@ -117,9 +152,10 @@ class Supervisor:
         """Serve until a signal or repeated crashes; returns the exit status (0 after a clean shutdown).
         Raises :class:`OSError` if the address cannot be bound."""
         try:
-            # Bound, never listening: a concrete port for port 0, held for restarting workers (module docstring).
-            self._reservation = bind_tcp(self.config.host, self.config.port, reuse_port=True, listen=False)
-            self.address = self._reservation.getsockname()[:2]
+            first = self._listen(0, self.config.port)  # port 0: the others join the port it got
+            self.address = first.getsockname()[:2]
+            for index in range(1, self.count):
+                self._listen(index, self.address[1])
             self._selector.register(self._wake.fileno(), selectors.EVENT_READ)
             previous = {signum: signal.signal(signum, _note_signal) for signum in _WATCHED}
             self._wake.catch_signals()
@@ -131,6 +167,11 @@ class Supervisor:
                     signal.signal(signum, handler)
         finally:
             self._close_all()
+
+    def _listen(self, index: int, port: int) -> socket.socket:
+        sock = bind_tcp(self.config.host, port, backlog=self.config.backlog, reuse_port=True)
+        self._listeners[index] = sock
+        return sock
 
     # -- the loop
 
@@ -156,67 +197,200 @@ class Supervisor:
                 else:
                     self._on_control(key.data)
             self._reap()
+            self._kill_silent_workers()
             self._start_due_restarts()
-            if not self._announced and not self._stopping and self._all_ready():
-                self._announced = True
-                assert self.address is not None
-                self._announce(self.address)
-                log.info(
-                    "%d workers ready (pids %s), each serving up to %d connections",
-                    self.count,
-                    " ".join(str(pid) for pid in sorted(self._workers)),
-                    self.config.connection_limit,
-                )
+            self._after_events()
         if self._failed or self._unclean_exits:
             return 1
         log.info("stopped")
         return 0
 
+    def _after_events(self) -> None:
+        """Announce the first start, and finish a reload, once every current worker is ready."""
+        if self._stopping or not self._all_ready():
+            return
+        if not self._announced:
+            self._announced = True
+            assert self.address is not None
+            self._announce(self.address)
+            log.info(
+                "%d workers ready (pids %s), each serving up to %d connections",
+                self.count,
+                " ".join(str(pid) for pid in sorted(self._workers)),
+                self.config.connection_limit,
+            )
+        if self._reloading and not self._awaiting_release:
+            self._reloading = False
+            old = [w for w in self._workers.values() if w.generation < self._generation and not w.retiring]
+            for worker in old:
+                self._retire(worker)
+            log.info(
+                "reload done: %d new workers ready (pids %s); %d old workers draining",
+                self.count,
+                " ".join(str(w.pid) for w in self._current()),
+                len(old),
+            )
+            systemd.notify("READY=1")
+
     def _select_timeout(self, now: float) -> float:
-        # A bounded wait: SIGCHLD wakes us through the pipe, but a periodic reap costs nothing and hides no bug.
+        # A bounded wait: SIGCHLD wakes us through the pipe, but a periodic reap costs nothing and hides no bug; the
+        # heartbeat check needs a wake-up at least every quarter of the timeout.
         timeout = 1.0
+        if self.worker_timeout > 0:
+            timeout = min(timeout, self.worker_timeout / 4)
         if self._restarts and not self._stopping:
             timeout = min(timeout, max(0.0, min(self._restarts.values()) - now))
         return timeout
 
+    def _current(self) -> list[_Worker]:
+        """The workers of the current generation that are not leaving, in slot order."""
+        current = [w for w in self._workers.values() if w.generation == self._generation and not w.retiring]
+        return sorted(current, key=lambda w: w.index)
+
     def _all_ready(self) -> bool:
-        return not self._restarts and len(self._workers) == self.count and all(w.ready for w in self._workers.values())
+        current = self._current()
+        return not self._restarts and len(current) == self.count and all(w.ready for w in current)
 
     # -- events
 
     def _on_signals(self) -> None:
         for signum in self._wake.drain():
-            if signum not in _FORWARDED:
-                continue  # SIGCHLD: the reap after every wake-up handles it
-            self._signals += 1
-            if self._signals == 1:
-                log.info(
-                    "%s: shutting down %d workers (grace %gs); send it again to exit at once",
-                    signal.Signals(signum).name,
-                    len(self._workers),
-                    self.config.grace,
-                )
-                self._begin_stop(signal.SIGTERM)
-            else:
-                log.warning("second signal: killing the workers and exiting now")
-                self._failed = True
-                self._signal_workers(signal.SIGKILL)
+            if signum == signal.SIGHUP:
+                self._reload()
+            elif signum == signal.SIGTTIN:
+                self._add_worker()
+            elif signum == signal.SIGTTOU:
+                self._remove_worker()
+            elif signum in _FORWARDED:
+                self._on_stop_signal(signum)
+            # SIGCHLD: the reap after every wake-up handles it
+
+    def _on_stop_signal(self, signum: int) -> None:
+        self._signals += 1
+        if self._signals == 1:
+            log.info(
+                "%s: shutting down %d workers (grace %gs); send it again to exit at once",
+                signal.Signals(signum).name,
+                len(self._workers),
+                self.config.grace,
+            )
+            systemd.notify("STOPPING=1")
+            self._begin_stop(signal.SIGTERM)
+        else:
+            log.warning("second signal: killing the workers and exiting now")
+            self._failed = True
+            self._signal_workers(signal.SIGKILL)
 
     def _on_control(self, worker: _Worker) -> None:
         try:
-            data = worker.control.recv(64)
+            data = worker.control.recv(4096)
         except OSError:
             data = b""
-        if data.startswith(_READY.strip()):
+        if not data:
+            self._selector.unregister(worker.control)  # it exited; the reap reports how
+            return
+        worker.last_seen = time.monotonic()  # any message is a heartbeat
+        messages = data.split()
+        if _READY in messages and not worker.ready:
             worker.ready = True
             log.debug("worker %d (pid %d) is listening", worker.index, worker.pid)
-        elif not data:
-            self._selector.unregister(worker.control)  # it exited; the reap reports how
+        if _RELEASED in messages:
+            self._start_replacement(worker.pid)
+
+    def _kill_silent_workers(self) -> None:
+        """SIGKILL workers that missed their heartbeat, or did not get ready in time after a restart."""
+        if self._stopping:
+            return  # the shutdown deadline covers them
+        now = time.monotonic()
+        for worker in self._workers.values():
+            if worker.killed_silent:
+                continue
+            if worker.ready and self.worker_timeout > 0 and now - worker.last_seen > self.worker_timeout:
+                why = f"sent no heartbeat for {now - worker.last_seen:.1f}s (--worker-timeout {self.worker_timeout:g})"
+            elif not worker.ready and self._announced and now - worker.started > self.start_timeout:
+                why = f"did not get ready within {self.start_timeout:g}s"
+            else:
+                continue
+            log.error("worker %d (pid %d) %s; killing it", worker.index, worker.pid, why)
+            worker.killed_silent = True
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(worker.pid, signal.SIGKILL)  # even a stopped (SIGSTOP) process dies of it
+
+    # -- reload and scaling
+
+    def _reload(self) -> None:
+        if self._stopping or self._reloading or not self._announced:
+            log.warning("SIGHUP ignored: %s", "shutting down" if self._stopping else "already starting workers")
+            return
+        self._reloading = True
+        self._generation += 1
+        systemd.notify_reloading()
+        log.info("SIGHUP: starting %d new workers; the old ones drain once all are ready", self.count)
+        for worker in list(self._workers.values()):
+            if worker.retiring or worker.index >= self.count:
+                continue
+            if self.config.metrics_port is None:
+                self._spawn(worker.index)
+                continue
+            # Its replacement binds the same metrics port: ask it to let go first; spawn on "released".
+            self._awaiting_release[worker.pid] = worker.index
+            with contextlib.suppress(OSError):
+                worker.control.sendall(RELEASE_METRICS)
+        for index in range(self.count):  # a slot whose worker is between crash and restart
+            if index in self._restarts:
+                del self._restarts[index]
+                self._spawn(index)
+
+    def _start_replacement(self, old_pid: int) -> None:
+        index = self._awaiting_release.pop(old_pid, None)
+        if index is not None and not self._stopping:
+            self._spawn(index)
+
+    def _add_worker(self) -> None:
+        if self._stopping:
+            return
+        index = self.count
+        self.count += 1
+        log.info("SIGTTIN: adding worker %d (now %d workers)", index, self.count)
+        if index not in self._listeners:
+            assert self.address is not None
+            self._listen(index, self.address[1])
+        self._spawn(index)
+
+    def _remove_worker(self) -> None:
+        if self._stopping:
+            return
+        if self.count == 1:
+            log.warning("SIGTTOU ignored: one worker is the minimum")
+            return
+        self.count -= 1
+        index = self.count
+        log.info("SIGTTOU: removing worker %d (now %d workers)", index, self.count)
+        self._restarts.pop(index, None)
+        for worker in list(self._workers.values()):
+            if worker.index == index and not worker.retiring:
+                self._awaiting_release.pop(worker.pid, None)
+                self._retire(worker)
+        listener = self._listeners.pop(index, None)
+        if listener is not None:
+            listener.close()  # the slot's worker holds the last copy; its shutdown closes it
+
+    def _retire(self, worker: _Worker) -> None:
+        worker.retiring = True
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(worker.pid, signal.SIGTERM)
+
+    # -- stopping and reaping
 
     def _begin_stop(self, signum: int) -> None:
         self._stopping = True
         self._restarts.clear()
+        self._awaiting_release.clear()
         self._stop_deadline = time.monotonic() + self.config.grace + 2 * self.config.linger + self.exit_margin
+        # Our copies would keep the port accepting into queues nobody serves once the workers stop accepting.
+        for listener in self._listeners.values():
+            listener.close()
+        self._listeners.clear()
         self._signal_workers(signum)
 
     def _signal_workers(self, signum: int) -> None:
@@ -238,14 +412,27 @@ class Supervisor:
             with contextlib.suppress(KeyError, ValueError):
                 self._selector.unregister(worker.control)
             worker.control.close()
-            how = _describe_status(status)
-            if self._stopping:
-                if not (os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0):
-                    self._unclean_exits += 1
-                    log.warning("worker %d (pid %d) %s during shutdown", worker.index, pid, how)
-                else:
-                    log.debug("worker %d (pid %d) exited", worker.index, pid)
-                continue
+            self._on_exit(worker, status)
+
+    def _on_exit(self, worker: _Worker, status: int) -> None:
+        how = _describe_status(status)
+        clean = os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+        if self._stopping:
+            if not clean:
+                self._unclean_exits += 1
+                log.warning("worker %d (pid %d) %s during shutdown", worker.index, worker.pid, how)
+            else:
+                log.debug("worker %d (pid %d) exited", worker.index, worker.pid)
+        elif worker.retiring:
+            log.log(
+                logging.INFO if clean else logging.WARNING, "old worker %d (pid %d) %s", worker.index, worker.pid, how
+            )
+        elif worker.pid in self._awaiting_release:
+            log.warning("old worker %d (pid %d) %s during the reload", worker.index, worker.pid, how)
+            self._start_replacement(worker.pid)
+        elif worker.generation < self._generation:
+            log.warning("old worker %d (pid %d) %s; its replacement is starting", worker.index, worker.pid, how)
+        else:
             self._on_crash(worker, how)
 
     def _on_crash(self, worker: _Worker, how: str) -> None:
@@ -306,7 +493,8 @@ class Supervisor:
             self._become_worker(index, child_end, old_mask)
         signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
         child_end.close()
-        worker = _Worker(index, pid, parent_end, time.monotonic())
+        now = time.monotonic()
+        worker = _Worker(index, pid, parent_end, now, self._generation, last_seen=now)
         self._workers[pid] = worker
         self._selector.register(parent_end, selectors.EVENT_READ, worker)
         log.info("worker %d started (pid %d)", index, pid)
@@ -318,20 +506,23 @@ class Supervisor:
             early: list[int] = []
             for signum in _FORWARDED:
                 signal.signal(signum, lambda signum, _frame: early.append(signum))
+            for signum in _SUPERVISOR_ONLY:
+                signal.signal(signum, signal.SIG_IGN)
             signal.signal(signal.SIGCHLD, signal.SIG_DFL)
             signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
             # Nothing of the supervisor's may stay open here: the control sockets of other workers would keep
-            # them from seeing end of file when the parent dies, and the reservation is the parent's.
+            # them from seeing end of file when the parent dies, and another slot's socket would outlive its slot.
             self._selector.close()
             for worker in self._workers.values():
                 worker.control.close()
             self._wake.close()
-            if self._reservation is not None:
-                self._reservation.close()
-            assert self.address is not None
+            listener = self._listeners.pop(index)
+            for other in self._listeners.values():
+                other.close()
             from ._worker import serve_worker
 
-            code = serve_worker(self.config, self.address[1], index, control, early)
+            heartbeat = self.worker_timeout / 4 if self.worker_timeout > 0 else None
+            code = serve_worker(self.config, listener, index, control, early, heartbeat=heartbeat)
         except BaseException:
             with contextlib.suppress(BaseException):
                 log.exception("worker %d failed", index)
@@ -354,8 +545,9 @@ class Supervisor:
             worker.control.close()
         self._selector.close()
         self._wake.close()
-        if self._reservation is not None:
-            self._reservation.close()
+        for listener in self._listeners.values():
+            listener.close()
+        self._listeners.clear()
 
 
 def _note_signal(_signum: int, _frame: object) -> None:

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import re
 import signal
 import subprocess
 import sys
+import types
 from collections.abc import Callable
 
 import pytest
 
+from geventchat import cli
+from geventchat.cli import LOADTEST_MISSING
 from geventchat.client import ChatClient, ClosedByServer
 from geventchat.config import DEFAULT_PORT, ServerConfig
 from geventchat.testing import ServerProcess
@@ -21,17 +25,36 @@ def geventchat(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_help_lists_the_options() -> None:
+def test_help_lists_the_commands_and_each_command_its_options() -> None:
     result = geventchat("--help")
-    assert result.returncode == 0
-    for option in ["--port", "--max-connections", "--framing", "--grace", "--min-timeout", "client"]:
-        assert option in result.stdout
+    assert result.returncode == 0, result.stderr
+    commands = re.findall(r"^    (\w+)\s", result.stdout, re.MULTILINE)
+    assert commands == ["serve", "client", "check", "loadtest"]
+    serve_help = geventchat("serve", "--help")
+    assert serve_help.returncode == 0
+    for option in ["--port", "--max-connections", "--framing", "--grace", "--min-timeout", "--log-format"]:
+        assert option in serve_help.stdout
+    assert "GEVENTCHAT_<OPTION>" in serve_help.stdout  # the environment, said once in the epilog
     client_help = geventchat("client", "--help")
     assert client_help.returncode == 0 and "--timeout" in client_help.stdout and "--framing" in client_help.stdout
+    check_help = geventchat("check", "--help")
+    assert check_help.returncode == 0 and "--port" in check_help.stdout
 
 
-def test_serve_is_the_default_command() -> None:
-    assert geventchat("serve", "--help").stdout == geventchat("--help").stdout
+def test_serve_is_the_default_command(server_process: Callable[..., ServerProcess]) -> None:
+    # conftest's ServerProcess runs 'python -m geventchat --port 0 ...' with no command word.
+    server = server_process()
+    with ChatClient.connect(server.host, server.port, idle_timeout=5) as client:
+        assert client.request("default").message == "default"
+    assert geventchat("--port", "abc").stderr == geventchat("serve", "--port", "abc").stderr
+
+
+def test_version_everywhere_comes_from_the_package_metadata() -> None:
+    expected = f"geventchat {importlib.metadata.version('geventchat')}"
+    for command in [(), ("serve",), ("client",), ("check",)]:
+        result = geventchat(*command, "--version")
+        assert result.returncode == 0, (command, result.stderr)
+        assert result.stdout.strip() == expected, command
 
 
 def test_bad_arguments_give_a_clear_message_and_exit_2() -> None:
@@ -113,7 +136,7 @@ def option_helps(help_output: str) -> dict[str, str]:
     return helps
 
 
-@pytest.mark.parametrize("command", [(), ("client",)])
+@pytest.mark.parametrize("command", [("serve",), ("client",)])
 def test_help_shows_each_default_once_and_never_none(command: tuple[str, ...]) -> None:
     result = geventchat(*command, "--help")
     assert result.returncode == 0, result.stderr
@@ -125,7 +148,7 @@ def test_help_shows_each_default_once_and_never_none(command: tuple[str, ...]) -
         text = helps[option]
         assert text.count("(default:") == 1, (option, text)
         assert "None" not in text, (option, text)
-    if command:
+    if command == ("client",):
         assert helps["--timeout"].endswith("(default: 60.0)") and helps["--tls"].endswith("(default: off)")
     else:
         assert helps["--port"].endswith(f"(default: {DEFAULT_PORT})")
@@ -147,3 +170,58 @@ def test_one_sigint_shuts_down_gracefully_and_exits_0(server_process: Callable[.
     assert code == 0, err
     assert "SIGINT: shutting down" in err and "stopped" in err
     assert "KeyboardInterrupt" not in err and "second signal" not in err
+
+
+def test_check_is_the_health_check(server_process: Callable[..., ServerProcess]) -> None:
+    server = server_process()
+    healthy = geventchat("check", "--host", server.host, "--port", str(server.port))
+    assert healthy.returncode == 0, healthy.stderr
+    code, _err = server.terminate_and_wait()
+    assert code == 0
+    gone = geventchat("check", "--host", server.host, "--port", str(server.port), "--timeout", "2")
+    assert gone.returncode == 1
+    assert gone.stderr.startswith(f"unhealthy: {server.host}:{server.port}: ") and "Traceback" not in gone.stderr
+
+
+LOADTEST_BLOCKED = """
+import sys
+sys.modules["geventchat.loadtest.command"] = None  # what an install without the module looks like to import
+from geventchat import cli
+raise SystemExit(cli.main(["loadtest", "--headless", "-u", "1"]))
+"""
+
+
+def test_loadtest_without_the_load_tester_is_one_line_and_exit_2() -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", LOADTEST_BLOCKED], capture_output=True, text=True, timeout=20, check=False
+    )
+    assert result.returncode == 2
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(LOADTEST_MISSING), result.stderr
+
+
+def test_loadtest_hands_every_argument_to_the_load_tester(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[list[str]] = []
+
+    def fake_main(argv: list[str]) -> int:
+        seen.append(argv)
+        return 7
+
+    fake = types.ModuleType("geventchat.loadtest.command")
+    fake.main = fake_main  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "geventchat.loadtest.command", fake)
+    args = ["--help", "--headless", "-u", "3", "--gc-scenario", "chat", "--", "extra"]
+    assert cli.main(["loadtest", *args]) == 7
+    assert seen == [args]  # untouched: Locust parses them, --help included
+
+
+def test_the_healthcheck_module_still_runs_for_the_dockerfile(server_process: Callable[..., ServerProcess]) -> None:
+    server = server_process()
+    result = subprocess.run(
+        [sys.executable, "-m", "geventchat.healthcheck", server.host, str(server.port)],
+        capture_output=True,
+        text=True,
+        timeout=20,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr

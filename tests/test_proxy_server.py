@@ -134,7 +134,7 @@ def test_without_the_flag_a_header_is_just_a_bad_timeout_line(start_server: Star
 
 
 def test_the_command_line_flag_turns_it_on() -> None:
-    result = geventchat("--help")
+    result = geventchat("serve", "--help")
     assert "--proxy-protocol" in result.stdout
     from geventchat.cli import _server_config, _server_parser
 
