@@ -16,7 +16,6 @@ import ssl
 import struct
 import termios
 import time
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import gevent
@@ -27,10 +26,10 @@ from gevent.socket import socket as GeventSocket
 from greenlet import greenlet as RawGreenlet
 
 from .config import ServerConfig
-from .histogram import LatencyHistogram
 from .limits import AddressLimiter
 from .protocol import CloseReason, ServerConversation, describe_event, format_peer
 from .proxy_protocol import InvalidProxyHeader, ProxyHeaderReader
+from .stats import INTERNAL_ERROR, INVALID_PROXY_HEADER, RESET, TLS_ERROR, ServerStats
 
 if TYPE_CHECKING:
     from .metrics import MetricsEndpoint
@@ -49,13 +48,6 @@ _LINGER_READ = 16384
 # _Connection._armed_for while the handshake timeout runs: differs from every idle timeout, so the first events
 # after the handshake re-arm the connection's Timeout for the negotiated idle timeout.
 _IN_HANDSHAKE = -1.0
-
-
-#: Close reasons counted in ServerStats.closed (and exported as the metrics' ``reason`` label) besides the
-#: CloseReason values: a small fixed set, whatever errno or OpenSSL texts the peers cause (those go to the log).
-RESET = "reset"
-TLS_ERROR = "tls error"
-INTERNAL_ERROR = "internal error"
 
 
 class IdleAlarm(Exception):
@@ -100,34 +92,6 @@ class _ProxyHeaderLate(Exception):
 
 class _TLSHandshakeExpired(Exception):
     """The handshake timeout passed before the TLS handshake finished (no ``bye:`` can be sent in clear)."""
-
-
-@dataclass
-class ServerStats:
-    """Counters since start. Updated per received chunk (or per write), not per message, to keep the hot path
-    short."""
-
-    current: int = 0
-    total: int = 0
-    rejected_full: int = 0
-    #: Complete messages received (each is answered with one reply).
-    messages: int = 0
-    #: Replies written to the socket, counted once the whole write that carries them went out: the replies of a
-    #: write cut short (a client that stopped reading, a reset) are not counted, so ``messages - replies`` is what
-    #: was received and never answered.
-    replies: int = 0
-    #: ``error:`` and ``bye:`` lines written (rejects on accept included), counted the same way as replies.
-    notices: int = 0
-    bytes_in: int = 0
-    bytes_out: int = 0
-    closed: dict[str, int] = field(default_factory=dict)
-    #: Accept → handshake done (timeout line read), per connection; None unless metrics are served.
-    handshake_latency: LatencyHistogram | None = None
-    #: Chunk received → its replies written, per chunk that produced output; None unless metrics are served.
-    reply_latency: LatencyHistogram | None = None
-
-    def count_close(self, reason: str) -> None:
-        self.closed[reason] = self.closed.get(reason, 0) + 1
 
 
 def create_listener(host: str, port: int, *, backlog: int = 1024, reuse_port: bool = False) -> GeventSocket:
@@ -229,6 +193,8 @@ class ChatServer:
         self.config = config
         self._metrics_labels = metrics_labels  # e.g. {"worker": "2"}: added to every metrics series
         self.stats = ServerStats()
+        if config.metrics_port is not None:
+            self.stats.time_latency()  # the histograms only the metrics export
         self._listener = listener
         self._limit = config.connection_limit
         self._connections: set[_Connection] = set()
@@ -400,7 +366,7 @@ class ChatServer:
             format_peer(address),
             reason,
         )
-        self.stats.count_close("invalid proxy header")
+        self.stats.count_close(INVALID_PROXY_HEADER)
         return None
 
     def _serve(self, sock: GeventSocket, address: tuple[str, int]) -> None:
