@@ -3,9 +3,30 @@ on from its configuration; the metrics only read them, and neither module import
 
 from __future__ import annotations
 
+import ast
+from pathlib import Path
+
+import geventchat
 from geventchat import ChatServer, ServerConfig
 from geventchat.protocol import CloseReason
 from geventchat.stats import CLOSE_LABELS, INTERNAL_ERROR, INVALID_PROXY_HEADER, RESET, TLS_ERROR, ServerStats
+
+PACKAGE = Path(geventchat.__file__).parent
+
+
+def geventchat_imports(path: Path) -> set[str]:
+    """Every geventchat module ``path`` imports anywhere (top level, in functions, under TYPE_CHECKING)."""
+    package = list(path.relative_to(PACKAGE.parent).parent.parts)  # where its relative imports start
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = package[: len(package) - node.level + 1] if node.level else []
+            source = ".".join([*base, *([node.module] if node.module else [])])
+            found.add(source)
+            found.update(f"{source}.{alias.name}" for alias in node.names)
+    return {name for name in found if name.startswith("geventchat")}
 
 
 def test_the_server_turns_its_latency_histograms_on_from_its_config() -> None:
@@ -35,3 +56,13 @@ def test_close_labels_are_the_close_reasons_and_four_more() -> None:
         INTERNAL_ERROR,
         INVALID_PROXY_HEADER,
     }
+
+
+def test_metrics_and_the_server_do_not_import_each_other() -> None:
+    server_imports = set().union(*(geventchat_imports(path) for path in (PACKAGE / "server").glob("*.py")))
+    metrics_imports = geventchat_imports(PACKAGE / "metrics.py")
+    # The situation: the server starts the metrics endpoint, and both use the counters.
+    assert "geventchat.metrics" in server_imports
+    assert "geventchat.stats" in server_imports and "geventchat.stats" in metrics_imports
+    assert not {name for name in metrics_imports if name.startswith("geventchat.server")}
+    assert not {name for name in geventchat_imports(PACKAGE / "stats.py") if name.startswith("geventchat.server")}
