@@ -21,11 +21,12 @@ What is used, why, and what dropping it would cost (figures from docs/performanc
   ``Waiter`` and more C frames in the stack greenlet saves for every idle client. Dropping only the borrowed
   watcher: one more ``loop.io`` watcher per client (made here when a socket has no ``_read_event``).
 - :func:`call_soon` and :func:`throw`: run a callback on the hub's next loop turn (``loop.run_callback``), and
-  from such a callback throw an exception into a suspended greenlet (``greenlet.throw``) as ``gevent.kill`` does.
+  from such a callback throw an exception into a suspended greenlet (``greenlet.throw``), as ``gevent.kill`` does.
   The server's graceful shutdown interrupts a connection that waits for input, but only if it still waits when
-  the callback runs (``gevent.kill`` would throw unconditionally, possibly into a send). The load tester's
-  :class:`RepeatingTimer` throws its reply timeout into a session the same way. Dropping them: a
-  ``gevent.Timeout`` per wait, started and cancelled around every echo (it cost as much as checking the reply).
+  the callback runs; ``gevent.kill(glet, exception)`` (public) would throw unconditionally, possibly into a send,
+  cutting a reply short. The load tester's reply watchdog throws its timeout into an overdue session from a
+  :class:`RepeatingTimer`; the public way, a ``gevent.Timeout`` started and cancelled around every echo, cost about
+  as much as checking the reply.
 - :class:`RepeatingTimer`: a repeating loop timer (``loop.timer(after, repeat, ref=False)``) that does not keep
   the hub alive. Dropping it: a greenlet looping on ``gevent.sleep``, which does keep the hub alive and has to be
   killed.
@@ -102,8 +103,9 @@ def read_watcher(sock: GeventSocket) -> tuple[Any, bool]:
 
 def wait_readable(watcher: Any, current: RawGreenlet, hub: Any) -> None:
     """Block ``current`` (the calling greenlet) until ``watcher`` fires: ``hub.wait(watcher)`` without its Waiter
-    and ``Hub.switch``. Timers and kills thrown into ``current`` arrive as exceptions from here. Returns early on a
-    stray switch, so read without blocking the hub (a gevent socket's ``recv()`` waits again by itself)."""
+    and ``Hub.switch``. Timers and kills thrown into ``current`` arrive as exceptions from here. A stray switch into
+    ``current`` also returns (``hub.wait`` would raise): read with a gevent socket's ``recv()``, which waits again by
+    itself when nothing is there."""
     watcher.start(current.switch)
     try:
         _switch(hub)
