@@ -1,10 +1,10 @@
-"""Prometheus metrics for ``--metrics-port``: a collector that reads :class:`~geventchat.server.ServerStats` at
+"""Prometheus metrics for ``--metrics-port``: a collector that reads :class:`~geventchat.stats.ServerStats` at
 scrape time, served over HTTP by gevent's WSGI server.
 
 The hot path stays as it was: connections bump plain integer counters per received chunk (as before metrics
 existed) and, when metrics are on, observe two :class:`~geventchat.histogram.LatencyHistogram` (a ``bisect`` and two
-additions, no lock). Nothing here runs per message; :class:`StatsCollector` turns the counters into Prometheus
-families only when scraped.
+additions, no lock), which the server turns on itself when its configuration asks for metrics. Nothing here runs per
+message; :class:`StatsCollector` turns the counters into Prometheus families only when scraped.
 
 prometheus-client is a core dependency; the CLI checks that it imports before the server listens.
 """
@@ -12,7 +12,6 @@ prometheus-client is a core dependency; the CLI checks that it imports before th
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
 
 from gevent.pywsgi import WSGIServer
 from prometheus_client import CollectorRegistry, make_wsgi_app
@@ -20,10 +19,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
-from .histogram import LatencyHistogram
-
-if TYPE_CHECKING:
-    from .server import ServerStats
+from .stats import ServerStats
 
 __all__ = ["MetricsEndpoint", "StatsCollector"]
 
@@ -41,6 +37,11 @@ class StatsCollector(Collector):
         self._values = list((const_labels or {}).values())
 
     def collect(self) -> Iterable[Metric]:
+        yield from self._connections()
+        yield from self._traffic()
+        yield from self._latencies()
+
+    def _connections(self) -> Iterable[Metric]:
         stats = self.stats
         names, values = self._names, self._values
         connections = GaugeMetricFamily("geventchat_connections", "Clients connected now.", labels=names)
@@ -56,10 +57,14 @@ class StatsCollector(Collector):
             "Connections ended (or turned away on accept), by reason.",
             labels=[*names, "reason"],
         )
-        # The server counts closes under a small fixed set of reasons (see server.RESET), fit for a label as is.
+        # The server counts closes under a small fixed set of reasons (stats.CLOSE_LABELS), fit for a label as is.
         for reason, count in sorted(stats.closed.items()):
             closed.add_metric([*values, reason], count)
         yield closed
+
+    def _traffic(self) -> Iterable[Metric]:
+        stats = self.stats
+        names, values = self._names, self._values
         messages = CounterMetricFamily(
             "geventchat_messages",
             "Messages: in = complete messages received, out = replies written to the socket (a reply whose write "
@@ -80,6 +85,9 @@ class StatsCollector(Collector):
         octets.add_metric([*values, "in"], stats.bytes_in)
         octets.add_metric([*values, "out"], stats.bytes_out)
         yield octets
+
+    def _latencies(self) -> Iterable[Metric]:
+        stats = self.stats
         for name, doc, histogram in (
             (
                 "geventchat_handshake_seconds",
@@ -93,25 +101,21 @@ class StatsCollector(Collector):
             ),
         ):
             if histogram is not None:
-                family = HistogramMetricFamily(name, doc, labels=names)
-                family.add_metric(values, histogram.cumulative(), histogram.sum)
+                family = HistogramMetricFamily(name, doc, labels=self._names)
+                family.add_metric(self._values, histogram.cumulative(), histogram.sum)
                 yield family
 
 
 class MetricsEndpoint:
     """``GET /metrics`` on ``host:port`` (0 picks a free port), from the server's own gevent hub.
 
-    Turns on the latency histograms of ``stats``. Raises :class:`OSError` from :meth:`start` if the port cannot
-    be bound.
+    Exports the latency histograms only if ``stats`` has them on (:meth:`ServerStats.time_latency`). Raises
+    :class:`OSError` from :meth:`start` if the port cannot be bound.
     """
 
     def __init__(
         self, stats: ServerStats, host: str = "127.0.0.1", port: int = 0, const_labels: dict[str, str] | None = None
     ) -> None:
-        if stats.handshake_latency is None:
-            stats.handshake_latency = LatencyHistogram()
-        if stats.reply_latency is None:
-            stats.reply_latency = LatencyHistogram()
         self.registry = CollectorRegistry()
         self.registry.register(StatsCollector(stats, const_labels))
         ProcessCollector(registry=self.registry)  # open fds, RSS, CPU: what the hardening tests watch

@@ -13,7 +13,7 @@ import gevent
 import pytest
 from gevent.socket import socket as GeventSocket
 
-import geventchat.server
+import geventchat.server.admission
 from geventchat import ChatClient, ChatServer, ClosedByServer, Framing, ProtocolConfig
 from geventchat.config import DEFAULT_GREETING, DEFAULT_PREFIX
 from geventchat.testing import live_greenlets, open_fds, rss_bytes, wait_until
@@ -25,7 +25,7 @@ PREFIX = DEFAULT_PREFIX.encode()
 
 
 def settle(server: ChatServer) -> None:
-    wait_until(lambda: server.stats.current == 0 and server._lingering_rejects == 0, timeout=10)
+    wait_until(lambda: server.stats.current == 0 and server._admission.lingering_rejects == 0, timeout=10)
 
 
 def test_resets_in_the_middle_of_a_line() -> None:
@@ -122,7 +122,7 @@ def test_max_per_ip_turns_away_the_extra_connection_with_a_reason() -> None:
             client.quit()
         settle(server)
         assert server.stats.closed["too many connections from your address"] == 1
-        assert len(server._per_ip) == 0  # type: ignore[arg-type]
+        assert len(server._admission.per_ip) == 0  # type: ignore[arg-type]
         assert open_fds() == fds
 
 
@@ -145,7 +145,7 @@ def test_past_the_cap_on_lingering_rejects_a_rejected_client_is_closed_at_once(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # The real cap (256) made small, so that reaching it takes two clients rather than a flood.
-    monkeypatch.setattr(geventchat.server, "_MAX_LINGERING_REJECTS", 2)
+    monkeypatch.setattr(geventchat.server.admission, "_MAX_LINGERING_REJECTS", 2)
     with serving(quiet(max_connections=1, linger=30.0)) as server:
         fds = open_fds()
         held = ChatClient.connect(*server.address, idle_timeout=60)
@@ -155,7 +155,7 @@ def test_past_the_cap_on_lingering_rejects_a_rejected_client_is_closed_at_once(
             lingering.append(sock)
             assert read_until_closed(sock) == b"bye: server full\n"  # the bye, then the server's half-close
         # The situation: both rejected clients held open by a lingering close, as many as the cap allows.
-        wait_until(lambda: server._lingering_rejects == 2, timeout=5)
+        wait_until(lambda: server._admission.lingering_rejects == 2, timeout=5)
         past_cap = raw_connect(server.address)
         assert read_until_closed(past_cap) == b"bye: server full\n"
         for sock in lingering:
@@ -164,7 +164,7 @@ def test_past_the_cap_on_lingering_rejects_a_rejected_client_is_closed_at_once(
         # after the 30 s linger; the lingering ones are still read (their bytes above were not reset).
         assert reset_by_server(past_cap, within=5)
         assert not any(reset_by_server(sock, within=0) for sock in lingering)
-        assert server._lingering_rejects == 2
+        assert server._admission.lingering_rejects == 2
         assert server.stats.rejected_full == 3
         for sock in [past_cap, *lingering]:
             sock.close()

@@ -12,7 +12,7 @@ from geventchat import ChatClient, ChatServer, ClosedByServer, ProtocolConfig
 from geventchat.histogram import LatencyHistogram
 from geventchat.metrics import StatsCollector
 from geventchat.protocol import ErrorNotice
-from geventchat.server import ServerStats
+from geventchat.stats import ServerStats
 from geventchat.testing import WaitTimedOut, wait_until
 
 from .faultkit import metric, quiet, raw_connect, read_line, reset_close, scrape, serving

@@ -162,7 +162,7 @@ def test_connections_still_sending_their_header_count_toward_the_limit(start_ser
     server = start_server(proxy_protocol=True, max_connections=1)
     with create_connection(server.address, timeout=5) as slow:
         slow.sendall(b"PROXY TCP4 ")  # holds its slot while the header is incomplete
-        wait_until(lambda: server._awaiting_header == 1, what="the header read to start")
+        wait_until(lambda: server._admission.awaiting_header == 1, what="the header read to start")
         with create_connection(server.address, timeout=5) as refused:
             assert read_lines(refused, 1) == ["bye: server full"]
         slow.sendall(b"198.51.100.7 203.0.113.1 40000 8888\r\n")

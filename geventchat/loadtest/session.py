@@ -23,6 +23,7 @@ from typing import Any
 
 import gevent
 
+from geventchat._gevent_fast import RepeatingTimer, throw
 from geventchat.client import ChatClient, ChatClientError, ClosedByServer, ReplyTimeout
 from geventchat.config import Framing
 from geventchat.protocol import ClientConversation, Greeting, Reply
@@ -74,8 +75,7 @@ class Watchdog:
     def __init__(self, interval: float) -> None:
         self.interval = interval
         self.sessions: weakref.WeakSet[ChatSession] = weakref.WeakSet()
-        self._timer = gevent.get_hub().loop.timer(interval, interval, ref=False)
-        self._timer.start(self._check)
+        self._timer = RepeatingTimer(interval, self._check)
 
     def _check(self) -> None:
         now = time.perf_counter()
@@ -84,10 +84,9 @@ class Watchdog:
             if deadline and now >= deadline and session.greenlet is not None:
                 session.deadline = 0.0
                 session.expired.__traceback__ = None
-                session.greenlet.throw(session.expired)
+                throw(session.greenlet, session.expired)
 
     def close(self) -> None:
-        self._timer.stop()
         self._timer.close()
 
 

@@ -1,6 +1,6 @@
 """The blocking shell the comparison backends share: no gevent, no monkey-patching, one flow of control per client.
 
-Each connection is the same short loop as :class:`geventchat.server._Connection` around the same
+Each connection is the same short loop as :class:`geventchat.server.connection.Connection` around the same
 :class:`~geventchat.protocol.ServerConversation`: wait for input, read, feed, write what the conversation queued.
 Where the gevent shell uses a greenlet and a ``gevent.Timeout``, this one uses ``poll()`` on two descriptors:
 

@@ -1,0 +1,418 @@
+"""One client's connection, in its own greenlet: open (TLS, the greeting), converse (read → feed → write under the
+idle timeout), close (the last line, then a lingering close).
+
+The conversation itself is :class:`~geventchat.protocol.ServerConversation`; this module moves its bytes and keeps
+its time. What ends a conversation early (a timeout, a shutdown, a broken connection, a TLS failure) is mapped to
+how it is closed in one table, :data:`_ENDINGS`.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import socket
+import ssl
+import struct
+import termios
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import gevent
+from gevent.socket import socket as GeventSocket
+
+from .._gevent_fast import IdleTimeout, RawGreenlet, call_soon, read_watcher, throw, wait_readable
+from .._net import IdleExpired, linger_close
+from ..config import ServerConfig
+from ..protocol import CloseReason, ServerConversation, ServerEvent, describe_event, format_peer
+from ..stats import RESET, TLS_ERROR, ServerStats
+
+__all__ = ["Connection", "Host", "IdleAlarm", "ShutdownRequested"]
+
+# The gevent shell logs under one name, whichever of its modules speaks (operators filter on it).
+log = logging.getLogger("geventchat.server")
+
+# Connection._armed_for while the handshake timeout runs: differs from every idle timeout, so the first events
+# after the handshake re-arm the connection's Timeout for the negotiated idle timeout.
+_IN_HANDSHAKE = -1.0
+
+
+class IdleAlarm(Exception):
+    """Raised in a connection's greenlet (and only there) by its ``gevent.Timeout``: the idle deadline may have
+    passed. Whoever catches it asks :meth:`Connection._check_deadline`, which re-arms for the time left if messages
+    moved the deadline meanwhile, or raises :class:`~geventchat._net.IdleExpired`."""
+
+
+class ShutdownRequested(Exception):
+    """Thrown into a connection's greenlet when the server begins a graceful shutdown, and only while it waits for
+    input (see :meth:`Connection.request_shutdown`): sends and closes never see it, so no reply is cut short."""
+
+
+class _LingerOver(Exception):
+    pass
+
+
+class _WindowOver(Exception):
+    pass
+
+
+class _TLSHandshakeExpired(Exception):
+    """The handshake timeout passed before the TLS handshake finished (no ``bye:`` can be sent in clear)."""
+
+
+class Host(Protocol):
+    """What a connection needs of its server (:class:`~geventchat.server.ChatServer` is one)."""
+
+    config: ServerConfig
+    stats: ServerStats
+    #: The server's TLS context, or None for plain TCP.
+    tls: ssl.SSLContext | None
+
+
+#: How a conversation that ended early closes: with a :class:`CloseReason`, the conversation closes with it (its
+#: ``bye:`` is sent, then a lingering close); with a ``(label, detail)`` pair, the connection is unusable and
+#: nothing more is sent: the label is counted (one of :data:`geventchat.stats.CLOSE_LABELS`), the detail logged.
+Ending = CloseReason | tuple[str, str]
+
+
+def _timed_out(connection: Connection, _exc: object) -> Ending:
+    # The handshake timeout is what expired only when it is the shorter of the two.
+    conversation = connection.conversation
+    in_handshake = (
+        not conversation.handshake_done and connection.server.config.handshake_timeout < conversation.idle_timeout
+    )
+    return CloseReason.HANDSHAKE_TIMEOUT if in_handshake else CloseReason.IDLE_TIMEOUT
+
+
+#: The one table from an exception that ends a conversation to how it closes (:data:`Ending`), looked up by the
+#: exception's class, then its bases: ``ssl.SSLError`` is an ``OSError`` and is found first. Any other exception is
+#: a bug of ours: the server logs it with its traceback and counts ``INTERNAL_ERROR`` (see ``ChatServer._serve``).
+_ENDINGS: dict[type[Exception], Callable[[Connection, Any], Ending]] = {
+    IdleExpired: _timed_out,
+    ShutdownRequested: lambda _connection, _exc: CloseReason.SHUTDOWN,
+    _TLSHandshakeExpired: lambda _connection, _exc: (
+        CloseReason.HANDSHAKE_TIMEOUT.value,
+        CloseReason.HANDSHAKE_TIMEOUT.value,
+    ),
+    # Not TLS, a bad certificate, a TLS alert: the peer's side too.
+    ssl.SSLError: lambda _connection, exc: (TLS_ERROR, f"tls error: {exc.reason or exc}"),
+    OSError: lambda _connection, exc: (RESET, f"connection error (peer's side): {exc.strerror or exc}"),
+}
+_ENDED_BY = tuple(_ENDINGS)
+
+
+def _ending(connection: Connection, exc: Exception) -> Ending:
+    for kind in type(exc).__mro__:  # bounded: the class's bases
+        how = _ENDINGS.get(kind)
+        if how is not None:
+            return how(connection, exc)
+    raise exc  # not one of _ENDED_BY: the caller catches only those
+
+
+class Connection:
+    """One client's greenlet state. :meth:`run` serves the conversation."""
+
+    __slots__ = (
+        "_accepted_at",
+        "_armed_for",
+        "_deadline",
+        "_notices_counted",
+        "_reading",
+        "_shutdown_requested",
+        "_timeout",
+        "_write_cut",
+        "address",
+        "conversation",
+        "debug",
+        "greenlet",
+        "server",
+        "sock",
+    )
+
+    def __init__(self, server: Host, sock: GeventSocket, address: tuple[str, int]) -> None:
+        self.server = server
+        self.sock = sock
+        self.address = address
+        self.greenlet: RawGreenlet = gevent.getcurrent()
+        self.conversation = ServerConversation(server.config.protocol)
+        self.debug = log.isEnabledFor(logging.DEBUG)
+        self._timeout: IdleTimeout | None = None
+        self._armed_for = 0.0
+        self._deadline = 0.0
+        self._reading = False
+        self._shutdown_requested = False
+        self._write_cut = False
+        self._notices_counted = 0  # conversation.notices_queued already added to stats.notices
+        # Only the handshake-latency metric reads it: no float kept per idle client without metrics.
+        self._accepted_at = time.monotonic() if server.stats.handshake_latency is not None else 0.0
+
+    def request_shutdown(self) -> None:
+        """Ask this connection to say ``bye: server shutting down`` and close, without cutting a reply short."""
+        self._shutdown_requested = True
+        if self._reading:
+            # Blocked waiting for input: interrupt the wait, from the hub's next turn. By then input may have woken
+            # the connection and it may be sending or closing, where a throw could escape the handler (and reach
+            # the hub's printer): _interrupt_wait throws only if it is still waiting. Otherwise the loop sees the
+            # flag before its next read.
+            call_soon(self._interrupt_wait)
+
+    def _interrupt_wait(self) -> None:
+        if self._reading and not self.greenlet.dead:
+            throw(self.greenlet, ShutdownRequested())
+
+    def run(self) -> tuple[str, str]:
+        """Serve the conversation; returns why it ended: ``(reason, detail)``, the reason one of a small fixed set
+        (for statistics and metrics labels), the detail with the peer's error text (for the log)."""
+        if self.debug:
+            log.debug("%s connected", format_peer(self.address))
+        # Under TLS, decrypted bytes can be waiting in the TLS layer while the socket itself has nothing to read:
+        # no waiting for the socket before recv() there (see _recv).
+        watcher: Any = None
+        owned = False
+        if self.server.tls is None:
+            watcher, owned = read_watcher(self.sock)
+        try:
+            self._open()
+            self._converse(watcher)
+        except _ENDED_BY as exc:
+            ending = _ending(self, exc)
+            if not isinstance(ending, CloseReason):
+                return ending
+            self.conversation.close(ending)
+        finally:
+            # Also on the way out of a kill (GreenletExit): a Timeout left pending would fire into a dead greenlet.
+            self._disarm()
+            if owned:
+                watcher.close()
+        return self._close()
+
+    # -- the three phases
+
+    def _open(self) -> None:
+        """Under the handshake timeout: the TLS handshake (if any), then the greeting."""
+        config = self.server.config
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        # Until the timeout line arrives the (shorter) handshake timeout applies; see _handshake_over.
+        self._arm(min(config.handshake_timeout, self.conversation.idle_timeout))
+        self._armed_for = _IN_HANDSHAKE
+        if self.server.tls is not None:
+            self._tls_handshake(self.server.tls)
+        self._write(self.conversation.data_to_send())
+
+    def _converse(self, watcher: Any) -> None:
+        """Read → feed → write until the conversation closes (a ``:q``, a line too long, the peer's EOF, a shutdown
+        seen between reads). Raises what ends it early (see :data:`_ENDINGS`)."""
+        conversation = self.conversation
+        stats = self.server.stats
+        config = self.server.config
+        recv_size = config.recv_size
+        reply_latency = stats.reply_latency
+        received_at = 0.0
+        hub = gevent.get_hub()
+        while not conversation.closed:  # bounded by the idle timeout: each wait for input is
+            if self._shutdown_requested:
+                conversation.close(CloseReason.SHUTDOWN)
+                break
+            data = self._recv(recv_size, hub, watcher)
+            if reply_latency is not None:
+                received_at = time.perf_counter()
+            before = conversation.messages_received
+            events = conversation.receive_data(data)
+            # Only a chunk that completed nothing can leave auto framing undecided: skip the check otherwise.
+            if not events and conversation.awaiting_framing_decision:
+                events += self._detect_framing(config.raw_detect_window)
+            if events:
+                self._lines_arrived(events, before)
+            stats.bytes_in += len(data)
+            out = conversation.data_to_send()
+            if out:
+                self._write(out)
+                # Counted after the write: one that raised (cut short, reset) sent these replies to no one.
+                stats.replies += conversation.messages_received - before
+                if conversation.notices_queued != self._notices_counted:
+                    stats.notices += conversation.notices_queued - self._notices_counted
+                    self._notices_counted = conversation.notices_queued
+                if reply_latency is not None:
+                    reply_latency.observe(time.perf_counter() - received_at)
+            # Drop this chunk's bytes and events before blocking again: an idle client should not pin them.
+            del data, events, out
+
+    def _close(self) -> tuple[str, str]:
+        """After the conversation closed: unless the peer did, send what is queued (the reply to ``:q`` or a
+        ``bye:``) and close without a reset. Returns ``(reason, detail)`` as :meth:`run` does."""
+        conversation = self.conversation
+        reason = conversation.close_reason
+        if reason is CloseReason.PEER_CLOSED:
+            return str(reason.value), str(reason.value)
+        # After a cut write the peer is not reading: no last line to protect.
+        queued = conversation.data_to_send()
+        linger = self.server.config.linger
+        if not self._write_cut and self._flush(queued, linger):
+            stats = self.server.stats
+            stats.bytes_out += len(queued)
+            stats.notices += conversation.notices_queued - self._notices_counted
+            # After ':q' with nothing unread a plain close sends a FIN, not a reset: the lingering (a shutdown, a
+            # wait and a read per connection) is skipped, and connection churn is mostly such closes.
+            polite = reason is CloseReason.QUIT and self.server.tls is None and _unread_bytes(self.sock) == 0
+            if not polite:
+                linger_close(self.sock, linger)
+        text = str(reason.value) if reason is not None else "closed"
+        return text, text
+
+    def _lines_arrived(self, events: list[ServerEvent], messages_before: int) -> None:
+        """A complete line arrived (answered or refused with ``error:``): activity either way. Moves the idle
+        deadline, counts the messages, re-arms the Timeout if the idle timeout changed (the handshake is over)."""
+        conversation = self.conversation
+        self._deadline = time.monotonic() + conversation.idle_timeout
+        if conversation.messages_received != messages_before:
+            self.server.stats.messages += conversation.messages_received - messages_before
+        if conversation.idle_timeout != self._armed_for:
+            if self._armed_for == _IN_HANDSHAKE:
+                self._handshake_over()
+            self._arm(conversation.idle_timeout)
+        if self.debug:
+            for event in events:
+                log.debug("%s: %s", format_peer(self.address), describe_event(event))
+
+    def _handshake_over(self) -> None:
+        latency = self.server.stats.handshake_latency
+        if latency is not None:
+            latency.observe(time.monotonic() - self._accepted_at)
+
+    def _tls_handshake(self, context: ssl.SSLContext) -> None:
+        """Wrap our socket in TLS and finish the TLS handshake under the (already armed) handshake timeout."""
+        self.sock = context.wrap_socket(self.sock, server_side=True, do_handshake_on_connect=False)
+        while True:  # bounded by the handshake timeout: _check_deadline raises once it has passed
+            try:
+                self.sock.do_handshake()
+                return
+            except IdleAlarm:
+                try:
+                    self._check_deadline()
+                except IdleExpired:
+                    raise _TLSHandshakeExpired() from None
+
+    # -- blocking operations, each interruptible by the idle alarm and by shutdown
+
+    def _recv(self, size: int, hub: Any = None, watcher: Any = None) -> bytes:
+        """Wait for ``watcher`` first when given: that spares the ``recv()`` that would fail with ``EAGAIN`` (and
+        the exception gevent raises and catches for it) on every message of a request/reply client. ``recv()``
+        still waits by itself if the wake-up was spurious."""
+        self._reading = True
+        try:
+            while True:  # bounded by the idle deadline: _check_deadline raises once it has passed
+                try:
+                    if watcher is not None:
+                        wait_readable(watcher, self.greenlet, hub)
+                        watcher = None
+                    data: bytes = self.sock.recv(size)
+                    return data
+                except IdleAlarm:
+                    self._check_deadline()
+        finally:
+            self._reading = False
+
+    def _write(self, data: bytes) -> None:
+        # The common case, a reply the socket buffer takes whole, needs no memoryview and no loop.
+        sent = 0
+        try:
+            sent = self.sock.send(data)
+        except IdleAlarm:
+            self._check_deadline()  # nothing of this write went out: an IdleExpired here cuts nothing
+        if sent != len(data):
+            self._write_rest(data, sent)
+        self.server.stats.bytes_out += len(data)
+
+    def _write_rest(self, data: bytes, offset: int) -> None:
+        view = memoryview(data)[offset:]
+        try:
+            while view:  # bounded by the idle deadline while nothing goes out
+                try:
+                    sent = self.sock.send(view)
+                except IdleAlarm:
+                    try:
+                        self._check_deadline()
+                    except IdleExpired:
+                        # Part of this write went out: a bye now would be glued to half a reply line.
+                        self._write_cut = len(view) != len(data)
+                        raise
+                    continue
+                view = view[sent:]
+        finally:
+            view.release()
+
+    def _detect_framing(self, window: float) -> list[ServerEvent]:
+        """Auto framing: bytes without a newline are pending. Wait the window for more; no newline → raw."""
+        conversation = self.conversation
+        events: list[ServerEvent] = []
+        deadline = time.monotonic() + window
+        while conversation.awaiting_framing_decision:  # bounded by the window's deadline
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                events += conversation.settle_framing()
+                break
+            try:
+                with gevent.Timeout(remaining, _WindowOver):
+                    data = self._recv(self.server.config.recv_size)
+            except _WindowOver:
+                events += conversation.settle_framing()
+                break
+            self.server.stats.bytes_in += len(data)
+            events += conversation.receive_data(data)
+        return events
+
+    def _flush(self, data: bytes, linger: float) -> bool:
+        """Send the last bytes (a ``bye:``, or nothing) within ``linger`` seconds. Returns True if all went out."""
+        if not data:
+            return True  # the usual case after ':q': no Timeout to make
+        try:
+            with gevent.Timeout(linger, _LingerOver):
+                view = memoryview(data)
+                while view:  # bounded by the Timeout
+                    view = view[self.sock.send(view) :]
+                view.release()
+        except (OSError, _LingerOver):
+            return False
+        return True
+
+    # -- the idle timeout: one gevent.Timeout per connection, re-armed lazily
+
+    def _arm(self, seconds: float) -> None:
+        """(Re)start the idle timeout for ``seconds`` from now.
+
+        Messages do not restart the Timeout (that would allocate one per message); they move ``_deadline``. When it
+        fires early because messages arrived meanwhile, :meth:`_check_deadline` re-arms it for what is left.
+        """
+        self._deadline = time.monotonic() + seconds
+        self._armed_for = seconds
+        self._start_timeout(seconds)
+
+    def _start_timeout(self, seconds: float) -> None:
+        # A gevent.Timeout's duration is fixed when it is made, so re-arming for another duration replaces it: one
+        # pending per connection at any time. Given the IdleAlarm class (not an instance), gevent raises a fresh
+        # IdleAlarm when it fires, so no exception object is kept per idle client. Started here, in the
+        # connection's own greenlet, which is where gevent raises it.
+        if self._timeout is not None:
+            self._timeout.close()
+        self._timeout = timeout = IdleTimeout(seconds, IdleAlarm)
+        timeout.start()
+
+    def _check_deadline(self) -> None:
+        """After an :class:`IdleAlarm`: raise :class:`IdleExpired` if the deadline has passed, else re-arm."""
+        remaining = self._deadline - time.monotonic()
+        if remaining <= 0:
+            raise IdleExpired()
+        self._start_timeout(remaining)
+
+    def _disarm(self) -> None:
+        if self._timeout is not None:
+            self._timeout.close()
+            self._timeout = None
+
+
+def _unread_bytes(sock: GeventSocket) -> int:
+    """Bytes received on ``sock`` and not yet read (FIONREAD); -1 if the kernel will not say."""
+    try:
+        return int(struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0\0\0\0"))[0])
+    except OSError:
+        return -1

@@ -1,0 +1,211 @@
+"""The server's lifecycle: :class:`ChatServer` starts, serves, shuts down gracefully or stops, and reports its
+statistics. Accepting is :mod:`.acceptor`'s, deciding whom to serve :mod:`.admission`'s, serving one client
+:mod:`.connection`'s."""
+
+from __future__ import annotations
+
+import logging
+import ssl
+import time
+from typing import TYPE_CHECKING
+
+import gevent
+import gevent.event
+from gevent import Greenlet
+from gevent.socket import socket as GeventSocket
+
+from ..config import ServerConfig
+from ..protocol import format_peer
+from ..stats import INTERNAL_ERROR, ServerStats
+from .acceptor import Acceptor, create_listener
+from .admission import Admission
+from .connection import Connection
+
+if TYPE_CHECKING:
+    from ..metrics import MetricsEndpoint
+
+__all__ = ["ChatServer"]
+
+# The gevent shell logs under one name, whichever of its modules speaks (operators filter on it).
+log = logging.getLogger("geventchat.server")
+
+
+class ChatServer:
+    """A geventchat server: one greenlet per client over a gevent :class:`~gevent.server.StreamServer`.
+
+    ``start()`` binds (unless given a ``listener``) and starts accepting; ``serve_forever()`` blocks until
+    ``shutdown()`` or ``stop()``. ``shutdown()`` is the graceful path: stop accepting, tell every client
+    ``bye: server shutting down``, wait up to ``config.grace`` seconds for them to leave, close the rest.
+    """
+
+    #: Seconds a new connection gets to send its whole PROXY protocol header (``config.proxy_protocol``). A load
+    #: balancer sends it at once, so anything slower is a misconfigured or hostile peer.
+    proxy_header_timeout = 5.0
+
+    def __init__(
+        self,
+        config: ServerConfig,
+        *,
+        listener: GeventSocket | None = None,
+        metrics_labels: dict[str, str] | None = None,
+    ) -> None:
+        self.config = config
+        self._metrics_labels = metrics_labels  # e.g. {"worker": "2"}: added to every metrics series
+        self.stats = ServerStats()
+        if config.metrics_port is not None:
+            self.stats.time_latency()  # the histograms only the metrics export
+        self._listener = listener
+        self._connections: set[Connection] = set()
+        self._acceptor: Acceptor | None = None
+        self._address: tuple[str, int] | None = None
+        self._stopped = gevent.event.Event()
+        self._drained = gevent.event.Event()
+        self._drained.set()
+        self._shutting_down = False
+        self._stats_greenlet: Greenlet | None = None
+        #: The server's TLS context (from ``config.tls_cert``), or None for plain TCP.
+        self.tls: ssl.SSLContext | None = None
+        if config.tls_cert is not None:
+            from ..tls import server_context
+
+            self.tls = server_context(config.tls_cert, config.tls_key)
+        self._admission = Admission(config, self.stats, self.tls)
+        #: The Prometheus endpoint (``config.metrics_port``), once started.
+        self.metrics: MetricsEndpoint | None = None
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """``(host, port)`` actually bound (the real port when configured with port 0)."""
+        if self._address is None:
+            raise RuntimeError("the server is not started")
+        return self._address
+
+    @property
+    def connection_limit(self) -> int:
+        return self._admission.limit
+
+    @property
+    def shutting_down(self) -> bool:
+        return self._shutting_down
+
+    def start(self) -> None:
+        """Bind (if no listener was given) and start accepting. Raises :class:`OSError` if binding fails."""
+        if self._listener is None:
+            self._listener = create_listener(self.config.host, self.config.port, backlog=self.config.backlog)
+        host, port = self._listener.getsockname()[:2]
+        self._address = (host, port)
+        self._acceptor = Acceptor(self._listener, self._handle)
+        self._acceptor.start()
+        if self.config.metrics_port is not None:
+            from ..metrics import MetricsEndpoint
+
+            self.metrics = MetricsEndpoint(
+                self.stats, self.config.metrics_host, self.config.metrics_port, self._metrics_labels
+            )
+            self.metrics.start()
+        if self.config.stats_interval > 0:
+            self._stats_greenlet = gevent.spawn(self._report_stats, self.config.stats_interval)
+
+    def serve_forever(self) -> None:
+        """Start if needed, then block until the server has stopped."""
+        if self._acceptor is None:
+            self.start()
+        self._stopped.wait()
+
+    def shutdown(self, grace: float | None = None) -> None:
+        """Graceful stop (see the class docstring). Blocks until every connection is gone."""
+        grace = self.config.grace if grace is None else grace
+        self._shutting_down = True
+        if self._acceptor is not None:
+            self._acceptor.close()
+        for connection in list(self._connections):
+            connection.request_shutdown()
+        if not self._drained.wait(grace):
+            log.info("grace period over; closing %d remaining connections", len(self._connections))
+            self._kill_connections(1.0)
+        self._finish()
+
+    def stop(self) -> None:
+        """Immediate stop: close the listener and every connection without notices."""
+        self._shutting_down = True
+        if self._acceptor is not None:
+            self._acceptor.close()
+        self._kill_connections(1.0)
+        self._finish()
+
+    def _kill_connections(self, timeout: float) -> None:
+        # Connection greenlets are raw greenlets, which gevent.killall(block=True) cannot join: throw GreenletExit
+        # into each and wait for the last one to leave (each removes itself from _connections on the way out).
+        for connection in list(self._connections):
+            gevent.kill(connection.greenlet)
+        self._drained.wait(timeout)
+
+    def _finish(self) -> None:
+        if self._stats_greenlet is not None:
+            self._stats_greenlet.kill(block=False)
+        if self.metrics is not None:
+            self.metrics.stop()
+        self._stopped.set()
+
+    # -- per connection, in its own greenlet
+
+    def _handle(self, sock: GeventSocket, address: tuple[str, int]) -> None:
+        if self._shutting_down:
+            return  # the socket is closed when we return
+        admission = self._admission
+        if not admission.has_room(sock, address, len(self._connections)):
+            return
+        if self.config.proxy_protocol:
+            # Behind a load balancer: everything below (the per-address cap, logs) is about the real client.
+            real = admission.read_proxy_header(sock, address, self.proxy_header_timeout)
+            if real is None or self._shutting_down:
+                return
+            address = real
+        host = admission.acquire(sock, address, len(self._connections))
+        if host is None:
+            return
+        try:
+            self._serve(sock, address)
+        finally:
+            admission.release(host)
+
+    def _serve(self, sock: GeventSocket, address: tuple[str, int]) -> None:
+        connection = Connection(self, sock, address)
+        self._connections.add(connection)
+        self._drained.clear()
+        stats = self.stats
+        stats.current += 1
+        stats.total += 1
+        try:
+            reason, detail = connection.run()
+        except Exception:
+            # Our bug, not the peer's: log it here so it never reaches the hub's printer or other clients.
+            log.exception("internal error serving %s", format_peer(address))
+            reason = detail = INTERNAL_ERROR
+        finally:
+            if connection.sock is not sock:
+                connection.sock.close()  # the TLS wrapper owns the fd; the server closes only the plain socket
+            stats.current -= 1
+            self._connections.discard(connection)
+            if not self._connections:
+                self._drained.set()
+        stats.count_close(reason)
+        if connection.debug:
+            log.debug("%s disconnected: %s", format_peer(address), detail)
+
+    def _report_stats(self, interval: float) -> None:
+        stats = self.stats
+        last = (time.monotonic(), stats.messages, stats.bytes_in, stats.bytes_out)
+        while True:  # until _finish kills this greenlet
+            gevent.sleep(interval)
+            now = (time.monotonic(), stats.messages, stats.bytes_in, stats.bytes_out)
+            elapsed = max(now[0] - last[0], 1e-9)
+            log.info(
+                "connections %d current, %d total; %.0f messages/s; %.0f bytes/s in, %.0f bytes/s out",
+                stats.current,
+                stats.total,
+                (now[1] - last[1]) / elapsed,
+                (now[2] - last[2]) / elapsed,
+                (now[3] - last[3]) / elapsed,
+            )
+            last = now

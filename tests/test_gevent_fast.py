@@ -1,0 +1,199 @@
+"""Pins the gevent and greenlet internals :mod:`geventchat._gevent_fast` relies on, so an upgrade that moves one
+fails here, by name, and not in a server under load. Each test first checks that the private name is there, then
+that it still does what the module's docstring says it is used for."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+from typing import Any
+
+import gevent
+import gevent.event
+import pytest
+from gevent.server import StreamServer
+from gevent.socket import socket as GeventSocket
+from greenlet import greenlet as RawGreenlet
+
+from geventchat._gevent_fast import (
+    IdleTimeout,
+    RepeatingTimer,
+    call_soon,
+    pause_accepting,
+    read_watcher,
+    spawn_connection,
+    throw,
+    wait_readable,
+)
+
+
+class Interrupted(Exception):
+    pass
+
+
+class TookTooLong(Exception):
+    pass
+
+
+@pytest.fixture
+def pair() -> Iterator[tuple[GeventSocket, GeventSocket]]:
+    left, right = socket.socketpair()
+    reader, writer = GeventSocket(fileno=left.detach()), GeventSocket(fileno=right.detach())
+    yield reader, writer
+    reader.close()
+    writer.close()
+
+
+def backoff_timer(server: StreamServer) -> Any:
+    """The private slot of gevent's accept back-off timer (read through a call: pause_accepting changes it)."""
+    return server._timer
+
+
+def test_the_hub_loop_still_has_the_watchers_and_callbacks_we_use() -> None:
+    loop = gevent.get_hub().loop
+    assert callable(loop.timer) and callable(loop.io) and callable(loop.run_callback)
+    timer = loop.timer(60, 60, ref=False)  # the signature RepeatingTimer calls: after, repeat, ref
+    try:
+        assert timer.ref is False
+    finally:
+        timer.close()
+
+
+def test_a_gevent_socket_still_has_its_own_read_watcher_and_we_borrow_it(pair: tuple[GeventSocket, ...]) -> None:
+    reader, _writer = pair
+    assert hasattr(reader, "_read_event")
+    watcher, owned = read_watcher(reader)
+    assert watcher is reader._read_event and not owned  # borrowed: the socket closes it
+    assert not watcher.active  # idle while no recv() of the socket waits
+
+
+def test_a_socket_without_a_read_watcher_gets_one_of_its_own(pair: tuple[GeventSocket, ...]) -> None:
+    class Bare:  # as a gevent without _read_event would hand us
+        def __init__(self, fileno: int) -> None:
+            self._fileno = fileno
+
+        def fileno(self) -> int:
+            return self._fileno
+
+    reader, writer = pair
+    watcher, owned = read_watcher(Bare(reader.fileno()))
+    assert owned and watcher is not reader._read_event
+    try:
+        writer.sendall(b"x")
+        waiter = gevent.spawn(lambda: wait_readable(watcher, gevent.getcurrent(), gevent.get_hub()))
+        waiter.get(timeout=5)  # returned: our own watcher fired for the byte waiting on the socket
+        assert waiter.successful() and not watcher.active
+    finally:
+        watcher.close()
+
+
+def test_wait_readable_returns_once_input_arrives_by_a_direct_hub_switch(pair: tuple[GeventSocket, ...]) -> None:
+    reader, writer = pair
+    watcher, _owned = read_watcher(reader)
+    woken = gevent.event.Event()
+
+    def wait() -> bytes:
+        wait_readable(watcher, gevent.getcurrent(), gevent.get_hub())
+        woken.set()
+        data: bytes = reader.recv(16)
+        return data
+
+    waiter = gevent.spawn(wait)
+    gevent.sleep(0)  # let it start waiting
+    assert watcher.active and not woken.is_set()  # the situation: blocked in the hub on the socket's watcher
+    writer.sendall(b"hello")
+    assert waiter.get(timeout=5) == b"hello"
+    assert not watcher.active  # stopped again, so the socket's own recv() can use it
+
+
+def test_a_timeout_arrives_in_wait_readable_as_our_exception(pair: tuple[GeventSocket, ...]) -> None:
+    reader, _writer = pair
+    watcher, _owned = read_watcher(reader)
+
+    def wait() -> None:
+        with gevent.Timeout(0.01, Interrupted):
+            wait_readable(watcher, gevent.getcurrent(), gevent.get_hub())
+
+    waiter = gevent.spawn(wait)
+    waiter.join(timeout=5)
+    assert waiter.dead
+    assert isinstance(waiter.exception, Interrupted)
+    assert not watcher.active
+
+
+def test_spawn_connection_runs_a_raw_greenlet_under_the_hub_on_the_next_loop_turn() -> None:
+    ran = gevent.event.AsyncResult()
+    glet = spawn_connection(lambda a, b: ran.set((a, b, gevent.getcurrent())), 1, 2)
+    assert type(glet) is RawGreenlet and glet.parent is gevent.get_hub()  # raw: no Greenlet links, no tree dict
+    assert not ran.ready()  # not yet: on the hub's next turn
+    assert ran.get(timeout=5) == (1, 2, glet)
+    assert glet.dead
+
+
+@pytest.mark.parametrize("spawn", [spawn_connection, gevent.spawn], ids=["raw greenlet", "gevent Greenlet"])
+def test_throw_from_a_loop_callback_lands_where_the_greenlet_waits(spawn: Any) -> None:
+    """``throw(glet, instance)`` from the hub, as the shutdown and the load tester's watchdog do, on a raw greenlet
+    and on gevent's Greenlet (which overrides ``throw``)."""
+    never = gevent.event.Event()
+    waiting = gevent.event.Event()
+    exception = Interrupted("stop waiting")
+    caught = gevent.event.AsyncResult()
+
+    def wait() -> None:
+        waiting.set()
+        try:
+            never.wait(timeout=30)
+        except Interrupted as exc:
+            caught.set(exc)
+
+    glet = spawn(wait)
+    assert waiting.wait(timeout=5)  # the situation: suspended in a wait
+    call_soon(lambda: throw(glet, exception))
+    assert caught.get(timeout=5) is exception  # the very instance, raised inside the waiting greenlet
+
+
+def test_repeating_timer_repeats_until_closed() -> None:
+    ticks = []
+    third = gevent.event.Event()
+
+    def tick() -> None:
+        ticks.append(1)
+        if len(ticks) == 3:
+            third.set()
+
+    timer = RepeatingTimer(0.01, tick)
+    try:
+        assert third.wait(timeout=5)  # the situation: it fired again and again
+    finally:
+        timer.close()
+    count = len(ticks)
+    gevent.sleep(0.05)  # five intervals: a live timer would have ticked
+    assert len(ticks) == count
+
+
+def test_pause_accepting_uses_gevents_own_back_off_slot() -> None:
+    assert callable(StreamServer._start_accepting_if_started)
+    handled = gevent.event.Event()
+    server = StreamServer(("127.0.0.1", 0), lambda sock, address: handled.set())
+    server.start()
+    try:
+        assert backoff_timer(server) is None  # the slot gevent's back-off uses, and stop_accepting() clears
+        pause_accepting(server, 30)
+        assert backoff_timer(server) is not None and backoff_timer(server).active
+        with socket.create_connection(server.address, timeout=5):
+            # Paused: the client stays in the backlog (accepting, it would be handled within a loop turn).
+            assert not handled.wait(timeout=0.1)
+            pause_accepting(server, 0.01)  # replaces the long pause: stop_accepting() cancelled its timer
+            assert handled.wait(timeout=5)  # the pause over, _start_accepting_if_started accepted it
+        pause_accepting(server, 30)
+        server.stop_accepting()
+        assert backoff_timer(server) is None  # cancelled with it, as gevent's own back-off is
+    finally:
+        server.stop()
+
+
+def test_idle_timeout_keeps_no_dict_and_raises_what_it_was_given() -> None:
+    with pytest.raises(TookTooLong):
+        with IdleTimeout(0.01, TookTooLong) as timeout:
+            assert vars(timeout) == {}  # every attribute gevent.Timeout set went to a slot
+            gevent.sleep(5)
