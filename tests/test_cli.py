@@ -92,7 +92,7 @@ def test_sigterm_says_bye_to_every_client_and_exits_0(server_process: Callable[.
     clients = [ChatClient.connect(server.host, server.port, idle_timeout=30) for _ in range(10)]
     for client in clients:
         client.request("hello")
-    server.proc.send_signal(signal.SIGTERM)
+    server.send_signal(signal.SIGTERM)
     reasons = []
     for client in clients:
         try:
@@ -110,11 +110,11 @@ def test_second_signal_exits_at_once(server_process: Callable[..., ServerProcess
     server = server_process("--grace", "30")
     client = ChatClient.connect(server.host, server.port, idle_timeout=30)
     client.request("hold the server open")
-    server.proc.send_signal(signal.SIGINT)
+    server.send_signal(signal.SIGINT)
     with pytest.raises(ClosedByServer) as bye:  # we keep the socket open so the grace would run
         client.receive(timeout=5)
     assert bye.value.reason == "server shutting down"
-    server.proc.send_signal(signal.SIGINT)
+    server.send_signal(signal.SIGINT)
     code, err = server.wait(timeout=5), server.stderr_text()  # far less than the 30 s grace
     assert code == 1 and "second signal" in err
     client.close()
@@ -161,7 +161,7 @@ def test_one_sigint_shuts_down_gracefully_and_exits_0(server_process: Callable[.
     client = ChatClient.connect(server.host, server.port, idle_timeout=30)
     # The reply proves the server is serving, so its signal handlers are installed (they are set before serving).
     client.request("hello")
-    server.proc.send_signal(signal.SIGINT)
+    server.send_signal(signal.SIGINT)
     with pytest.raises(ClosedByServer) as bye:
         client.receive(timeout=5)
     assert bye.value.reason == "server shutting down"
@@ -176,8 +176,8 @@ def test_check_is_the_health_check(server_process: Callable[..., ServerProcess])
     server = server_process()
     healthy = geventchat("check", "--host", server.host, "--port", str(server.port))
     assert healthy.returncode == 0, healthy.stderr
-    code, _err = server.terminate_and_wait()
-    assert code == 0
+    code = server.stop()
+    assert code == 0, server.stderr_text()
     gone = geventchat("check", "--host", server.host, "--port", str(server.port), "--timeout", "2")
     assert gone.returncode == 1
     assert gone.stderr.startswith(f"unhealthy: {server.host}:{server.port}: ") and "Traceback" not in gone.stderr

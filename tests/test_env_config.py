@@ -13,8 +13,7 @@ import pytest
 from geventchat.client import ChatClient, ClosedByServer
 from geventchat.envconfig import variable_name
 from geventchat.options import server_parser
-
-from .conftest import ServerProcess
+from geventchat.testing import QUIET, ServerProcess
 
 
 def geventchat(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -40,14 +39,14 @@ def test_every_server_option_has_a_variable_name() -> None:
 
 def test_options_from_the_environment_reach_the_server() -> None:
     env = {"GEVENTCHAT_PREFIX": "env> ", "GEVENTCHAT_MAX_CONNECTIONS": "1", "GEVENTCHAT_LOG_LEVEL": "debug"}
-    server = ServerProcess(env=env)
+    server = ServerProcess(*QUIET, env=env)
     try:
         with ChatClient.connect(server.host, server.port, idle_timeout=30, prefix="env> ") as first:
             assert first.request("hi").message == "hi"  # the prefix came from GEVENTCHAT_PREFIX
             with pytest.raises(ClosedByServer) as full:  # the cap of 1 came from GEVENTCHAT_MAX_CONNECTIONS
                 ChatClient.connect(server.host, server.port, idle_timeout=30, prefix="env> ")
             assert full.value.reason == "server full"
-        code, err = server.terminate_and_wait()
+        code, err = server.stop(), server.stderr_text()
         assert code == 0
         assert " DEBUG " in err  # GEVENTCHAT_LOG_LEVEL, lower case accepted as on the command line
     finally:
@@ -55,7 +54,7 @@ def test_options_from_the_environment_reach_the_server() -> None:
 
 
 def test_a_flag_wins_over_the_environment() -> None:
-    server = ServerProcess("--prefix", "flag> ", env={"GEVENTCHAT_PREFIX": "env> "})
+    server = ServerProcess(*QUIET, "--prefix", "flag> ", env={"GEVENTCHAT_PREFIX": "env> "})
     try:
         with ChatClient.connect(server.host, server.port, idle_timeout=30, prefix="flag> ") as client:
             assert client.request("x").message == "x"
@@ -64,12 +63,12 @@ def test_a_flag_wins_over_the_environment() -> None:
 
 
 def test_an_on_off_flag_from_the_environment() -> None:
-    server = ServerProcess("--log-level", "DEBUG", env={"GEVENTCHAT_PROXY_PROTOCOL": "yes"})
+    server = ServerProcess(*QUIET, "--log-level", "DEBUG", env={"GEVENTCHAT_PROXY_PROTOCOL": "yes"})
     try:
         with socket.create_connection((server.host, server.port), timeout=5) as sock:
             sock.sendall(b"PROXY TCP4 198.51.100.7 203.0.113.1 40022 8888\r\n")
             assert sock.recv(4096)  # the greeting, sent once the header was read
-        code, err = server.terminate_and_wait()
+        code, err = server.stop(), server.stderr_text()
         assert code == 0
         # Only a server reading PROXY headers logs the address the header carried.
         assert "198.51.100.7:40022 connected" in err, err

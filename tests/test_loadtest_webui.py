@@ -23,8 +23,7 @@ from typing import Any
 import pytest
 
 from geventchat.loadtest.webui import CSV_ROUTE, TAB_KEY
-
-from .conftest import ServerProcess, wait_until
+from geventchat.testing import ServerProcess, wait_until
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 

@@ -11,9 +11,7 @@ from pathlib import Path
 
 from geventchat.client import ChatClient
 from geventchat.logs import JsonFormatter
-from tests.watched_server import WatchedServer
-
-from .conftest import ServerProcess
+from geventchat.testing import QUIET, ServerProcess, format_listening_line
 
 HOSTILE = 'a\x1b[31m"b\\c\u202e'  # an escape sequence, a quote, a backslash and a bidi override
 
@@ -27,16 +25,14 @@ def parse_lines(text: str) -> list[dict[str, object]]:
 
 
 def test_json_lines_with_peer_and_reason_and_the_listening_line_unchanged() -> None:
-    server = ServerProcess("--log-format", "json", "--log-level", "DEBUG")
-    try:
+    with ServerProcess(*QUIET, "--log-format", "json", "--log-level", "DEBUG") as server:
         with ChatClient.connect(server.host, server.port, idle_timeout=30) as client:
             peer = "{}:{}".format(*client.sock.getsockname()[:2])
             assert client.request(HOSTILE).message == HOSTILE
-        server.proc.send_signal(signal.SIGTERM)
-        stdout_rest, err = server.proc.communicate(timeout=10)
-    finally:
-        server.close()
-    assert server.proc.returncode == 0
+        server.send_signal(signal.SIGTERM)
+        code = server.wait(10)
+        err, stdout = server.stderr_text(), server.stdout
+    assert code == 0, err
     records = parse_lines(err)
     assert all({"time", "level", "logger", "event", "pid"} <= set(record) for record in records)
     assert {record["level"] for record in records} >= {"INFO", "DEBUG"}
@@ -46,15 +42,15 @@ def test_json_lines_with_peer_and_reason_and_the_listening_line_unchanged() -> N
     # The peer's bytes reach the log only escaped: no raw control or bidi character on any line.
     assert not re.search("[\x00-\x1f\x7f\u202e]", err.replace("\n", ""))
     assert any("shutting down" in str(record["event"]) for record in records)
-    # ServerProcess matched the plain listening line (LISTENING) to learn the port; no other line followed it.
-    assert stdout_rest == ""
+    # The plain listening line (ServerProcess read the port from it) is the only stdout line.
+    assert stdout == [format_listening_line(server.address)]
 
 
 def test_log_file_gets_every_process_line_as_json(tmp_path: Path) -> None:
     log_file = tmp_path / "server.log"
-    args = ["--workers", "2", "--port", "0", "--log-format", "json", "--log-file", str(log_file)]
-    with WatchedServer([*args, "--log-level", "DEBUG", "--stats-interval", "0"]) as server:
-        port = server.wait_listening()
+    args = ["--workers", "2", *QUIET, "--log-format", "json", "--log-file", str(log_file)]
+    with ServerProcess(*args, "--log-level", "DEBUG") as server:
+        port = server.port
         clients = [ChatClient.connect("127.0.0.1", port, idle_timeout=30) for _ in range(10)]
         for client in clients:
             assert client.request("to the file").message == "to the file"

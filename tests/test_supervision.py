@@ -5,7 +5,6 @@ refused, SIGTTIN/SIGTTOU add and remove one, a worker silent past ``--worker-tim
 from __future__ import annotations
 
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -17,39 +16,23 @@ import gevent.event
 import pytest
 
 from geventchat import ChatClient, ChatClientError, ClosedByServer
-from tests.watched_server import WatchedServer
-
-from .conftest import ServerProcess, wait_until
+from geventchat.testing import QUIET, ServerProcess, wait_until
 
 HOST = "127.0.0.1"
-BASE = ["--port", "0", "--log-level", "DEBUG", "--stats-interval", "0", "--linger", "0.2", "--grace", "5"]
+BASE = [*QUIET, "--log-level", "DEBUG", "--linger", "0.2", "--grace", "5"]
 READY = r"(\d+) workers ready \(pids ([\d ]+)\)"
 #: Connections the HUP test makes at most (the loop's bound; it normally stops far earlier).
 MAX_CONNECTIONS = 5000
 
 
-def line_matching(server: WatchedServer, pattern: str, start: int = 0, timeout: float = 15.0) -> re.Match[str]:
-    """The first stderr line from ``start`` matching ``pattern``, waiting for it while other greenlets run."""
-    regex = re.compile(pattern)
-
-    def find() -> re.Match[str] | None:
-        return next((m for line in server.stderr[start:] if (m := regex.search(line))), None)
-
-    wait_until(lambda: find() is not None, timeout=timeout, what=f"a log line matching {pattern!r}")
-    match = find()
-    assert match is not None
-    return match
-
-
-def worker_of(server: WatchedServer, client: ChatClient) -> int:
+def worker_of(server: ServerProcess, client: ChatClient) -> int:
     local_port = client.sock.getsockname()[1]
-    return int(line_matching(server, rf"geventchat\.server\[(\d+)\]: 127\.0\.0\.1:{local_port} connected").group(1))
+    return int(server.wait_for(rf"geventchat\.server\[(\d+)\]: 127\.0\.0\.1:{local_port} connected").group(1))
 
 
-def start(workers: int, *extra: str) -> tuple[WatchedServer, list[int]]:
-    server = WatchedServer(["--workers", str(workers), *BASE, *extra])
+def start(workers: int, *extra: str) -> tuple[ServerProcess, list[int]]:
+    server = ServerProcess("--workers", str(workers), *BASE, *extra)  # returns once the listening line came
     try:
-        server.wait_listening()
         pids = [int(pid) for pid in server.wait_for(READY).group(2).split()]
     except BaseException:
         server.close()
@@ -84,7 +67,7 @@ def test_sighup_replaces_the_workers_without_refusing_a_connection() -> None:
         hup_at = time.monotonic()
         server.send_signal(signal.SIGHUP)
 
-        reloaded = line_matching(server, r"reload done: 2 new workers ready \(pids (\d+) (\d+)\)", mark)
+        reloaded = server.wait_for(r"reload done: 2 new workers ready \(pids (\d+) (\d+)\)", start=mark)
         assert not {int(pid) for pid in reloaded.groups()} & set(old)
         with pytest.raises(ClosedByServer) as bye:  # the old worker's client: told only once the new ones serve
             held.receive(timeout=10)
@@ -94,7 +77,7 @@ def test_sighup_replaces_the_workers_without_refusing_a_connection() -> None:
         wait_until(lambda: sum(1 for t in made if t > told_at) >= 20, timeout=15, what="connections while draining")
         held.close()
         for pid in old:
-            line_matching(server, rf"old worker \d \(pid {pid}\) exited with status 0", mark)
+            server.wait_for(rf"old worker \d \(pid {pid}\) exited with status 0", start=mark)
         drained_at = time.monotonic()
         wait_until(lambda: sum(1 for t in made if t > drained_at) >= 20, timeout=15, what="connections after it")
         stop.set()
@@ -117,9 +100,9 @@ def test_sigttin_adds_a_worker_and_sigttou_removes_one() -> None:
     with server:
         mark = len(server.stderr)
         server.send_signal(signal.SIGTTIN)
-        line_matching(server, r"SIGTTIN: adding worker 2 \(now 3 workers\)", mark)
-        added = int(line_matching(server, r"worker 2 started \(pid (\d+)\)", mark).group(1))
-        line_matching(server, rf"worker 2 \(pid {added}\) is listening", mark)
+        server.wait_for(r"SIGTTIN: adding worker 2 \(now 3 workers\)", start=mark)
+        added = int(server.wait_for(r"worker 2 started \(pid (\d+)\)", start=mark).group(1))
+        server.wait_for(rf"worker 2 \(pid {added}\) is listening", start=mark)
 
         clients: list[ChatClient] = []
         for _ in range(200):  # until one lands on the new worker (a miss in 200 has odds of (2/3)**200)
@@ -132,19 +115,19 @@ def test_sigttin_adds_a_worker_and_sigttou_removes_one() -> None:
 
         mark = len(server.stderr)
         server.send_signal(signal.SIGTTOU)
-        line_matching(server, r"SIGTTOU: removing worker 2 \(now 2 workers\)", mark)
+        server.wait_for(r"SIGTTOU: removing worker 2 \(now 2 workers\)", start=mark)
         with pytest.raises(ClosedByServer) as bye:
             on_added.receive(timeout=10)
         assert bye.value.reason == "server shutting down"
-        line_matching(server, rf"old worker 2 \(pid {added}\) exited with status 0", mark)
+        server.wait_for(rf"old worker 2 \(pid {added}\) exited with status 0", start=mark)
         for client in clients:
             client.close()
 
         server.send_signal(signal.SIGTTOU)
-        line_matching(server, r"SIGTTOU: removing worker 1 \(now 1 workers\)", mark)
+        server.wait_for(r"SIGTTOU: removing worker 1 \(now 1 workers\)", start=mark)
         server.send_signal(signal.SIGTTOU)
-        line_matching(server, r"SIGTTOU ignored: one worker is the minimum", mark)
-        line_matching(server, rf"old worker 1 \(pid {first[1]}\) exited with status 0", mark)
+        server.wait_for(r"SIGTTOU ignored: one worker is the minimum", start=mark)
+        server.wait_for(rf"old worker 1 \(pid {first[1]}\) exited with status 0", start=mark)
         for _ in range(10):  # the last worker serves every new connection
             with ChatClient.connect(HOST, server.port, idle_timeout=30) as client:
                 assert worker_of(server, client) == first[0]
@@ -160,11 +143,11 @@ def test_a_worker_that_stops_answering_is_killed_and_replaced() -> None:
     with server:
         mark = len(server.stderr)
         os.kill(victim, signal.SIGSTOP)  # a hung worker: its hub never runs again
-        silent = line_matching(server, rf"worker (\d) \(pid {victim}\) sent no heartbeat for [\d.]+s", mark)
+        silent = server.wait_for(rf"worker (\d) \(pid {victim}\) sent no heartbeat for [\d.]+s", start=mark)
         index = silent.group(1)
-        line_matching(server, rf"worker {index} \(pid {victim}\) was killed by SIGKILL.*restarting it in", mark)
-        replacement = int(line_matching(server, rf"worker {index} started \(pid (\d+)\)", mark).group(1))
-        line_matching(server, rf"worker {index} \(pid {replacement}\) is listening", mark)
+        server.wait_for(rf"worker {index} \(pid {victim}\) was killed by SIGKILL.*restarting it in", start=mark)
+        replacement = int(server.wait_for(rf"worker {index} started \(pid (\d+)\)", start=mark).group(1))
+        server.wait_for(rf"worker {index} \(pid {replacement}\) is listening", start=mark)
         assert not [line for line in server.stderr[mark:] if f"pid {healthy})" in line and "heartbeat" in line]
         # The slot's socket stayed open: new connections reach the replacement (a miss in 100: odds 2**-100).
         served_by = []
@@ -182,10 +165,10 @@ def test_a_worker_that_stops_answering_is_killed_and_replaced() -> None:
 @pytest.mark.parametrize("workers", ["1", "2"])
 def test_pid_file_holds_the_main_pid_while_running_and_is_removed_at_exit(tmp_path: Path, workers: str) -> None:
     pid_file = tmp_path / "geventchat.pid"
-    server = ServerProcess("--workers", workers, "--pid-file", str(pid_file))
+    server = ServerProcess(*QUIET, "--workers", workers, "--pid-file", str(pid_file))
     try:
-        assert pid_file.read_text() == f"{server.proc.pid}\n"  # the supervisor's, with workers
-        code, err = server.terminate_and_wait()
+        assert pid_file.read_text() == f"{server.pid}\n"  # the supervisor's, with workers
+        code, err = server.stop(), server.stderr_text()
         assert code == 0, err
         assert not pid_file.exists()
     finally:

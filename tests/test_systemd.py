@@ -19,10 +19,8 @@ import pytest
 from geventchat import systemd
 from geventchat.client import ChatClient
 from geventchat.config import ServerConfig
+from geventchat.testing import QUIET, ServerProcess
 from geventchat.workers import Supervisor
-from tests.watched_server import WatchedServer
-
-from .conftest import ServerProcess
 
 UNIT = Path(__file__).resolve().parent.parent / "deploy" / "geventchat.service"
 
@@ -65,27 +63,20 @@ def test_a_server_says_ready_once_listening_and_stopping_on_sigterm(
     notify_socket: tuple[socket.socket, str],
 ) -> None:
     sock, path = notify_socket
-    server = ServerProcess(env={"NOTIFY_SOCKET": path})
-    try:
+    with ServerProcess(*QUIET, env={"NOTIFY_SOCKET": path}) as server:
         assert received(sock) == "READY=1"  # the listening line was read before: READY follows it
         with ChatClient.connect(server.host, server.port, idle_timeout=30) as client:
             assert client.request("ready means serving").message == "ready means serving"
-        server.proc.send_signal(signal.SIGTERM)
+        server.send_signal(signal.SIGTERM)
         assert received(sock) == "STOPPING=1"
-        code, _err = server.wait_for_exit()
-        assert code == 0
-    finally:
-        server.close()
+        code = server.wait()
+        assert code == 0, server.stderr_text()
 
 
-def test_workers_say_ready_reloading_ready_stopping(
-    notify_socket: tuple[socket.socket, str], monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_workers_say_ready_reloading_ready_stopping(notify_socket: tuple[socket.socket, str]) -> None:
     sock, path = notify_socket
-    monkeypatch.setenv("NOTIFY_SOCKET", path)  # WatchedServer's process inherits our environment
-    args = ["--workers", "2", "--port", "0", "--stats-interval", "0", "--grace", "1", "--linger", "0.2"]
-    with WatchedServer(args) as server:
-        server.wait_listening()
+    args = ["--workers", "2", *QUIET, "--grace", "1", "--linger", "0.2"]
+    with ServerProcess(*args, env={"NOTIFY_SOCKET": path}) as server:  # returns once the listening line came
         assert received(sock) == "READY=1"
         server.send_signal(signal.SIGHUP)
         assert received(sock).startswith("RELOADING=1\nMONOTONIC_USEC=")
