@@ -12,10 +12,12 @@ import dataclasses
 import logging
 import signal
 import socket
+from collections.abc import Callable
 
 import gevent
 from gevent.socket import socket as GeventSocket
 
+from ._forking import ALIVE, READY, RELEASE_METRICS, RELEASED
 from .config import ServerConfig
 from .server import ChatServer
 
@@ -43,6 +45,25 @@ def serve_worker(
     is gone). Returns the exit status. Raises :class:`OSError` if the metrics port cannot be bound.
     """
     gevent.reinit()  # harmless without a hub; required if the parent ever created one
+    server = _start_server(config, listener, index)
+    stop = _stopper(server, index)
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        gevent.signal_handler(signum, lambda signum=signum: stop(signal.Signals(signum).name))
+    if early_signals:
+        stop(signal.Signals(early_signals[0]).name)
+    channel = GeventSocket(control.family, control.type, fileno=control.detach())
+    channel.sendall(READY + b"\n")
+    helpers = [gevent.spawn(_watch_supervisor, channel, server, stop)]
+    if heartbeat is not None:
+        helpers.append(gevent.spawn(_beat, channel, heartbeat))
+    server.serve_forever()
+    gevent.killall(helpers, block=False)
+    channel.close()
+    log.debug("worker %d: stopped", index)
+    return 0
+
+
+def _start_server(config: ServerConfig, listener: socket.socket, index: int) -> ChatServer:
     accepting = GeventSocket(listener.family, listener.type, fileno=listener.detach())
     if config.metrics_port:  # one endpoint per worker, each series labelled worker="<index>" (docs/hardening.md)
         config = dataclasses.replace(config, metrics_port=config.metrics_port + index)
@@ -50,45 +71,38 @@ def serve_worker(
     server.start()
     if server.metrics is not None:
         log.info("worker %d: metrics on http://%s:%d/metrics", index, *server.metrics.address)
+    return server
+
+
+def _stopper(server: ChatServer, index: int) -> Callable[[str], None]:
+    """``stop(why)``: begin the graceful shutdown once, however many reasons arrive."""
 
     def stop(why: str) -> None:
         if server.shutting_down:
             log.debug("worker %d: %s while already shutting down", index, why)
             return
-        log.info("worker %d: %s: shutting down (grace %gs)", index, why, config.grace)
+        log.info("worker %d: %s: shutting down (grace %gs)", index, why, server.config.grace)
         gevent.spawn(server.shutdown)
 
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        gevent.signal_handler(signum, lambda signum=signum: stop(signal.Signals(signum).name))
-    if early_signals:
-        stop(signal.Signals(early_signals[0]).name)
+    return stop
 
-    channel = GeventSocket(control.family, control.type, fileno=control.detach())
 
-    def watch_supervisor() -> None:
-        try:
-            while data := channel.recv(64):
-                if b"release-metrics" in data and server.metrics is not None:
-                    server.metrics.stop()  # a replacement is about to bind its port (SIGHUP)
-                    server.metrics = None
-                if b"release-metrics" in data:
-                    channel.sendall(b"released\n")
-        except OSError:
-            pass
-        stop("the supervisor is gone")
+def _watch_supervisor(channel: GeventSocket, server: ChatServer, stop: Callable[[str], None]) -> None:
+    """Answer the supervisor's requests until it is gone (end of file), then stop."""
+    try:
+        while data := channel.recv(64):
+            if RELEASE_METRICS in data and server.metrics is not None:
+                server.metrics.stop()  # a replacement is about to bind its port (SIGHUP)
+                server.metrics = None
+            if RELEASE_METRICS in data:
+                channel.sendall(RELEASED + b"\n")
+    except OSError:
+        pass
+    stop("the supervisor is gone")
 
-    def beat(interval: float) -> None:
-        with contextlib.suppress(OSError):  # the supervisor is gone: watch_supervisor sees it
-            while True:  # ends when killed after serve_forever, or when the supervisor is gone
-                gevent.sleep(interval)
-                channel.sendall(b"alive\n")
 
-    channel.sendall(b"ready\n")
-    helpers = [gevent.spawn(watch_supervisor)]
-    if heartbeat is not None:
-        helpers.append(gevent.spawn(beat, heartbeat))
-    server.serve_forever()
-    gevent.killall(helpers, block=False)
-    channel.close()
-    log.debug("worker %d: stopped", index)
-    return 0
+def _beat(channel: GeventSocket, interval: float) -> None:
+    with contextlib.suppress(OSError):  # the supervisor is gone: _watch_supervisor sees it
+        while True:  # ends when killed after serve_forever, or when the supervisor is gone
+            gevent.sleep(interval)
+            channel.sendall(ALIVE + b"\n")

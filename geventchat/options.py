@@ -23,6 +23,7 @@ __all__ = [
     "client_parser",
     "command_parser",
     "gevent_only_options",
+    "package_version",
     "server_config",
     "server_parser",
     "subparsers",
@@ -33,13 +34,17 @@ __all__ = [
 COMMANDS = ("serve", "client", "check", "loadtest")
 
 
-def version_line() -> str:
-    """``geventchat X.Y.Z``, from the installed distribution's metadata (the source tree's when not installed)."""
+def package_version() -> str:
+    """``X.Y.Z``, from the installed distribution's metadata (the source tree's when not installed)."""
     try:
-        version = importlib.metadata.version("geventchat")
+        return importlib.metadata.version("geventchat")
     except importlib.metadata.PackageNotFoundError:
-        version = __version__
-    return f"geventchat {version}"
+        return __version__
+
+
+def version_line() -> str:
+    """``geventchat X.Y.Z`` (:func:`package_version`)."""
+    return f"geventchat {package_version()}"
 
 
 def _number(minimum: float, *, inclusive: bool) -> Callable[[str], float]:

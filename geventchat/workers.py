@@ -7,6 +7,8 @@ concrete port for port 0) and keeps it open, and the worker in that slot inherit
 connections over the slots' accept queues; ``--max-connections`` and the open-file limit apply to each worker.
 Because the parent holds every slot's socket, a replacement worker takes over the same accept queue: connections
 that arrive while a slot's worker restarts wait in the queue instead of being refused or reset.
+The slots' sockets are :class:`~geventchat._slots.SlotSockets`; forking a worker, the control socket's messages and
+the table of live workers are in :mod:`geventchat._forking`; what a worker runs is :mod:`geventchat._worker`.
 
 - Readiness: a worker writes ``ready`` on its control socket once it serves; the parent prints the one line
   ``geventchat listening on HOST:PORT`` after every worker has done so, and tells systemd ``READY=1``
@@ -40,28 +42,31 @@ import os
 import selectors
 import signal
 import socket
-import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from typing import NoReturn
 
 from . import systemd
-from ._net import WakePipe, bind_tcp
+from ._forking import (
+    FORWARDED,
+    READY,
+    RELEASE_METRICS,
+    RELEASED,
+    WATCHED,
+    WorkerProcess,
+    WorkerTable,
+    become_worker,
+    describe_status,
+    fork_worker,
+)
+from ._net import WakePipe
+from ._slots import SlotSockets
 from .config import ServerConfig
 from .restart_policy import RestartPolicy
 
 __all__ = ["Supervisor", "resolve_worker_count"]
 
 log = logging.getLogger("geventchat.workers")
-
-_READY = b"ready"
-_RELEASED = b"released"
-#: Parent → worker: close your metrics endpoint now (a replacement needs its port).
-RELEASE_METRICS = b"release-metrics\n"
-_FORWARDED = (signal.SIGTERM, signal.SIGINT)
-_WATCHED = (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD, signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU)
-#: Signals only the supervisor acts on: a worker ignores them (a terminal hang-up reaches the whole group).
-_SUPERVISOR_ONLY = (signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU)
 
 
 def resolve_worker_count(requested: int) -> int:
@@ -72,19 +77,6 @@ def resolve_worker_count(requested: int) -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # not Linux
         return max(1, os.cpu_count() or 1)
-
-
-@dataclass
-class _Worker:
-    index: int  # the slot
-    pid: int
-    control: socket.socket
-    started: float
-    generation: int
-    last_seen: float = 0.0  # monotonic time of the last message on the control socket
-    ready: bool = False
-    retiring: bool = False  # told to drain and leave: its exit is not a crash
-    killed_silent: bool = False  # killed for a missed heartbeat or start: do not kill it twice
 
 
 class Supervisor:
@@ -123,8 +115,8 @@ class Supervisor:
         self.count = count
         self.worker_timeout = worker_timeout
         self._announce = announce
-        self._workers: dict[int, _Worker] = {}  # by pid
-        self._listeners: dict[int, socket.socket] = {}  # by slot: the parent's copy of each slot's socket
+        self._workers = WorkerTable()
+        self._slots = SlotSockets(config.host, config.backlog)  # the parent's copy of each slot's socket
         self._restarts: dict[int, float] = {}  # slot -> monotonic time due
         self._awaiting_release: dict[int, int] = {}  # old worker's pid -> slot whose replacement waits for it
         # Built from the class attributes here, so a subclass (or a test) can tune them before construction.
@@ -152,12 +144,9 @@ class Supervisor:
         """Serve until a signal or repeated crashes; returns the exit status (0 after a clean shutdown).
         Raises :class:`OSError` if the address cannot be bound."""
         try:
-            first = self._listen(0, self.config.port)  # port 0: the others join the port it got
-            self.address = first.getsockname()[:2]
-            for index in range(1, self.count):
-                self._listen(index, self.address[1])
+            self.address = self._slots.open(self.count, self.config.port)
             self._selector.register(self._wake.fileno(), selectors.EVENT_READ)
-            previous = {signum: signal.signal(signum, _note_signal) for signum in _WATCHED}
+            previous = {signum: signal.signal(signum, _note_signal) for signum in WATCHED}
             self._wake.catch_signals()
             try:
                 return self._supervise()
@@ -167,11 +156,6 @@ class Supervisor:
                     signal.signal(signum, handler)
         finally:
             self._close_all()
-
-    def _listen(self, index: int, port: int) -> socket.socket:
-        sock = bind_tcp(self.config.host, port, backlog=self.config.backlog, reuse_port=True)
-        self._listeners[index] = sock
-        return sock
 
     # -- the loop
 
@@ -189,7 +173,7 @@ class Supervisor:
             if self._stopping and now > self._stop_deadline:
                 log.error("%d workers still running after the shutdown deadline; killing them", len(self._workers))
                 self._failed = True
-                self._signal_workers(signal.SIGKILL)
+                self._workers.signal_all(signal.SIGKILL)
                 self._stop_deadline = now + self.exit_margin
             for key, _events in self._selector.select(self._select_timeout(now)):
                 if key.fd == self._wake.fileno():
@@ -223,11 +207,11 @@ class Supervisor:
             self._reloading = False
             old = [w for w in self._workers.values() if w.generation < self._generation and not w.retiring]
             for worker in old:
-                self._retire(worker)
+                worker.retire()
             log.info(
                 "reload done: %d new workers ready (pids %s); %d old workers draining",
                 self.count,
-                " ".join(str(w.pid) for w in self._current()),
+                " ".join(str(w.pid) for w in self._workers.current(self._generation)),
                 len(old),
             )
             systemd.notify("READY=1")
@@ -242,13 +226,8 @@ class Supervisor:
             timeout = min(timeout, max(0.0, min(self._restarts.values()) - now))
         return timeout
 
-    def _current(self) -> list[_Worker]:
-        """The workers of the current generation that are not leaving, in slot order."""
-        current = [w for w in self._workers.values() if w.generation == self._generation and not w.retiring]
-        return sorted(current, key=lambda w: w.index)
-
     def _all_ready(self) -> bool:
-        current = self._current()
+        current = self._workers.current(self._generation)
         return not self._restarts and len(current) == self.count and all(w.ready for w in current)
 
     # -- events
@@ -261,7 +240,7 @@ class Supervisor:
                 self._add_worker()
             elif signum == signal.SIGTTOU:
                 self._remove_worker()
-            elif signum in _FORWARDED:
+            elif signum in FORWARDED:
                 self._on_stop_signal(signum)
             # SIGCHLD: the reap after every wake-up handles it
 
@@ -279,9 +258,9 @@ class Supervisor:
         else:
             log.warning("second signal: killing the workers and exiting now")
             self._failed = True
-            self._signal_workers(signal.SIGKILL)
+            self._workers.signal_all(signal.SIGKILL)
 
-    def _on_control(self, worker: _Worker) -> None:
+    def _on_control(self, worker: WorkerProcess) -> None:
         try:
             data = worker.control.recv(4096)
         except OSError:
@@ -291,30 +270,22 @@ class Supervisor:
             return
         worker.last_seen = time.monotonic()  # any message is a heartbeat
         messages = data.split()
-        if _READY in messages and not worker.ready:
+        if READY in messages and not worker.ready:
             worker.ready = True
-            log.debug("worker %d (pid %d) is listening", worker.index, worker.pid)
-        if _RELEASED in messages:
+            log.debug("%s is listening", worker)
+        if RELEASED in messages:
             self._start_replacement(worker.pid)
 
     def _kill_silent_workers(self) -> None:
         """SIGKILL workers that missed their heartbeat, or did not get ready in time after a restart."""
         if self._stopping:
             return  # the shutdown deadline covers them
-        now = time.monotonic()
-        for worker in self._workers.values():
-            if worker.killed_silent:
-                continue
-            if worker.ready and self.worker_timeout > 0 and now - worker.last_seen > self.worker_timeout:
-                why = f"sent no heartbeat for {now - worker.last_seen:.1f}s (--worker-timeout {self.worker_timeout:g})"
-            elif not worker.ready and self._announced and now - worker.started > self.start_timeout:
-                why = f"did not get ready within {self.start_timeout:g}s"
-            else:
-                continue
-            log.error("worker %d (pid %d) %s; killing it", worker.index, worker.pid, why)
+        # A worker not ready at the first start: the start deadline in _supervise covers it.
+        start_timeout = self.start_timeout if self._announced else None
+        for worker, why in self._workers.silent(time.monotonic(), self.worker_timeout, start_timeout):
+            log.error("%s %s; killing it", worker, why)
             worker.killed_silent = True
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(worker.pid, signal.SIGKILL)  # even a stopped (SIGSTOP) process dies of it
+            worker.signal(signal.SIGKILL)  # even a stopped (SIGSTOP) process dies of it
 
     # -- reload and scaling
 
@@ -335,7 +306,7 @@ class Supervisor:
             # Its replacement binds the same metrics port: ask it to let go first; spawn on "released".
             self._awaiting_release[worker.pid] = worker.index
             with contextlib.suppress(OSError):
-                worker.control.sendall(RELEASE_METRICS)
+                worker.control.sendall(RELEASE_METRICS + b"\n")
         for index in range(self.count):  # a slot whose worker is between crash and restart
             if index in self._restarts:
                 del self._restarts[index]
@@ -352,9 +323,7 @@ class Supervisor:
         index = self.count
         self.count += 1
         log.info("SIGTTIN: adding worker %d (now %d workers)", index, self.count)
-        if index not in self._listeners:
-            assert self.address is not None
-            self._listen(index, self.address[1])
+        self._slots.add(index)
         self._spawn(index)
 
     def _remove_worker(self) -> None:
@@ -370,15 +339,8 @@ class Supervisor:
         for worker in list(self._workers.values()):
             if worker.index == index and not worker.retiring:
                 self._awaiting_release.pop(worker.pid, None)
-                self._retire(worker)
-        listener = self._listeners.pop(index, None)
-        if listener is not None:
-            listener.close()  # the slot's worker holds the last copy; its shutdown closes it
-
-    def _retire(self, worker: _Worker) -> None:
-        worker.retiring = True
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(worker.pid, signal.SIGTERM)
+                worker.retire()
+        self._slots.remove(index)
 
     # -- stopping and reaping
 
@@ -388,79 +350,46 @@ class Supervisor:
         self._awaiting_release.clear()
         self._stop_deadline = time.monotonic() + self.config.grace + 2 * self.config.linger + self.exit_margin
         # Our copies would keep the port accepting into queues nobody serves once the workers stop accepting.
-        for listener in self._listeners.values():
-            listener.close()
-        self._listeners.clear()
-        self._signal_workers(signum)
-
-    def _signal_workers(self, signum: int) -> None:
-        for pid in self._workers:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signum)
+        self._slots.close()
+        self._workers.signal_all(signum)
 
     def _reap(self) -> None:
-        for _ in range(len(self._workers)):
-            try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                return
-            if pid == 0:
-                return
-            worker = self._workers.pop(pid, None)
-            if worker is None:
-                continue
+        for worker, status in self._workers.reap():
             with contextlib.suppress(KeyError, ValueError):
                 self._selector.unregister(worker.control)
             worker.control.close()
             self._on_exit(worker, status)
 
-    def _on_exit(self, worker: _Worker, status: int) -> None:
-        how = _describe_status(status)
+    def _on_exit(self, worker: WorkerProcess, status: int) -> None:
+        how = describe_status(status)
         clean = os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
         if self._stopping:
             if not clean:
                 self._unclean_exits += 1
-                log.warning("worker %d (pid %d) %s during shutdown", worker.index, worker.pid, how)
+                log.warning("%s %s during shutdown", worker, how)
             else:
-                log.debug("worker %d (pid %d) exited", worker.index, worker.pid)
+                log.debug("%s exited", worker)
         elif worker.retiring:
-            log.log(
-                logging.INFO if clean else logging.WARNING, "old worker %d (pid %d) %s", worker.index, worker.pid, how
-            )
+            log.log(logging.INFO if clean else logging.WARNING, "old %s %s", worker, how)
         elif worker.pid in self._awaiting_release:
-            log.warning("old worker %d (pid %d) %s during the reload", worker.index, worker.pid, how)
+            log.warning("old %s %s during the reload", worker, how)
             self._start_replacement(worker.pid)
         elif worker.generation < self._generation:
-            log.warning("old worker %d (pid %d) %s; its replacement is starting", worker.index, worker.pid, how)
+            log.warning("old %s %s; its replacement is starting", worker, how)
         else:
             self._on_crash(worker, how)
 
-    def _on_crash(self, worker: _Worker, how: str) -> None:
+    def _on_crash(self, worker: WorkerProcess, how: str) -> None:
         now = time.monotonic()
         verdict = self._restart_policy.on_crash(now)
         crashes, delay = verdict.crashes, verdict.delay
         if delay is None:
-            log.error(
-                "worker %d (pid %d) %s; %d worker crashes within %gs: giving up",
-                worker.index,
-                worker.pid,
-                how,
-                crashes,
-                self.crash_window,
-            )
+            log.error("%s %s; %d worker crashes within %gs: giving up", worker, how, crashes, self.crash_window)
             self._failed = True
             self._begin_stop(signal.SIGTERM)
             return
-        log.warning(
-            "worker %d (pid %d) %s after %.1fs; restarting it in %gs (%d crashes within %gs)",
-            worker.index,
-            worker.pid,
-            how,
-            now - worker.started,
-            delay,
-            crashes,
-            self.crash_window,
-        )
+        details = (worker, how, now - worker.started, delay, crashes, self.crash_window)
+        log.warning("%s %s after %.1fs; restarting it in %gs (%d crashes within %gs)", *details)
         self._restarts[worker.index] = now + delay
 
     def _start_due_restarts(self) -> None:
@@ -475,63 +404,27 @@ class Supervisor:
     # -- forking
 
     def _spawn(self, index: int) -> None:
-        parent_end, child_end = socket.socketpair()
-        # Flush before fork so buffered output is not written twice; block the signals we care about so the child
-        # cannot receive one before it has replaced our handlers (it unblocks them itself).
-        sys.stdout.flush()
-        sys.stderr.flush()
-        old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, _WATCHED)
-        try:
-            pid = os.fork()
-        except OSError:
-            signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
-            parent_end.close()
-            child_end.close()
-            raise
-        if pid == 0:  # the child: never returns
-            parent_end.close()
-            self._become_worker(index, child_end, old_mask)
-        signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
-        child_end.close()
-        now = time.monotonic()
-        worker = _Worker(index, pid, parent_end, now, self._generation, last_seen=now)
-        self._workers[pid] = worker
-        self._selector.register(parent_end, selectors.EVENT_READ, worker)
-        log.info("worker %d started (pid %d)", index, pid)
+        heartbeat = self.worker_timeout / 4 if self.worker_timeout > 0 else None
 
-    def _become_worker(self, index: int, control: socket.socket, old_mask: set[int | signal.Signals]) -> None:
-        code = 1
-        try:
-            signal.set_wakeup_fd(-1)
-            early: list[int] = []
-            for signum in _FORWARDED:
-                signal.signal(signum, lambda signum, _frame: early.append(signum))
-            for signum in _SUPERVISOR_ONLY:
-                signal.signal(signum, signal.SIG_IGN)
-            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-            signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
-            # Nothing of the supervisor's may stay open here: the control sockets of other workers would keep
-            # them from seeing end of file when the parent dies, and another slot's socket would outlive its slot.
-            self._selector.close()
-            for worker in self._workers.values():
-                worker.control.close()
-            self._wake.close()
-            listener = self._listeners.pop(index)
-            for other in self._listeners.values():
-                other.close()
-            from ._worker import serve_worker
+        def in_child(control: socket.socket, old_mask: set[int | signal.Signals]) -> NoReturn:
+            become_worker(
+                self.config, index, control, old_mask, release=lambda: self._release(index), heartbeat=heartbeat
+            )
 
-            heartbeat = self.worker_timeout / 4 if self.worker_timeout > 0 else None
-            code = serve_worker(self.config, listener, index, control, early, heartbeat=heartbeat)
-        except BaseException:
-            with contextlib.suppress(BaseException):
-                log.exception("worker %d failed", index)
-        finally:
-            with contextlib.suppress(BaseException):
-                logging.shutdown()
-                sys.stdout.flush()
-                sys.stderr.flush()
-            os._exit(code)
+        worker = fork_worker(index, self._generation, in_child)
+        self._workers[worker.pid] = worker
+        self._selector.register(worker.control, selectors.EVENT_READ, worker)
+        log.info("worker %d started (pid %d)", index, worker.pid)
+
+    def _release(self, index: int) -> socket.socket:
+        """In a forked worker: close everything of the supervisor's and return slot ``index``'s socket. The control
+        sockets of other workers would keep them from seeing end of file when the parent dies, and another slot's
+        socket would outlive its slot."""
+        self._selector.close()
+        for worker in self._workers.values():
+            worker.control.close()
+        self._wake.close()
+        return self._slots.take(index)
 
     # -- helpers
 
@@ -545,23 +438,8 @@ class Supervisor:
             worker.control.close()
         self._selector.close()
         self._wake.close()
-        for listener in self._listeners.values():
-            listener.close()
-        self._listeners.clear()
+        self._slots.close()
 
 
 def _note_signal(_signum: int, _frame: object) -> None:
     """The C-level handler has already written the signal number to the wake-up pipe; nothing else to do."""
-
-
-def _describe_status(status: int) -> str:
-    if os.WIFSIGNALED(status):
-        signum = os.WTERMSIG(status)
-        try:
-            name = signal.Signals(signum).name
-        except ValueError:
-            name = str(signum)
-        return f"was killed by {name}"
-    if os.WIFEXITED(status):
-        return f"exited with status {os.WEXITSTATUS(status)}"
-    return f"ended (wait status {status})"
