@@ -1,0 +1,333 @@
+"""The server's side of one connection: :class:`ServerConversation`."""
+
+from __future__ import annotations
+
+import enum
+
+from ..config import Framing, ProtocolConfig
+from .errors import InvalidTimeout, LocalProtocolError
+from .events import (
+    CloseReason,
+    ConnectionClosed,
+    FramingChosen,
+    MessageReceived,
+    MessageRejected,
+    QuitReceived,
+    ServerEvent,
+    TimeoutNegotiated,
+    TimeoutRejected,
+)
+from .text import (
+    _LEADING_DECIMAL,
+    _QUIT_BYTES,
+    BYE_PREFIX,
+    ERROR_PREFIX,
+    NEWLINE,
+    QUIT,
+    _encoded,
+    format_seconds,
+    parse_timeout,
+)
+
+__all__ = ["ServerConversation"]
+
+
+class _State(enum.Enum):
+    HANDSHAKE = "handshake"  # waiting for the timeout line
+    CHATTING = "chatting"
+    CLOSED = "closed"
+
+
+_CHATTING = _State.CHATTING
+_LINE = Framing.LINE
+_QUIT_LINE = _QUIT_BYTES + NEWLINE
+
+
+class ServerConversation:
+    """The server's side of one connection.
+
+    Construct it on accept; the greeting is queued at once. Feed every received chunk to :meth:`receive_data`
+    (``b""`` for end of input) and send :meth:`data_to_send` after each call. Call :meth:`close` when the shell
+    decides to end the conversation (idle timeout, shutdown). After a :class:`ConnectionClosed` event, send what
+    is queued and close the socket.
+
+    Memory is bounded: at most ``max_line + 1`` bytes of an incomplete line are ever held.
+    """
+
+    __slots__ = (
+        "_config",
+        "_framing",
+        "_max_line",
+        "_out",
+        "_partial",
+        "_prefix",
+        "_state",
+        "close_reason",
+        "idle_timeout",
+        "messages_received",
+        "notices_queued",
+    )
+
+    def __init__(self, config: ProtocolConfig) -> None:
+        self._config = config
+        self._framing = config.framing
+        self._max_line = config.max_line
+        self._prefix = _encoded(config.prefix)
+        self._state = _State.HANDSHAKE
+        self._partial = bytearray()
+        #: The idle timeout in force, in seconds (the default until the client negotiates one).
+        self.idle_timeout: float = config.default_timeout
+        #: Why the conversation ended, once it has.
+        self.close_reason: CloseReason | None = None
+        #: Complete messages answered so far (for statistics); each queued exactly one reply.
+        self.messages_received = 0
+        #: ``error:`` and ``bye:`` lines queued so far (for statistics).
+        self.notices_queued = 0
+        greeting = config.greeting.encode()
+        self._out: list[bytes] = [greeting if self._framing is Framing.RAW else greeting + NEWLINE]
+
+    # -- state the shell asks about
+
+    @property
+    def framing(self) -> Framing:
+        """The framing in force; :attr:`Framing.AUTO` until it has been decided."""
+        return self._framing
+
+    @property
+    def closed(self) -> bool:
+        """True once a :class:`ConnectionClosed` event has been produced."""
+        return self._state is _State.CLOSED
+
+    @property
+    def awaiting_framing_decision(self) -> bool:
+        """True in ``auto`` framing while bytes without a newline are pending: the shell should wait the detection
+        window for more input, then call :meth:`settle_framing` if none came. End of input (``receive_data(b"")``)
+        within the window settles it too: the pending chunk is answered in raw framing, then the conversation
+        closes."""
+        return self._framing is Framing.AUTO and bool(self._partial)
+
+    @property
+    def handshake_done(self) -> bool:
+        """True once the client's first line (its idle-timeout request, valid or not) has been read."""
+        return self._state is not _State.HANDSHAKE
+
+    @property
+    def pending_bytes(self) -> int:
+        """Bytes of an incomplete message held (never more than ``max_line + 1``)."""
+        return len(self._partial)
+
+    def data_to_send(self) -> bytes:
+        """Everything queued for the peer since the last call, as one buffer (``b""`` if nothing)."""
+        out = self._out
+        if not out:
+            return b""
+        data = out[0] if len(out) == 1 else b"".join(out)
+        out.clear()
+        return data
+
+    # -- input
+
+    def receive_data(self, data: bytes) -> list[ServerEvent]:
+        """Feed bytes received from the client; ``b""`` means the client closed its side (in ``auto`` framing,
+        a chunk still awaiting the framing decision is then answered as raw before the :class:`ConnectionClosed`).
+
+        Returns the events they completed (often none). Replies and notices are queued for :meth:`data_to_send`.
+        Raises :class:`LocalProtocolError` if the conversation is already closed.
+        """
+        state = self._state
+        if (
+            state is _CHATTING
+            and self._framing is _LINE
+            and data
+            and data.find(NEWLINE) == len(data) - 1
+            and len(data) <= self._max_line + 1
+            and not self._partial
+            and data.isascii()
+            and data != _QUIT_LINE
+            and not data.endswith(b"\r\n")
+        ):
+            # The common case in one step: one whole plain line, nothing pending. Same result as the general
+            # path below (the reply is the prefix plus the line as received), with no split, slice or join.
+            self._out.append(self._prefix + data)
+            self.messages_received += 1
+            return [MessageReceived(data[:-1])]
+        if state is _State.CLOSED:
+            raise LocalProtocolError("receive_data() called on a closed conversation")
+        events: list[ServerEvent] = []
+        if not data:
+            if self.awaiting_framing_decision:
+                # End of input is a decision too: no newline can follow, so this is an unframed client that sent
+                # its one chunk and half-closed (``printf 30hi | socat``). Answer it, then close.
+                events += self.settle_framing()
+                if self._state is _State.CLOSED:  # the chunk was ':q'
+                    return events
+            self._finish(events, CloseReason.PEER_CLOSED, None)
+            return events
+        framing = self._framing
+        if framing is Framing.LINE:
+            self._receive_lines(data, events)
+        elif framing is Framing.RAW:
+            self._receive_chunk(data, events)
+        elif NEWLINE in data:
+            self._framing = Framing.LINE
+            events.append(FramingChosen(Framing.LINE))
+            if self._partial:
+                data = bytes(self._partial) + data
+                self._partial.clear()
+            self._receive_lines(data, events)
+        elif len(self._partial) + len(data) > self._max_line:
+            # Too much for a line that has no newline yet: cannot be a line client within the limits, and
+            # waiting longer would buffer past the cap. It is a raw client sending a big first chunk.
+            self._partial += data
+            events.extend(self.settle_framing())
+        else:
+            self._partial += data
+        return events
+
+    def settle_framing(self) -> list[ServerEvent]:
+        """Decide ``auto`` framing for a client whose pending bytes carried no newline within the detection window:
+        it is an unframed (raw) client. Returns the events of its first chunk. No-op in any other situation."""
+        if not self.awaiting_framing_decision:
+            return []
+        self._framing = Framing.RAW
+        first = bytes(self._partial)
+        self._partial.clear()
+        events: list[ServerEvent] = [FramingChosen(Framing.RAW)]
+        self._receive_chunk(first, events)
+        return events
+
+    def close(self, reason: CloseReason) -> list[ServerEvent]:
+        """End the conversation from the server's side (idle timeout, shutdown). Queues the ``bye:`` line (line
+        framing) and returns the :class:`ConnectionClosed` event; returns ``[]`` if already closed."""
+        if self._state is _State.CLOSED:
+            return []
+        if reason is CloseReason.IDLE_TIMEOUT:
+            bye = f"idle timeout ({format_seconds(self.idle_timeout)}s)"
+        else:
+            bye = reason.value
+        events: list[ServerEvent] = []
+        self._finish(events, reason, bye)
+        return events
+
+    @staticmethod
+    def reject(reason: CloseReason) -> bytes:
+        """What a client turned away on accept gets instead of the greeting: ``bye: <reason>``."""
+        return f"{BYE_PREFIX}{reason.value}\n".encode()
+
+    # -- internals
+
+    def _finish(self, events: list[ServerEvent], reason: CloseReason, bye: str | None) -> None:
+        self._state = _State.CLOSED
+        self.close_reason = reason
+        self._partial.clear()
+        if bye is not None and self._framing is not Framing.RAW:
+            self._out.append(f"{BYE_PREFIX}{bye}\n".encode())
+            self.notices_queued += 1
+        else:
+            bye = None
+        events.append(ConnectionClosed(reason, bye))
+
+    def _notice_error(self, reason: str) -> None:
+        self._out.append(f"{ERROR_PREFIX}{reason}\n".encode())
+        self.notices_queued += 1
+
+    def _receive_lines(self, data: bytes, events: list[ServerEvent]) -> None:
+        partial = self._partial
+        limit = self._max_line + 1  # content plus a possible '\r' whose '\n' has not arrived yet
+        if NEWLINE not in data:
+            if len(partial) + len(data) > limit:
+                self._line_too_long(events)
+            else:
+                partial += data
+            return
+        if partial:
+            partial += data
+            data = bytes(partial)
+            partial.clear()
+        lines = data.split(NEWLINE)
+        tail = lines.pop()
+        prefix = self._prefix
+        out = self._out
+        max_line = self._max_line
+        for line in lines:
+            if line[-1:] == b"\r":
+                line = line[:-1]
+            if len(line) > max_line:
+                self._line_too_long(events)
+                return
+            if self._state is not _State.CHATTING:
+                self._handshake_line(line, events)
+                if self._state is _State.CLOSED:
+                    return
+                continue
+            if not line.isascii():
+                try:
+                    line.decode()
+                except UnicodeDecodeError:
+                    events.append(MessageRejected("message is not valid UTF-8"))
+                    self._notice_error("message is not valid UTF-8")
+                    continue
+            events.append(MessageReceived(line))
+            out.append(prefix + line + NEWLINE)
+            self.messages_received += 1
+            if line == _QUIT_BYTES:
+                events.append(QuitReceived())
+                self._finish(events, CloseReason.QUIT, None)
+                return
+        if tail:
+            if len(tail) > limit:
+                self._line_too_long(events)
+            else:
+                partial += tail
+
+    def _line_too_long(self, events: list[ServerEvent]) -> None:
+        self._finish(events, CloseReason.LINE_TOO_LONG, f"line too long (limit {self._max_line} bytes)")
+
+    def _handshake_line(self, line: bytes, events: list[ServerEvent]) -> None:
+        self._state = _State.CHATTING
+        try:
+            text = line.decode()
+        except UnicodeDecodeError:
+            events.append(TimeoutRejected("message is not valid UTF-8", self.idle_timeout))
+            self._notice_error("message is not valid UTF-8")
+            return
+        if text == QUIT:
+            # Quitting before negotiating is still quitting: answer it like any :q.
+            events.append(MessageReceived(line))
+            self._out.append(self._prefix + line + NEWLINE)
+            self.messages_received += 1
+            events.append(QuitReceived())
+            self._finish(events, CloseReason.QUIT, None)
+            return
+        config = self._config
+        try:
+            seconds, requested = parse_timeout(text, config.min_timeout, config.max_timeout)
+        except InvalidTimeout as exc:
+            reason = f"{exc}; using the default of {format_seconds(config.default_timeout)}s"
+            events.append(TimeoutRejected(reason, config.default_timeout))
+            self._notice_error(reason)
+            return
+        self.idle_timeout = seconds
+        events.append(TimeoutNegotiated(seconds, requested))
+
+    def _receive_chunk(self, data: bytes, events: list[ServerEvent]) -> None:
+        """Raw framing: one received chunk is one message; no notices, nothing added to replies."""
+        if self._state is _State.HANDSHAKE:
+            self._state = _State.CHATTING
+            match = _LEADING_DECIMAL.match(data)
+            requested = float(match.group(1)) if match else 0.0
+            if requested > 0:
+                config = self._config
+                self.idle_timeout = min(max(requested, config.min_timeout), config.max_timeout)
+                events.append(TimeoutNegotiated(self.idle_timeout, requested))
+            else:
+                events.append(TimeoutRejected("no leading positive number", self.idle_timeout))
+            data = data[match.end() :] if match else data
+            if not data:
+                return
+        events.append(MessageReceived(data))
+        self._out.append(self._prefix + data)
+        self.messages_received += 1
+        if data == _QUIT_BYTES:
+            events.append(QuitReceived())
+            self._finish(events, CloseReason.QUIT, None)
