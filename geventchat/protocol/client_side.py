@@ -5,7 +5,8 @@ from __future__ import annotations
 import math
 
 from ..config import Framing, ProtocolConfig
-from .errors import LocalProtocolError, RemoteProtocolError
+from .buffer import ReceiveBuffer
+from .errors import LineTooLong, LocalProtocolError, RemoteProtocolError
 from .events import Bye, ClientEvent, CloseReason, ConnectionClosed, ErrorNotice, Greeting, Reply
 from .text import _QUIT_BYTES, BYE_PREFIX, ERROR_PREFIX, NEWLINE, format_seconds, quote_peer_text
 
@@ -21,7 +22,7 @@ class ClientConversation:
     the greeting is a reply (the original tutorial's server sends no notices).
     """
 
-    __slots__ = ("_framing", "_greeted", "_max_line", "_partial", "_prefix", "closed")
+    __slots__ = ("_buffer", "_framing", "_greeted", "_prefix", "closed")
 
     def __init__(
         self, prefix: str = ProtocolConfig.prefix, *, framing: Framing = Framing.LINE, max_line: int = 65536
@@ -30,8 +31,8 @@ class ClientConversation:
             raise LocalProtocolError("a client must choose line or raw framing")
         self._prefix = prefix
         self._framing = framing
-        self._max_line = max_line + len(prefix.encode()) + 1  # replies carry the prefix, and maybe a '\r'
-        self._partial = bytearray()
+        # Replies carry the prefix, and maybe a '\r'.
+        self._buffer = ReceiveBuffer(max_line + len(prefix.encode()) + 1)
         self._greeted = False
         #: True once the server's end of input has been seen.
         self.closed = False
@@ -43,62 +44,44 @@ class ClientConversation:
     @property
     def pending_bytes(self) -> int:
         """Bytes of an incomplete line held (line framing)."""
-        return len(self._partial)
+        return len(self._buffer)
 
     def receive_data(self, data: bytes) -> list[ClientEvent]:
         """Feed bytes from the server (``b""`` at end of input). Raises :class:`RemoteProtocolError` if the server
-        sends a line over the limit or invalid UTF-8 in line framing."""
+        sends a line over the limit (:class:`LineTooLong`) or invalid UTF-8 in line framing."""
         if self.closed:
             raise LocalProtocolError("receive_data() called after the server closed")
         events: list[ClientEvent] = []
         if not data:
             self.closed = True
-            if self._partial:
+            if self._buffer:
                 # The server closed in the middle of a line: what we have is all there is.
-                partial = bytes(self._partial)
-                self._partial.clear()
-                events.append(self._classify(self._decode(partial)))
+                events.append(self._classify(self._decode(self._buffer.take())))
             events.append(ConnectionClosed(CloseReason.PEER_CLOSED))
-            return events
-        if self._framing is Framing.RAW:
+        elif self._framing is Framing.RAW:
             text = data.decode("utf-8", "replace")
             if not self._greeted:
                 self._greeted = True
                 events.append(Greeting(text))
             else:
                 events.append(Reply(text, text.removeprefix(self._prefix)))
-            return events
-        end = data.find(NEWLINE)
-        if end < 0:
-            if len(self._partial) + len(data) > self._max_line:
-                raise RemoteProtocolError(f"server sent a line longer than {self._max_line} bytes")
-            self._partial += data
-            return events
-        if end == len(data) - 1 and not self._partial:
-            # The usual case, one whole line (a reply): no split, no list of lines, no tail to keep.
-            if end > self._max_line:  # the same verdict as the general path below, whatever the chunking
-                raise RemoteProtocolError(f"server sent a line longer than {self._max_line} bytes")
-            line = data[:-2] if data[-2:-1] == b"\r" else data[:-1]
-            events.append(self._classify(self._decode(line)))
-            return events
-        if self._partial:
-            self._partial += data
-            data = bytes(self._partial)
-            self._partial.clear()
-        lines = data.split(NEWLINE)
-        tail = lines.pop()
-        max_line = self._max_line
-        for line in lines:
-            # Checked for complete lines too, so the verdict does not depend on how TCP chunked the stream.
-            if len(line) > max_line:
-                raise RemoteProtocolError(f"server sent a line longer than {max_line} bytes")
-            if line[-1:] == b"\r":
-                line = line[:-1]
-            events.append(self._classify(self._decode(line)))
-        if len(tail) > self._max_line:
-            raise RemoteProtocolError(f"server sent a line longer than {self._max_line} bytes")
-        self._partial += tail
+        elif (line := self._buffer.whole_line(data)) is not None:
+            # The usual case, one whole line (a reply), taken as it is.
+            events.append(self._classify(self._decode(line[:-1] if line[-1:] == b"\r" else line)))
+        else:
+            self._receive_lines(data, events)
         return events
+
+    def _receive_lines(self, data: bytes, events: list[ClientEvent]) -> None:
+        buffer = self._buffer
+        buffer += data
+        try:
+            for line in buffer.lines():
+                if line[-1:] == b"\r":
+                    line = line[:-1]
+                events.append(self._classify(self._decode(line)))
+        except LineTooLong as exc:
+            raise LineTooLong(exc.limit, "server") from None
 
     def _decode(self, line: bytes) -> str:
         try:

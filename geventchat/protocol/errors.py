@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["InvalidTimeout", "LocalProtocolError", "ProtocolError", "RemoteProtocolError"]
+__all__ = ["InvalidTimeout", "LineTooLong", "LocalProtocolError", "ProtocolError", "RemoteProtocolError"]
 
 
 class ProtocolError(Exception):
@@ -15,6 +15,16 @@ class LocalProtocolError(ProtocolError):
 
 class RemoteProtocolError(ProtocolError):
     """The *peer* broke the protocol in a way that cannot be answered with a notice."""
+
+
+class LineTooLong(RemoteProtocolError):
+    """The peer sent a line, or the start of one, longer than a :class:`~geventchat.protocol.buffer.ReceiveBuffer`
+    may hold. ``limit`` is that cap in bytes (what a line may hold before its ``\\n``); ``sender`` names the peer
+    in the message."""
+
+    def __init__(self, limit: int, sender: str = "peer") -> None:
+        self.limit = limit
+        super().__init__(f"{sender} sent a line longer than {limit} bytes")
 
 
 class InvalidTimeout(ValueError):

@@ -5,7 +5,8 @@ from __future__ import annotations
 import enum
 
 from ..config import Framing, ProtocolConfig
-from .errors import InvalidTimeout, LocalProtocolError
+from .buffer import ReceiveBuffer
+from .errors import InvalidTimeout, LineTooLong, LocalProtocolError
 from .events import (
     CloseReason,
     ConnectionClosed,
@@ -23,7 +24,6 @@ from .text import (
     BYE_PREFIX,
     ERROR_PREFIX,
     NEWLINE,
-    QUIT,
     _encoded,
     format_seconds,
     parse_timeout,
@@ -39,8 +39,17 @@ class _State(enum.Enum):
 
 
 _CHATTING = _State.CHATTING
+_CLOSED = _State.CLOSED
 _LINE = Framing.LINE
-_QUIT_LINE = _QUIT_BYTES + NEWLINE
+_NOT_UTF8 = "message is not valid UTF-8"
+
+
+def _is_utf8(data: bytes) -> bool:
+    try:
+        data.decode()
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 class ServerConversation:
@@ -51,15 +60,16 @@ class ServerConversation:
     decides to end the conversation (idle timeout, shutdown). After a :class:`ConnectionClosed` event, send what
     is queued and close the socket.
 
-    Memory is bounded: at most ``max_line + 1`` bytes of an incomplete line are ever held.
+    Memory is bounded: between calls at most ``max_line + 1`` bytes of an incomplete line are held (the
+    :class:`~geventchat.protocol.buffer.ReceiveBuffer`'s cap: the line and a ``\\r`` whose ``\\n`` has not come).
     """
 
     __slots__ = (
+        "_buffer",
         "_config",
         "_framing",
         "_max_line",
         "_out",
-        "_partial",
         "_prefix",
         "_state",
         "close_reason",
@@ -74,7 +84,7 @@ class ServerConversation:
         self._max_line = config.max_line
         self._prefix = _encoded(config.prefix)
         self._state = _State.HANDSHAKE
-        self._partial = bytearray()
+        self._buffer = ReceiveBuffer(config.max_line + 1)
         #: The idle timeout in force, in seconds (the default until the client negotiates one).
         self.idle_timeout: float = config.default_timeout
         #: Why the conversation ended, once it has.
@@ -104,7 +114,7 @@ class ServerConversation:
         window for more input, then call :meth:`settle_framing` if none came. End of input (``receive_data(b"")``)
         within the window settles it too: the pending chunk is answered in raw framing, then the conversation
         closes."""
-        return self._framing is Framing.AUTO and bool(self._partial)
+        return self._framing is Framing.AUTO and bool(self._buffer)
 
     @property
     def handshake_done(self) -> bool:
@@ -114,7 +124,7 @@ class ServerConversation:
     @property
     def pending_bytes(self) -> int:
         """Bytes of an incomplete message held (never more than ``max_line + 1``)."""
-        return len(self._partial)
+        return len(self._buffer)
 
     def data_to_send(self) -> bytes:
         """Everything queued for the peer since the last call, as one buffer (``b""`` if nothing)."""
@@ -134,54 +144,30 @@ class ServerConversation:
         Returns the events they completed (often none). Replies and notices are queued for :meth:`data_to_send`.
         Raises :class:`LocalProtocolError` if the conversation is already closed.
         """
-        state = self._state
         if (
-            state is _CHATTING
+            self._state is _CHATTING
             and self._framing is _LINE
-            and data
-            and data.find(NEWLINE) == len(data) - 1
-            and len(data) <= self._max_line + 1
-            and not self._partial
-            and data.isascii()
-            and data != _QUIT_LINE
-            and not data.endswith(b"\r\n")
+            and (line := self._buffer.whole_line(data)) is not None
+            and len(line) <= self._max_line
+            and line.isascii()
+            and line[-1:] != b"\r"
         ):
-            # The common case in one step: one whole plain line, nothing pending. Same result as the general
-            # path below (the reply is the prefix plus the line as received), with no split, slice or join.
-            self._out.append(self._prefix + data)
-            self.messages_received += 1
-            return [MessageReceived(data[:-1])]
-        if state is _State.CLOSED:
-            raise LocalProtocolError("receive_data() called on a closed conversation")
-        events: list[ServerEvent] = []
-        if not data:
-            if self.awaiting_framing_decision:
-                # End of input is a decision too: no newline can follow, so this is an unframed client that sent
-                # its one chunk and half-closed (``printf 30hi | socat``). Answer it, then close.
-                events += self.settle_framing()
-                if self._state is _State.CLOSED:  # the chunk was ':q'
-                    return events
-            self._finish(events, CloseReason.PEER_CLOSED, None)
+            # The common case in one step: one whole plain line, nothing pending. The same as the line path (the
+            # reply is the prefix plus the line as received), with no buffering, split or join.
+            events: list[ServerEvent] = []
+            self._accept(line, self._prefix + data, events)
             return events
-        framing = self._framing
-        if framing is Framing.LINE:
+        if self._state is _State.CLOSED:
+            raise LocalProtocolError("receive_data() called on a closed conversation")
+        events = []
+        if not data:
+            self._end_of_input(events)
+        elif self._framing is Framing.LINE:
             self._receive_lines(data, events)
-        elif framing is Framing.RAW:
+        elif self._framing is Framing.RAW:
             self._receive_chunk(data, events)
-        elif NEWLINE in data:
-            self._framing = Framing.LINE
-            events.append(FramingChosen(Framing.LINE))
-            if self._partial:
-                data = bytes(self._partial) + data
-                self._partial.clear()
-            self._receive_lines(data, events)
-        elif len(self._partial) + len(data) > self._max_line:
-            # Too much for a line that has no newline yet: cannot be a line client within the limits, and
-            # waiting longer would buffer past the cap. It is a raw client sending a big first chunk.
-            self._partial += data
-            events.extend(self.settle_framing())
         else:
-            self._partial += data
+            self._receive_undecided(data, events)
         return events
 
     def settle_framing(self) -> list[ServerEvent]:
@@ -190,10 +176,8 @@ class ServerConversation:
         if not self.awaiting_framing_decision:
             return []
         self._framing = Framing.RAW
-        first = bytes(self._partial)
-        self._partial.clear()
         events: list[ServerEvent] = [FramingChosen(Framing.RAW)]
-        self._receive_chunk(first, events)
+        self._receive_chunk(self._buffer.take(), events)
         return events
 
     def close(self, reason: CloseReason) -> list[ServerEvent]:
@@ -214,90 +198,54 @@ class ServerConversation:
         """What a client turned away on accept gets instead of the greeting: ``bye: <reason>``."""
         return f"{BYE_PREFIX}{reason.value}\n".encode()
 
-    # -- internals
+    # -- internals: one path per framing, all ending in _accept
 
-    def _finish(self, events: list[ServerEvent], reason: CloseReason, bye: str | None) -> None:
-        self._state = _State.CLOSED
-        self.close_reason = reason
-        self._partial.clear()
-        if bye is not None and self._framing is not Framing.RAW:
-            self._out.append(f"{BYE_PREFIX}{bye}\n".encode())
-            self.notices_queued += 1
-        else:
-            bye = None
-        events.append(ConnectionClosed(reason, bye))
-
-    def _notice_error(self, reason: str) -> None:
-        self._out.append(f"{ERROR_PREFIX}{reason}\n".encode())
-        self.notices_queued += 1
+    def _accept(self, message: bytes, reply: bytes, events: list[ServerEvent]) -> None:
+        """Answer one complete message with ``reply``: every framing's messages come here, the one-line fast path's
+        too, and here alone ``:q`` ends the conversation."""
+        events.append(MessageReceived(message))
+        self._out.append(reply)
+        self.messages_received += 1
+        if message == _QUIT_BYTES:
+            events.append(QuitReceived())
+            self._finish(events, CloseReason.QUIT, None)
 
     def _receive_lines(self, data: bytes, events: list[ServerEvent]) -> None:
-        partial = self._partial
-        limit = self._max_line + 1  # content plus a possible '\r' whose '\n' has not arrived yet
-        if NEWLINE not in data:
-            if len(partial) + len(data) > limit:
-                self._line_too_long(events)
-            else:
-                partial += data
-            return
-        if partial:
-            partial += data
-            data = bytes(partial)
-            partial.clear()
-        lines = data.split(NEWLINE)
-        tail = lines.pop()
-        prefix = self._prefix
-        out = self._out
+        """Line framing: a line of valid UTF-8 is a message; any other gets an ``error:`` and the conversation goes
+        on; one over the limit closes it."""
+        buffer = self._buffer
+        buffer += data
         max_line = self._max_line
-        for line in lines:
-            if line[-1:] == b"\r":
-                line = line[:-1]
-            if len(line) > max_line:
-                self._line_too_long(events)
-                return
-            if self._state is not _State.CHATTING:
-                self._handshake_line(line, events)
-                if self._state is _State.CLOSED:
+        prefix = self._prefix
+        try:
+            for line in buffer.lines():
+                if line[-1:] == b"\r":
+                    line = line[:-1]
+                if len(line) > max_line:  # the buffer's cap allows the '\r'; the limit is on what is left
+                    raise LineTooLong(max_line)
+                if self._state is not _CHATTING:
+                    self._handshake_line(line, events)
+                elif line.isascii() or _is_utf8(line):
+                    self._accept(line, prefix + line + NEWLINE, events)
+                else:
+                    events.append(MessageRejected(_NOT_UTF8))
+                    self._notice_error(_NOT_UTF8)
+                if self._state is _CLOSED:
                     return
-                continue
-            if not line.isascii():
-                try:
-                    line.decode()
-                except UnicodeDecodeError:
-                    events.append(MessageRejected("message is not valid UTF-8"))
-                    self._notice_error("message is not valid UTF-8")
-                    continue
-            events.append(MessageReceived(line))
-            out.append(prefix + line + NEWLINE)
-            self.messages_received += 1
-            if line == _QUIT_BYTES:
-                events.append(QuitReceived())
-                self._finish(events, CloseReason.QUIT, None)
-                return
-        if tail:
-            if len(tail) > limit:
-                self._line_too_long(events)
-            else:
-                partial += tail
-
-    def _line_too_long(self, events: list[ServerEvent]) -> None:
-        self._finish(events, CloseReason.LINE_TOO_LONG, f"line too long (limit {self._max_line} bytes)")
+        except LineTooLong:
+            self._finish(events, CloseReason.LINE_TOO_LONG, f"line too long (limit {max_line} bytes)")
 
     def _handshake_line(self, line: bytes, events: list[ServerEvent]) -> None:
         self._state = _State.CHATTING
+        if line == _QUIT_BYTES:
+            # Quitting before negotiating is still quitting: a message like any other, not a timeout request.
+            self._accept(line, self._prefix + line + NEWLINE, events)
+            return
         try:
             text = line.decode()
         except UnicodeDecodeError:
-            events.append(TimeoutRejected("message is not valid UTF-8", self.idle_timeout))
-            self._notice_error("message is not valid UTF-8")
-            return
-        if text == QUIT:
-            # Quitting before negotiating is still quitting: answer it like any :q.
-            events.append(MessageReceived(line))
-            self._out.append(self._prefix + line + NEWLINE)
-            self.messages_received += 1
-            events.append(QuitReceived())
-            self._finish(events, CloseReason.QUIT, None)
+            events.append(TimeoutRejected(_NOT_UTF8, self.idle_timeout))
+            self._notice_error(_NOT_UTF8)
             return
         config = self._config
         try:
@@ -313,21 +261,58 @@ class ServerConversation:
     def _receive_chunk(self, data: bytes, events: list[ServerEvent]) -> None:
         """Raw framing: one received chunk is one message; no notices, nothing added to replies."""
         if self._state is _State.HANDSHAKE:
-            self._state = _State.CHATTING
-            match = _LEADING_DECIMAL.match(data)
-            requested = float(match.group(1)) if match else 0.0
-            if requested > 0:
-                config = self._config
-                self.idle_timeout = min(max(requested, config.min_timeout), config.max_timeout)
-                events.append(TimeoutNegotiated(self.idle_timeout, requested))
-            else:
-                events.append(TimeoutRejected("no leading positive number", self.idle_timeout))
-            data = data[match.end() :] if match else data
+            data = self._raw_handshake(data, events)
             if not data:
                 return
-        events.append(MessageReceived(data))
-        self._out.append(self._prefix + data)
-        self.messages_received += 1
-        if data == _QUIT_BYTES:
-            events.append(QuitReceived())
-            self._finish(events, CloseReason.QUIT, None)
+        self._accept(data, self._prefix + data, events)
+
+    def _raw_handshake(self, data: bytes, events: list[ServerEvent]) -> bytes:
+        """An unframed client's first chunk: its leading number is the timeout. Returns the rest of the chunk."""
+        self._state = _State.CHATTING
+        match = _LEADING_DECIMAL.match(data)
+        requested = float(match.group(1)) if match else 0.0
+        if requested > 0:
+            config = self._config
+            self.idle_timeout = min(max(requested, config.min_timeout), config.max_timeout)
+            events.append(TimeoutNegotiated(self.idle_timeout, requested))
+        else:
+            events.append(TimeoutRejected("no leading positive number", self.idle_timeout))
+        return data[match.end() :] if match else data
+
+    def _receive_undecided(self, data: bytes, events: list[ServerEvent]) -> None:
+        """``auto`` framing, not decided yet: a newline makes it a line client; bytes without one wait for the
+        detection window (see :attr:`awaiting_framing_decision`)."""
+        if NEWLINE in data:
+            self._framing = Framing.LINE
+            events.append(FramingChosen(Framing.LINE))
+            self._receive_lines(data, events)
+            return
+        self._buffer += data
+        if len(self._buffer) > self._max_line:
+            # Too much for a line that has no newline yet: cannot be a line client within the limits, and
+            # waiting longer would buffer past the cap. It is a raw client sending a big first chunk.
+            events.extend(self.settle_framing())
+
+    def _end_of_input(self, events: list[ServerEvent]) -> None:
+        if self.awaiting_framing_decision:
+            # End of input is a decision too: no newline can follow, so this is an unframed client that sent its
+            # one chunk and half-closed (``printf 30hi | socat``). Answer it, then close.
+            events += self.settle_framing()
+            if self._state is _State.CLOSED:  # the chunk was ':q'
+                return
+        self._finish(events, CloseReason.PEER_CLOSED, None)
+
+    def _finish(self, events: list[ServerEvent], reason: CloseReason, bye: str | None) -> None:
+        self._state = _State.CLOSED
+        self.close_reason = reason
+        self._buffer.clear()
+        if bye is not None and self._framing is not Framing.RAW:
+            self._out.append(f"{BYE_PREFIX}{bye}\n".encode())
+            self.notices_queued += 1
+        else:
+            bye = None
+        events.append(ConnectionClosed(reason, bye))
+
+    def _notice_error(self, reason: str) -> None:
+        self._out.append(f"{ERROR_PREFIX}{reason}\n".encode())
+        self.notices_queued += 1
