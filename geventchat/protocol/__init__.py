@@ -17,8 +17,9 @@ Server notices are lines starting ``error: `` (the peer erred; the conversation 
 is closing this connection, and says why).
 """
 
+from .buffer import ReceiveBuffer
 from .client_side import ClientConversation
-from .errors import InvalidTimeout, LocalProtocolError, ProtocolError, RemoteProtocolError
+from .errors import InvalidTimeout, LineTooLong, LocalProtocolError, ProtocolError, RemoteProtocolError
 from .events import (
     Bye,
     ClientEvent,
@@ -63,11 +64,13 @@ __all__ = [
     "FramingChosen",
     "Greeting",
     "InvalidTimeout",
+    "LineTooLong",
     "LocalProtocolError",
     "MessageReceived",
     "MessageRejected",
     "ProtocolError",
     "QuitReceived",
+    "ReceiveBuffer",
     "RemoteProtocolError",
     "Reply",
     "ServerConversation",
