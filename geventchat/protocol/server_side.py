@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import enum
+import functools
 
-from ..config import Framing, ProtocolConfig
+from ..config import Framing, ProtocolConfig, ServerConfig
 from .buffer import ReceiveBuffer
 from .errors import InvalidTimeout, LineTooLong, LocalProtocolError
 from .events import (
@@ -44,6 +45,13 @@ _LINE = Framing.LINE
 _NOT_UTF8 = "message is not valid UTF-8"
 
 
+@functools.lru_cache(maxsize=16)
+def _buffer_cap(max_line: int) -> int:
+    """What a line may hold before its ``\\n``: the limit and a ``\\r``. One int per configuration, shared, rather
+    than one more object per idle connection."""
+    return max_line + 1
+
+
 def _is_utf8(data: bytes) -> bool:
     try:
         data.decode()
@@ -56,9 +64,14 @@ class ServerConversation:
     """The server's side of one connection.
 
     Construct it on accept; the greeting is queued at once. Feed every received chunk to :meth:`receive_data`
-    (``b""`` for end of input) and send :meth:`data_to_send` after each call. Call :meth:`close` when the shell
-    decides to end the conversation (idle timeout, shutdown). After a :class:`ConnectionClosed` event, send what
-    is queued and close the socket.
+    (``b""`` for end of input) and send :meth:`data_to_send` after each call. After a :class:`ConnectionClosed`
+    event, send what is queued and close the socket.
+
+    The clock is the shell's, the rules are here. The shell allows :attr:`current_timeout` seconds from accept,
+    and again from every call that returned events (events mean a complete line arrived: activity, and perhaps a
+    new timeout); when they pass, it calls :meth:`expire`, which closes with the reason in force. While
+    :attr:`framing_window` is not ``None`` it waits that long for more input, then calls :meth:`settle_framing`.
+    It calls :meth:`close` for its own reasons (shutdown).
 
     Memory is bounded: between calls at most ``max_line + 1`` bytes of an incomplete line are held (the
     :class:`~geventchat.protocol.buffer.ReceiveBuffer`'s cap: the line and a ``\\r`` whose ``\\n`` has not come).
@@ -68,6 +81,8 @@ class ServerConversation:
         "_buffer",
         "_config",
         "_framing",
+        "_framing_window",
+        "_handshake_timeout",
         "_max_line",
         "_out",
         "_prefix",
@@ -78,13 +93,25 @@ class ServerConversation:
         "notices_queued",
     )
 
-    def __init__(self, config: ProtocolConfig) -> None:
+    def __init__(
+        self,
+        config: ProtocolConfig,
+        *,
+        handshake_timeout: float | None = None,
+        framing_window: float = ServerConfig.raw_detect_window,
+    ) -> None:
+        """``handshake_timeout``: seconds the client has to send its timeout line; it applies until that line
+        arrives, when shorter than the idle timeout (``None``: the idle timeout alone). ``framing_window``: seconds
+        ``auto`` framing waits for a newline before deciding the client is unframed. Both as the shell's
+        :class:`~geventchat.config.ServerConfig` says."""
         self._config = config
+        self._handshake_timeout = handshake_timeout
+        self._framing_window = framing_window
         self._framing = config.framing
         self._max_line = config.max_line
         self._prefix = _encoded(config.prefix)
         self._state = _State.HANDSHAKE
-        self._buffer = ReceiveBuffer(config.max_line + 1)
+        self._buffer = ReceiveBuffer(_buffer_cap(config.max_line))
         #: The idle timeout in force, in seconds (the default until the client negotiates one).
         self.idle_timeout: float = config.default_timeout
         #: Why the conversation ended, once it has.
@@ -115,6 +142,24 @@ class ServerConversation:
         within the window settles it too: the pending chunk is answered in raw framing, then the conversation
         closes."""
         return self._framing is Framing.AUTO and bool(self._buffer)
+
+    @property
+    def framing_window(self) -> float | None:
+        """While ``auto`` framing is undecided (:attr:`awaiting_framing_decision`): the seconds the shell gives the
+        client, from the chunk that left it undecided, to send a newline; if none comes, it calls
+        :meth:`settle_framing` (unless :attr:`current_timeout` ran out first: then :meth:`expire`). ``None`` once
+        decided, or while nothing is pending."""
+        return self._framing_window if self.awaiting_framing_decision else None
+
+    @property
+    def current_timeout(self) -> float:
+        """Seconds the shell allows without a complete message before calling :meth:`expire`: the handshake
+        timeout until the client's timeout line arrives (when it is the shorter), then the idle timeout. Read it
+        again after every call that returned events: the handshake may have ended, the timeout changed."""
+        limit = self._handshake_timeout
+        if limit is not None and limit < self.idle_timeout and self._state is _State.HANDSHAKE:
+            return limit
+        return self.idle_timeout
 
     @property
     def handshake_done(self) -> bool:
@@ -192,6 +237,14 @@ class ServerConversation:
         events: list[ServerEvent] = []
         self._finish(events, reason, bye)
         return events
+
+    def expire(self) -> list[ServerEvent]:
+        """The shell's deadline passed: :attr:`current_timeout` seconds without a complete message (or of a reply
+        the client would not read). Closes with :attr:`CloseReason.HANDSHAKE_TIMEOUT` if the handshake timeout was
+        the one in force, else :attr:`CloseReason.IDLE_TIMEOUT`, as :meth:`close` does; ``[]`` if already closed."""
+        # current_timeout is shorter than the idle timeout only while the handshake timeout is the one in force.
+        in_handshake = self.current_timeout < self.idle_timeout
+        return self.close(CloseReason.HANDSHAKE_TIMEOUT if in_handshake else CloseReason.IDLE_TIMEOUT)
 
     @staticmethod
     def reject(reason: CloseReason) -> bytes:
