@@ -47,9 +47,9 @@ def feed(buffer: ReceiveBuffer, chunks: list[bytes]) -> tuple[list[bytes], bool,
 @pytest.mark.parametrize("split", SPLITS)
 def test_lines_come_out_alike_whatever_the_chunking(split: Split) -> None:
     buffer = ReceiveBuffer(10)
-    lines, overflowed, _ = feed(buffer, split(b"a\nbb\r\n\nccc"))
+    lines, overflowed, _ = feed(buffer, split(b"a\nb\rb\r\n\r\n\nccc"))
     assert not overflowed
-    assert lines == [b"a", b"bb\r", b""]  # the '\r' is the caller's to drop
+    assert lines == [b"a", b"b\rb", b"", b""]  # '\r\n' ends a line too; a lone '\r' is the line's
     assert len(buffer) == 3 and buffer.take() == b"ccc"
     assert len(buffer) == 0
 
@@ -65,6 +65,17 @@ def test_a_line_of_exactly_the_cap_passes_one_byte_more_does_not(split: Split) -
     assert overflowed and lines == []
     assert len(over) == 0  # past the cap everything held is dropped
     assert high_water <= 5
+
+
+@pytest.mark.parametrize("split", SPLITS)
+def test_the_cap_counts_a_carriage_return(split: Split) -> None:
+    """What a line holds before its newline: the server's limit plus one leaves room for the '\r' of '\r\n'."""
+    fits = ReceiveBuffer(5)
+    lines, overflowed, _ = feed(fits, split(b"1234\r\n"))
+    assert not overflowed and lines == [b"1234"]
+    over = ReceiveBuffer(5)
+    lines, overflowed, _ = feed(over, split(b"ok\r\n12345\r\n"))
+    assert overflowed and lines == [b"ok"]
 
 
 @pytest.mark.parametrize("split", SPLITS)
@@ -88,6 +99,7 @@ def test_whole_line_takes_a_lone_line_without_buffering_it() -> None:
     buffer = ReceiveBuffer(5)
     assert buffer.whole_line(b"hi\n") == b"hi"
     assert buffer.whole_line(b"12345\n") == b"12345"
+    assert buffer.whole_line(b"1234\r\n") == b"1234"
     assert len(buffer) == 0
     # Anything else is for += and lines(): two lines, no newline, nothing, over the cap, or bytes already held.
     assert buffer.whole_line(b"a\nb\n") is None

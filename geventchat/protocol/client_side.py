@@ -31,7 +31,7 @@ class ClientConversation:
             raise LocalProtocolError("a client must choose line or raw framing")
         self._prefix = prefix
         self._framing = framing
-        # Replies carry the prefix, and maybe a '\r'.
+        # Replies carry the prefix, and maybe a '\r' (the buffer's cap counts it).
         self._buffer = ReceiveBuffer(max_line + len(prefix.encode()) + 1)
         self._greeted = False
         #: True once the server's end of input has been seen.
@@ -67,7 +67,7 @@ class ClientConversation:
                 events.append(Reply(text, text.removeprefix(self._prefix)))
         elif (line := self._buffer.whole_line(data)) is not None:
             # The usual case, one whole line (a reply), taken as it is.
-            events.append(self._classify(self._decode(line[:-1] if line[-1:] == b"\r" else line)))
+            events.append(self._classify(self._decode(line)))
         else:
             self._receive_lines(data, events)
         return events
@@ -77,8 +77,6 @@ class ClientConversation:
         buffer += data
         try:
             for line in buffer.lines():
-                if line[-1:] == b"\r":
-                    line = line[:-1]
                 events.append(self._classify(self._decode(line)))
         except LineTooLong as exc:
             raise LineTooLong(exc.limit, "server") from None

@@ -193,12 +193,12 @@ class ServerConversation:
             self._state is _CHATTING
             and self._framing is _LINE
             and (line := self._buffer.whole_line(data)) is not None
+            and len(line) == len(data) - 1  # no '\r': the reply is then the prefix and the data as received
             and len(line) <= self._max_line
             and line.isascii()
-            and line[-1:] != b"\r"
         ):
-            # The common case in one step: one whole plain line, nothing pending. The same as the line path (the
-            # reply is the prefix plus the line as received), with no buffering, split or join.
+            # The common case in one step: one whole plain line, nothing pending. The same as the line path, with
+            # no buffering, split or join.
             events: list[ServerEvent] = []
             self._accept(line, self._prefix + data, events)
             return events
@@ -272,9 +272,7 @@ class ServerConversation:
         prefix = self._prefix
         try:
             for line in buffer.lines():
-                if line[-1:] == b"\r":
-                    line = line[:-1]
-                if len(line) > max_line:  # the buffer's cap allows the '\r'; the limit is on what is left
+                if len(line) > max_line:  # the buffer's cap counts a '\r'; the limit is on the line without it
                     raise LineTooLong(max_line)
                 if self._state is not _CHATTING:
                     self._handshake_line(line, events)
