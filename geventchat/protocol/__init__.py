@@ -15,6 +15,10 @@ The conversation, in line framing (``docs/protocol.md`` has the whole of it):
 
 Server notices are lines starting ``error: `` (the peer erred; the conversation goes on) or ``bye: `` (the server
 is closing this connection, and says why).
+
+Import every name from here; the modules split it by concern: :mod:`.server_side` and :mod:`.client_side` (the two
+conversations), :mod:`.buffer` (the receive buffer both parse lines with), :mod:`.events`, :mod:`.errors`, and
+:mod:`.text` (wire strings, timeout parsing, peer text made safe to log).
 """
 
 from .buffer import ReceiveBuffer

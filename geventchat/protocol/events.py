@@ -11,23 +11,6 @@ from dataclasses import dataclass
 
 from ..config import Framing
 
-__all__ = [
-    "Bye",
-    "ClientEvent",
-    "CloseReason",
-    "ConnectionClosed",
-    "ErrorNotice",
-    "FramingChosen",
-    "Greeting",
-    "MessageReceived",
-    "MessageRejected",
-    "QuitReceived",
-    "Reply",
-    "ServerEvent",
-    "TimeoutNegotiated",
-    "TimeoutRejected",
-]
-
 
 class CloseReason(enum.Enum):
     """Why a conversation ended."""

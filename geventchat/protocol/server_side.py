@@ -34,8 +34,13 @@ __all__ = ["ServerConversation"]
 
 
 class _State(enum.Enum):
-    HANDSHAKE = "handshake"  # waiting for the timeout line
+    """Where a server conversation is."""
+
+    #: Greeting queued; waiting for the client's timeout line (or an unframed client's first chunk).
+    HANDSHAKE = "handshake"
+    #: The timeout is settled (negotiated or defaulted); every complete message is answered.
     CHATTING = "chatting"
+    #: A :class:`ConnectionClosed` event was produced; nothing more is read.
     CLOSED = "closed"
 
 

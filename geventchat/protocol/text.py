@@ -9,19 +9,6 @@ import re
 
 from .errors import InvalidTimeout
 
-__all__ = [
-    "BYE_PREFIX",
-    "ERROR_PREFIX",
-    "NEWLINE",
-    "QUIT",
-    "describe_event",
-    "escape_controls",
-    "format_peer",
-    "format_seconds",
-    "parse_timeout",
-    "quote_peer_text",
-]
-
 NEWLINE = b"\n"
 #: The message that ends a session.
 QUIT = ":q"
