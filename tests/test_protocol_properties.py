@@ -104,7 +104,7 @@ def feed_client(chunks: list[bytes]) -> list[object]:
     try:
         for chunk in [*chunks, b""]:
             events += conversation.receive_data(chunk)
-            assert len(conversation._partial) <= conversation._max_line
+            assert conversation.pending_bytes <= conversation._buffer.max_line
     except RemoteProtocolError:
         events.append(RemoteProtocolError)
     return events

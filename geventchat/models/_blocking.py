@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterable
 
 from .._net import ACCEPT_PEER_ERRORS, ACCEPT_RESOURCE_ERRORS, IdleExpired, WakePipe, bind_tcp, linger_close
 from ..config import ServerConfig
-from ..protocol import CloseReason, ServerConversation, describe_event, format_peer
+from ..protocol import CloseReason, ServerConversation, ServerEvent, describe_event, format_peer
 
 __all__ = [
     "StopSwitch",
@@ -182,7 +182,6 @@ class _BlockingConnection:
 
     __slots__ = (
         "_deadline",
-        "_in_handshake",
         "_poller",
         "_write_cut",
         "config",
@@ -199,11 +198,12 @@ class _BlockingConnection:
         self.config = config
         self.stop = stop
         self.debug = debug
-        self.conversation = ServerConversation(config.protocol)
-        # Until the timeout line arrives the handshake timeout applies, when it is the shorter one (as in the
-        # gevent shell); the first complete line (or raw-framing decision) ends the handshake.
-        self._in_handshake = True
-        self._deadline = time.monotonic() + min(config.handshake_timeout, self.conversation.idle_timeout)
+        self.conversation = ServerConversation(
+            config.protocol, handshake_timeout=config.handshake_timeout, framing_window=config.raw_detect_window
+        )
+        # The conversation says which timeout is in force (the handshake's, then the idle one) and, in expire(),
+        # which one ran out; this shell only keeps the clock.
+        self._deadline = time.monotonic() + self.conversation.current_timeout
         self._write_cut = False
         self._poller = select.poll()
         self._poller.register(sock, _POLL_IN)
@@ -223,15 +223,13 @@ class _BlockingConnection:
                 data = self._recv(recv_size)
                 if data is None:
                     continue
-                timeout = conversation.idle_timeout
                 events = conversation.receive_data(data)
-                if conversation.awaiting_framing_decision:
-                    events += self._detect_framing()
-                handshake_ended = self._in_handshake and conversation.handshake_done
+                window = conversation.framing_window
+                if window is not None:
+                    events += self._detect_framing(window)
                 # Any event means a complete line arrived (answered or refused with 'error:'): activity either way.
-                if handshake_ended or events or conversation.idle_timeout != timeout:
-                    self._in_handshake = False
-                    self._deadline = time.monotonic() + conversation.idle_timeout
+                if events:
+                    self._deadline = time.monotonic() + conversation.current_timeout
                 if self.debug:
                     for event in events:
                         log.debug("%s: %s", self.peer, describe_event(event))
@@ -239,9 +237,7 @@ class _BlockingConnection:
                 if out:
                     self._write(out)
         except IdleExpired:
-            # The handshake timeout is what expired only when it is the shorter of the two.
-            in_handshake = not conversation.handshake_done and self.config.handshake_timeout < conversation.idle_timeout
-            conversation.close(CloseReason.HANDSHAKE_TIMEOUT if in_handshake else CloseReason.IDLE_TIMEOUT)
+            conversation.expire()
         except Stopping:
             conversation.close(CloseReason.SHUTDOWN)
         except OSError as exc:
@@ -275,11 +271,11 @@ class _BlockingConnection:
         except BlockingIOError:
             return None  # readiness without data: wait again
 
-    def _detect_framing(self) -> list:  # type: ignore[type-arg]
+    def _detect_framing(self, window: float) -> list[ServerEvent]:
         """Auto framing: bytes without a newline are pending. Wait the window for more; no newline → raw."""
         conversation = self.conversation
-        events: list = []  # type: ignore[type-arg]
-        window_end = time.monotonic() + self.config.raw_detect_window
+        events: list[ServerEvent] = []
+        window_end = time.monotonic() + window
         while conversation.awaiting_framing_decision:
             if not self._wait_for_input(min(window_end, self._deadline)):
                 if time.monotonic() >= self._deadline:
