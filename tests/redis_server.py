@@ -39,22 +39,28 @@ class RedisServer:
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
+    def log(self) -> Path:
+        return self.directory / "redis.log"
+
+    @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self, timeout: float = 10.0) -> None:
         """Start and wait (bounded) until it answers PING."""
         self.proc = subprocess.Popen(
-            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-            + ["--dir", str(self.directory), "--loglevel", "warning"],
+            [
+                *(self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"),
+                *("--dir", str(self.directory), "--loglevel", "warning", "--logfile", str(self.log)),
+            ],
             stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
         )
         deadline = time.monotonic() + timeout
         while not self.ping():
             if self.proc.poll() is not None:
-                _out, err = self.proc.communicate()
-                raise AssertionError(f"redis-server exited with {self.proc.returncode}: {err.decode()}")
+                log = self.log.read_text() if self.log.exists() else ""
+                raise AssertionError(f"redis-server exited with {self.proc.returncode}; its log: {log}")
             if time.monotonic() > deadline:
                 self.stop()
                 raise AssertionError(f"redis-server on port {self.port} did not answer PING within {timeout}s")

@@ -22,26 +22,22 @@ from typing import Any
 
 import gevent.socket
 from redis import ConnectionPool
+from redis._parsers import _HiredisParser
 from redis.backoff import NoBackoff
 from redis.connection import Connection
 from redis.retry import Retry
 
-try:
-    from redis._parsers import _HiredisParser as _BaseParser
-except ImportError:  # pragma: no cover - hiredis is a core dependency
-    from redis._parsers import _RESP2Parser as _BaseParser
-
 __all__ = ["GeventConnection", "connection_pool"]
 
 
-class _GeventHiredisParser(_BaseParser):  # type: ignore[misc]  # redis._parsers is private and untyped
+class _GeventHiredisParser(_HiredisParser):
     """The hiredis parser, but a readiness wait with a timeout yields to the hub instead of blocking in poll()."""
 
     def can_read(self, timeout: float = 0) -> bool:
         sock = getattr(self, "_sock", None)
         if timeout and sock is not None:
             try:
-                gevent.socket.wait_read(sock.fileno(), timeout=timeout, timeout_exc=socket.timeout())
+                gevent.socket.wait_read(sock.fileno(), timeout=timeout, timeout_exc=TimeoutError())
             except TimeoutError:
                 return False
         # Ready (or no wait asked): the base class checks again without waiting (poll with timeout 0).

@@ -39,6 +39,7 @@ from connection greenlets and may block cooperatively; each Redis round trip is 
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import re
@@ -59,8 +60,8 @@ from ..protocol.chat import (
     ROOMS_UNAVAILABLE,
     TOO_MANY_ROOMS,
     error_nick_taken,
-    guest_nick,
     error_no_such_nick,
+    guest_nick,
     info_joined,
     info_left,
     info_renamed,
@@ -227,7 +228,7 @@ class RedisRooms:
             raise LocalProtocolError("connect() called twice for one member")
         member_id = f"{self.server_id}/{next(self._ids)}"
         try:
-            nick = self._call("CONNECT", self.server_id, member_id).decode()
+            nick = _text(self._call("CONNECT", self.server_id, member_id))
         except BrokerUnavailable:
             # A nick is needed even without the broker: one only this server can make (its id in it), which
             # RESTORE registers once Redis is back.
@@ -331,21 +332,22 @@ class RedisRooms:
         if not self._available:
             return ROOMS_UNAVAILABLE
         try:
-            target_id = self._redis.hget(self._key("nicks"), name_key(nick))
-            if target_id is None:
+            found = self._redis.hget(self._key("nicks"), name_key(nick))
+            if found is None:
                 return error_no_such_nick(nick)
-            target = self._by_id.get(target_id.decode())
+            target_id = _text(found)
+            target = self._by_id.get(target_id)
             line = private_line(sender, text)
             if target is not None:
                 target.deliver(line)
                 return ok_sent(self._seats[target].nick)
-            display = self._redis.hget(self._key(f"m:{target_id.decode()}"), "nick")
-            owner = target_id.decode().rsplit("/", 1)[0]
-            self._redis.publish(self._key(f"srv:{owner}"), target_id + b" " + line)
+            display = self._redis.hget(self._key(f"m:{target_id}"), "nick")
+            owner = target_id.rsplit("/", 1)[0]
+            self._redis.publish(self._key(f"srv:{owner}"), target_id.encode() + b" " + line)
         except RedisError as error:
             self._lost(error)
             return ROOMS_UNAVAILABLE
-        return ok_sent(nick if display is None else display.decode())
+        return ok_sent(nick if display is None else _text(display))
 
     def say(self, member: Member, text: str) -> bytes | None:
         seat = self._seat(member)
@@ -392,7 +394,7 @@ class RedisRooms:
     def _key(self, name: str) -> str:
         return self._prefix + name
 
-    def _call(self, script: str, *args: object) -> Any:
+    def _call(self, script: str, *args: str | int) -> Any:
         if not self._available:
             raise BrokerUnavailable("broker lost; the listener is reconnecting")
         try:
@@ -462,10 +464,9 @@ class RedisRooms:
         if channel not in self._subscribed:
             return
         self._subscribed.discard(channel)
-        try:
+        # If the broker is gone, the reconnected listener subscribes only the rooms still needed.
+        with contextlib.suppress(BrokerUnavailable):
             self._send_subscription(b"UNSUBSCRIBE", channel, wait=False)
-        except BrokerUnavailable:
-            pass  # the reconnected listener subscribes only the rooms still needed
 
     def _send_subscription(self, command: bytes, channel: bytes, *, wait: bool = True) -> None:
         sub = self._sub
@@ -591,7 +592,7 @@ class RedisRooms:
 
     def _sweep(self) -> None:
         for raw in self._redis.smembers(self._key("servers")):
-            dead = raw.decode()
+            dead = _text(raw)
             if dead == self.server_id or self._redis.exists(self._key(f"alive:{dead}")):
                 continue
             lock = self._key(f"sweep:{dead}")
@@ -602,3 +603,8 @@ class RedisRooms:
                 nick, display, key = (part.decode() for part in gone[i : i + 3])
                 self._broadcast(key, None, info_left(nick, display, "server lost"))
             log.warning("server %s lost: %d members in rooms announced as left", dead, len(gone) // 3)
+
+
+def _text(value: bytes | str) -> str:
+    """A reply as text (the pool does not decode: room lines are bytes end to end)."""
+    return value.decode() if isinstance(value, bytes) else value
