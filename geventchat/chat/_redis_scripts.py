@@ -70,6 +70,9 @@ JOIN = (
     + """
 local p, mid, key, display, max = ARGV[1], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5])
 local current = redis.call('HGET', p .. 'm:' .. mid, 'room')
+if current == key then
+  return {redis.call('SCARD', p .. 'r:' .. key), redis.call('HGET', p .. 'names', key), false}
+end
 if redis.call('EXISTS', p .. 'r:' .. key) == 0 then
   local freed = 0
   if current and redis.call('SCARD', p .. 'r:' .. current) == 1 then freed = 1 end
