@@ -1,0 +1,388 @@
+"""RedisRooms against a real redis-server: the RoomService rules as a contract both LocalRooms and a pair of
+RedisRooms "servers" on one Redis obey (members spread over the two servers), then what only Redis has: gevent
+cooperation, fan-out once per server, presence sweep, broker loss and recovery."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import gevent
+import pytest
+import redis
+
+from geventchat.chat import LocalRooms, Member, RoomService, answer
+from geventchat.chat._gevent_redis import GeventConnection, connection_pool
+from geventchat.chat.redis_rooms import RedisRooms
+from geventchat.protocol.chat import INVALID_NICK, NOT_IN_A_ROOM, ROOMS_UNAVAILABLE, TOO_MANY_ROOMS, parse_command
+from tests.conftest import wait_until
+from tests.redis_server import RedisServer, redis_server
+
+__all__ = ["redis_server"]  # the fixture, used by name
+
+
+class Fake:
+    """A member that records every line delivered to it; ``take()`` first lets every server catch up."""
+
+    def __init__(self, settle: Any) -> None:
+        self.got: list[bytes] = []
+        self._settle = settle
+
+    def deliver(self, line: bytes) -> None:
+        self.got.append(line)
+
+    def take(self) -> list[bytes]:
+        self._settle()
+        got, self.got = self.got, []
+        return got
+
+
+class Pair:
+    """Two RedisRooms servers on one Redis, as one RoomService: members are connected to the servers in turn, each
+    call goes to its member's server, and every call that changes something waits until both servers' listeners
+    handled what it published (so cross-server deliveries arrive in call order, as in LocalRooms)."""
+
+    def __init__(self, url: str, max_rooms: int) -> None:
+        self.servers = [RedisRooms(url, server_id=f"s{i}", max_rooms=max_rooms) for i in (1, 2)]
+        for server in self.servers:
+            server.start(wait=10)
+        self._home: dict[Member, RedisRooms] = {}
+
+    def settle(self) -> None:
+        for server in self.servers:
+            server.barrier()
+
+    def home(self, member: Member) -> RedisRooms:
+        return self._home[member]
+
+    def _settled(self, result: Any) -> Any:
+        self.settle()
+        return result
+
+    def connect(self, member: Member) -> str:
+        server = self.servers[len(self._home) % 2]
+        self._home[member] = server
+        return str(server.connect(member))
+
+    def nick(self, member: Member, name: str) -> bytes:
+        return bytes(self._settled(self.home(member).nick(member, name)))
+
+    def join(self, member: Member, room: str) -> bytes:
+        return bytes(self._settled(self.home(member).join(member, room)))
+
+    def leave(self, member: Member) -> bytes:
+        return bytes(self._settled(self.home(member).leave(member)))
+
+    def who(self, member: Member) -> bytes:
+        return self.home(member).who(member)
+
+    def list_rooms(self, member: Member) -> bytes:
+        return self.home(member).list_rooms(member)
+
+    def message(self, member: Member, nick: str, text: str) -> bytes:
+        return bytes(self._settled(self.home(member).message(member, nick, text)))
+
+    def say(self, member: Member, text: str) -> bytes | None:
+        result = self.home(member).say(member, text)
+        self.settle()
+        return result
+
+    def part(self, member: Member, reason: str) -> None:
+        self.home(member).part(member, reason)
+        self.settle()
+
+    def nick_of(self, member: Member) -> str:
+        return self.home(member).nick_of(member)
+
+    def room_of(self, member: Member) -> str | None:
+        return self.home(member).room_of(member)
+
+    @property
+    def room_count(self) -> int:
+        return self.servers[0].room_count
+
+    def stop(self) -> None:
+        for server in self.servers:
+            server.kill()
+
+
+class Rooms:
+    """Builds the service under test (LocalRooms or a Pair) and its members."""
+
+    def __init__(self, kind: str, tmp_path: Path) -> None:
+        self.kind = kind
+        self._tmp = tmp_path
+        self.redis: RedisServer | None = None
+        self.pairs: list[Pair] = []
+
+    def make(self, max_rooms: int = 10_000) -> Any:
+        if self.kind == "local":
+            return LocalRooms(max_rooms=max_rooms)
+        if self.redis is None:
+            self.redis = RedisServer(self._tmp)
+            self.redis.start()
+        else:
+            self.redis.stop()  # a fresh, empty Redis per service
+            self.redis.start()
+        pair = Pair(self.redis.url, max_rooms)
+        self.pairs.append(pair)
+        return pair
+
+    def close(self) -> None:
+        for pair in self.pairs:
+            pair.stop()
+        if self.redis is not None:
+            self.redis.stop()
+
+
+@pytest.fixture(params=["local", "redis"])
+def make(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Rooms]:
+    rooms = Rooms(request.param, tmp_path)
+    yield rooms
+    rooms.close()
+
+
+def settle_of(service: Any) -> Any:
+    return service.settle if isinstance(service, Pair) else (lambda: None)
+
+
+def fake(service: Any) -> Fake:
+    return Fake(settle_of(service))
+
+
+def connect(service: Any, *nicks: str) -> list[Fake]:
+    members = []
+    for nick in nicks:
+        member = fake(service)
+        service.connect(member)
+        assert service.nick(member, nick) == f"ok: you are {nick}\n".encode()
+        members.append(member)
+    return members
+
+
+def run(service: RoomService, member: Member, line: str) -> bytes:
+    command = parse_command(line)
+    assert command is not None, line
+    return answer(service, member, command)
+
+
+# -- the contract: LocalRooms and two RedisRooms servers on one Redis obey the same rules
+
+
+def test_redis_rooms_satisfy_the_room_service_interface() -> None:
+    services: list[type[RoomService]] = [RedisRooms]  # mypy checks the structural fit
+    assert services
+
+
+def test_guest_nicks_are_unique_across_servers(make: Rooms) -> None:
+    service = make.make()
+    members = [fake(service) for _ in range(20)]
+    nicks = [service.connect(member) for member in members]
+    assert all(nick.startswith("guest-") for nick in nicks)
+    assert len(set(nicks)) == 20
+    assert service.nick_of(members[7]) == nicks[7]
+
+
+def test_a_nick_is_taken_whatever_its_case_and_server_and_freed_when_its_member_goes(make: Rooms) -> None:
+    service = make.make()
+    bob, other = connect(service, "Bob", "guest")  # on two servers when on Redis
+    assert run(service, other, ":nick bob") == b"error: nick bob is taken\n"
+    assert run(service, other, ":nick ｂｏｂ") == "error: nick ｂｏｂ is taken\n".encode()
+    assert service.nick_of(other) == "guest"
+    assert run(service, other, f":nick {service.connect(fake(service))}") == INVALID_NICK  # guest- is reserved
+    service.part(bob, "quit")
+    assert run(service, other, ":nick bob") == b"ok: you are bob\n"
+
+
+def test_join_switch_leave_announcements_across_servers(make: Rooms) -> None:
+    service = make.make()
+    a, b, c = connect(service, "a", "b", "c")
+    assert run(service, a, ":join Lobby") == b"ok: joined #Lobby (1 member)\n"
+    assert run(service, a, ":join lobby") == b"ok: joined #Lobby (1 member)\n"  # alone, rejoining: same room
+    assert run(service, b, ":join #lobby") == b"ok: joined #Lobby (2 members)\n"
+    assert run(service, c, ":join LOBBY") == b"ok: joined #Lobby (3 members)\n"
+    assert a.take() == [b"info: b joined #Lobby\n", b"info: c joined #Lobby\n"]
+    assert b.take() == [b"info: c joined #Lobby\n"]
+    assert c.take() == []
+    assert run(service, c, ":join lobby") == b"ok: joined #Lobby (3 members)\n"  # already there: no notices
+    assert run(service, b, ":join two") == b"ok: joined #two (1 member)\n"
+    assert a.take() == c.take() == [b"info: b left #Lobby\n"]
+    assert run(service, c, ":nick carol") == b"ok: you are carol\n"
+    assert a.take() == [b"info: c is now carol\n"]
+    assert b.take() == []  # not in that room any more
+    assert run(service, a, ":leave") == b"ok: left #Lobby\n"
+    assert c.take() == [b"info: a left #Lobby\n"]
+    assert run(service, a, ":leave") == NOT_IN_A_ROOM
+    assert service.room_of(b) == "two"
+
+
+def test_say_reaches_every_other_member_of_the_room_only(make: Rooms) -> None:
+    service = make.make()
+    a, b, c, elsewhere, nowhere = connect(service, "a", "b", "c", "d", "e")
+    for member in (a, b, c):
+        run(service, member, ":join r")
+    run(service, elsewhere, ":join s")
+    for member in (a, b, c, elsewhere):
+        member.take()
+    assert service.say(b, "hi all") is None
+    assert a.take() == c.take() == [b"#r b: hi all\n"]
+    assert b.take() == []
+    assert elsewhere.take() == nowhere.take() == []
+    assert service.say(nowhere, "anyone?") is None
+    assert a.take() == b.take() == c.take() == []
+
+
+def test_who_and_rooms_across_servers(make: Rooms) -> None:
+    service = make.make()
+    sizes = {f"r{i:02d}": (i % 5) + 1 for i in range(25)}
+    asker = connect(service, "asker")[0]
+    for room, size in sizes.items():
+        for member in connect(service, *[f"{room}m{j}" for j in range(size)]):
+            run(service, member, f":join {room}")
+    line = run(service, asker, ":rooms").decode()
+    assert line.startswith("ok: 25 rooms: #r04 (5), #r09 (5), #r14 (5), #r19 (5), #r24 (5), #r03 (4), ")
+    assert line.count("#") == 20
+    assert line.endswith("#r01 (2), #r06 (2), #r11 (2), #r16 (2), #r21 (2)\n")
+    run(service, asker, ":join r04")
+    assert run(service, asker, ":who") == b"ok: #r04 6: asker r04m0 r04m1 r04m2 r04m3 r04m4\n"
+
+
+def test_private_messages_across_servers(make: Rooms) -> None:
+    service = make.make()
+    alice, bob = connect(service, "alice", "Bob")
+    assert run(service, alice, ":msg bob are you there?") == b"ok: sent to Bob\n"
+    assert bob.take() == [b"@alice: are you there?\n"]
+    assert alice.take() == []
+    assert run(service, alice, ":msg carol hi") == b"error: no such nick carol\n"
+    service.part(bob, "quit")
+    assert run(service, alice, ":msg Bob hi") == b"error: no such nick Bob\n"
+
+
+def test_part_reasons_and_max_rooms(make: Rooms) -> None:
+    service = make.make(max_rooms=2)
+    a, b, c = connect(service, "a", "b", "c")
+    run(service, a, ":join one")
+    run(service, b, ":join two")
+    assert run(service, c, ":join three") == TOO_MANY_ROOMS
+    assert service.room_of(c) is None
+    assert run(service, c, ":join one") == b"ok: joined #one (2 members)\n"
+    assert a.take() == [b"info: c joined #one\n"]
+    assert run(service, a, ":join three") == TOO_MANY_ROOMS  # refused: a stays, nobody is told
+    assert c.take() == []
+    assert run(service, b, ":join three") == b"ok: joined #three (1 member)\n"  # b alone in two: two closes
+    assert service.room_count == 2
+    service.part(c, "idle timeout")
+    assert a.take() == [b"info: c left #one (idle timeout)\n"]
+    service.part(c, "quit")  # twice is harmless
+    assert a.take() == []
+
+
+# -- what only Redis has
+
+
+@pytest.fixture
+def pair(redis_server: RedisServer) -> Iterator[Pair]:
+    rooms = Pair(redis_server.url, 10_000)
+    yield rooms
+    rooms.stop()
+
+
+def test_redis_waits_yield_to_the_hub(redis_server: RedisServer) -> None:
+    pool = connection_pool(redis_server.url, timeout=5)
+    client = redis.Redis(connection_pool=pool)
+    sub = GeventConnection(**pool.connection_kwargs)
+    sub.connect()
+    sub.send_command("SUBSCRIBE", "quiet")
+    assert sub.read_response()[0] == b"subscribe"
+    ticks: list[float] = []
+
+    def tick() -> None:
+        for _ in range(100):  # bounded: 100 ticks of 5 ms
+            ticks.append(gevent.get_hub().loop.now())
+            gevent.sleep(0.005)
+
+    blpop = gevent.spawn(client.blpop, ["empty"], 1)
+    can_read = gevent.spawn(sub.can_read, 1.0)
+    ticker = gevent.spawn(tick)
+    gevent.joinall([blpop, can_read], timeout=10, raise_error=True)
+    assert blpop.value is None and can_read.value is False  # both waited their full second for nothing
+    ticker.kill()
+    assert len(ticks) > 50  # the hub ran the ticker throughout: a blocking wait would have allowed ~1 tick
+    sub.disconnect()
+    pool.disconnect()
+
+
+def test_fan_out_is_one_subscription_per_server_and_room(pair: Pair, redis_server: RedisServer) -> None:
+    members = connect(pair, *[f"m{i}" for i in range(6)])  # three on each server
+    for member in members:
+        run(pair, member, ":join r")
+    probe = redis.Redis.from_url(redis_server.url)
+    assert probe.pubsub_numsub("geventchat:room:r") == [(b"geventchat:room:r", 2)]
+    for member in members[:4]:
+        run(pair, member, ":leave")
+    assert probe.pubsub_numsub("geventchat:room:r") == [(b"geventchat:room:r", 2)]  # one each left
+    run(pair, members[4], ":leave")  # server 1's last member here
+    assert probe.pubsub_numsub("geventchat:room:r") == [(b"geventchat:room:r", 1)]
+    for member in members:
+        member.take()
+    run(pair, members[0], ":join r")
+    assert members[5].take() == [b"info: m0 joined #r\n"]
+    probe.close()
+
+
+def test_a_dead_server_members_are_announced_and_their_nicks_freed(redis_server: RedisServer) -> None:
+    first = RedisRooms(redis_server.url, server_id="first", presence_ttl=1.0)
+    second = RedisRooms(redis_server.url, server_id="second", presence_ttl=1.0)
+    first.start(wait=10)
+    second.start(wait=10)
+    try:
+        doomed, survivor = Fake(lambda: None), Fake(lambda: None)
+        first.connect(doomed)
+        second.connect(survivor)
+        assert first.nick(doomed, "doomed") == b"ok: you are doomed\n"
+        first.join(doomed, "r")
+        second.join(survivor, "r")
+        second.barrier()
+        assert survivor.got == []
+        first.kill()  # no parting: as a crash
+        killed_at = gevent.get_hub().loop.now()
+        wait_until(lambda: bool(survivor.got), timeout=5, what="the server-lost notice")
+        # Announced between the TTL and 4/3 of it after the last heartbeat; 3 s leaves room for a loaded machine
+        # while still failing a sweep that waits for anything but the heartbeat's expiry.
+        assert gevent.get_hub().loop.now() - killed_at < 3.0
+        assert survivor.got == [b"info: doomed left #r (server lost)\n"]
+        assert second.who(survivor) == b"ok: #r 1: " + second.nick_of(survivor).encode() + b"\n"
+        assert second.nick(survivor, "doomed") == b"ok: you are doomed\n"
+    finally:
+        first.kill()
+        second.stop()
+
+
+def test_broker_killed_and_restarted_under_a_running_room(
+    pair: Pair, redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, "geventchat.chat")
+    one, two = pair.servers
+    alice, bob = connect(pair, "alice", "bob")  # alice on one, bob on two
+    run(pair, alice, ":join r")
+    run(pair, bob, ":join r")
+    assert alice.take() == [b"info: bob joined #r\n"]
+    redis_server.stop()
+    wait_until(lambda: not one.available and not two.available, timeout=10, what="both servers to see the loss")
+    for line in [":nick carol", ":join s", ":leave", ":who", ":rooms", ":msg bob hi"]:
+        assert run(one, alice, line) == ROOMS_UNAVAILABLE, line
+    assert one.say(alice, "lost?") == ROOMS_UNAVAILABLE
+    redis_server.start()  # same port, empty
+    wait_until(lambda: one.available and two.available, timeout=15, what="both servers to reconnect")
+    pair.settle()
+    assert two.say(bob, "back") is None
+    pair.settle()
+    assert alice.got == [b"#r bob: back\n"]
+    assert run(one, alice, ":who") == b"ok: #r 2: alice bob\n"  # restored after the empty restart
+    assert run(two, bob, ":nick alice") == b"error: nick alice is taken\n"
+    lost = [r for r in caplog.records if "broker lost" in r.getMessage()]
+    back = [r for r in caplog.records if "broker back" in r.getMessage()]
+    assert len(lost) == 2 and len(back) == 2  # once per server each way
+    assert all(record.exc_info is None for record in caplog.records)
