@@ -17,7 +17,7 @@ from geventchat.chat import LocalRooms, Member, RoomService, answer
 from geventchat.chat._gevent_redis import GeventConnection, connection_pool
 from geventchat.chat.redis_rooms import RedisRooms
 from geventchat.protocol.chat import INVALID_NICK, NOT_IN_A_ROOM, ROOMS_UNAVAILABLE, TOO_MANY_ROOMS, parse_command
-from tests.conftest import wait_until
+from geventchat.testing import wait_until
 from tests.redis_server import RedisServer, redis_server
 
 __all__ = ["redis_server"]  # the fixture, used by name

@@ -76,12 +76,11 @@ Ending = CloseReason | tuple[str, str]
 
 
 def _timed_out(connection: Connection, _exc: object) -> Ending:
-    # The handshake timeout is what expired only when it is the shorter of the two.
+    # The conversation knows which timeout was in force (handshake or idle) and closes with it.
     conversation = connection.conversation
-    in_handshake = (
-        not conversation.handshake_done and connection.server.config.handshake_timeout < conversation.idle_timeout
-    )
-    return CloseReason.HANDSHAKE_TIMEOUT if in_handshake else CloseReason.IDLE_TIMEOUT
+    conversation.expire()
+    assert conversation.close_reason is not None  # expire() closed it (or it was closed already)
+    return conversation.close_reason
 
 
 #: The one table from an exception that ends a conversation to how it closes (:data:`Ending`), looked up by the
@@ -134,7 +133,10 @@ class Connection:
         self.sock = sock
         self.address = address
         self.greenlet: RawGreenlet = gevent.getcurrent()
-        self.conversation = ServerConversation(server.config.protocol)
+        config = server.config
+        self.conversation = ServerConversation(
+            config.protocol, handshake_timeout=config.handshake_timeout, framing_window=config.raw_detect_window
+        )
         self.debug = log.isEnabledFor(logging.DEBUG)
         self._timeout: IdleTimeout | None = None
         self._armed_for = 0.0
@@ -190,10 +192,9 @@ class Connection:
 
     def _open(self) -> None:
         """Under the handshake timeout: the TLS handshake (if any), then the greeting."""
-        config = self.server.config
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         # Until the timeout line arrives the (shorter) handshake timeout applies; see _handshake_over.
-        self._arm(min(config.handshake_timeout, self.conversation.idle_timeout))
+        self._arm(self.conversation.current_timeout)
         self._armed_for = _IN_HANDSHAKE
         if self.server.tls is not None:
             self._tls_handshake(self.server.tls)
@@ -219,8 +220,8 @@ class Connection:
             before = conversation.messages_received
             events = conversation.receive_data(data)
             # Only a chunk that completed nothing can leave auto framing undecided: skip the check otherwise.
-            if not events and conversation.awaiting_framing_decision:
-                events += self._detect_framing(config.raw_detect_window)
+            if not events and (window := conversation.framing_window) is not None:
+                events += self._detect_framing(window)
             if events:
                 self._lines_arrived(events, before)
             stats.bytes_in += len(data)
@@ -263,13 +264,14 @@ class Connection:
         """A complete line arrived (answered or refused with ``error:``): activity either way. Moves the idle
         deadline, counts the messages, re-arms the Timeout if the idle timeout changed (the handshake is over)."""
         conversation = self.conversation
-        self._deadline = time.monotonic() + conversation.idle_timeout
+        timeout = conversation.current_timeout
+        self._deadline = time.monotonic() + timeout
         if conversation.messages_received != messages_before:
             self.server.stats.messages += conversation.messages_received - messages_before
-        if conversation.idle_timeout != self._armed_for:
+        if timeout != self._armed_for:
             if self._armed_for == _IN_HANDSHAKE:
                 self._handshake_over()
-            self._arm(conversation.idle_timeout)
+            self._arm(timeout)
         if self.debug:
             for event in events:
                 log.debug("%s: %s", format_peer(self.address), describe_event(event))
