@@ -278,6 +278,30 @@ def test_rule9_grace_over_closes_the_rest(start_server: StartServer, caplog: pyt
     client.close()
 
 
+def test_rule9_a_client_accepted_as_the_shutdown_begins_is_told_why(start_server: StartServer) -> None:
+    # The acceptor can hand over a socket it accepted in the loop turn the shutdown began (a reload's old worker
+    # does this under load): that client must read why it is not served, not a bare close.
+    server = start_server(grace=1)
+    with GeventSocket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        client = create_connection(listener.getsockname(), timeout=5)
+        accepted, address = listener.accept()
+    stopper = gevent.spawn(server.shutdown)
+    stopper.join(timeout=5)
+    assert stopper.dead and server.shutting_down  # the shutdown began (and, with no clients, ended) first
+    server._handle(accepted, address)  # as the acceptor calls it
+    accepted.close()
+    with client:
+        received = b""
+        while not received.endswith(b"\n"):
+            chunk = client.recv(100)
+            assert chunk, received
+            received += chunk
+    assert received == b"bye: server shutting down\n"
+    assert server.stats.closed.get("server shutting down") == 1
+
+
 # ------------------------------------------------------------------------------------------ rule 11
 
 

@@ -15,7 +15,7 @@ from gevent import Greenlet
 from gevent.socket import socket as GeventSocket
 
 from ..config import ServerConfig
-from ..protocol import format_peer
+from ..protocol import CloseReason, format_peer
 from ..stats import INTERNAL_ERROR, ServerStats
 from .acceptor import Acceptor, create_listener
 from .admission import Admission
@@ -151,7 +151,10 @@ class ChatServer:
 
     def _handle(self, sock: GeventSocket, address: tuple[str, int]) -> None:
         if self._shutting_down:
-            return  # the socket is closed when we return
+            # Accepted in the same loop turn the shutdown began (or queued before the acceptor closed): say why,
+            # rather than close without a word (the socket is closed when we return).
+            self._admission.reject(sock, address, CloseReason.SHUTDOWN, len(self._connections))
+            return
         admission = self._admission
         if not admission.has_room(sock, address, len(self._connections)):
             return
