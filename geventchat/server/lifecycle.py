@@ -14,6 +14,7 @@ import gevent.event
 from gevent import Greenlet
 from gevent.socket import socket as GeventSocket
 
+from ..chat.rooms import LocalRooms, RoomService, RoomsOff
 from ..config import ServerConfig
 from ..protocol import format_peer
 from ..stats import INTERNAL_ERROR, ServerStats
@@ -70,6 +71,11 @@ class ChatServer:
 
             self.tls = server_context(config.tls_cert, config.tls_key)
         self._admission = Admission(config, self.stats, self.tls)
+        #: Where rooms live (``config.chat``): in memory, or off with several workers; None with chat off.
+        self.rooms: RoomService | None = None
+        if config.chat.enabled:
+            chat = config.chat
+            self.rooms = RoomsOff(chat.workers) if chat.workers > 1 else LocalRooms(chat.max_rooms)
         #: The Prometheus endpoint (``config.metrics_port``), once started.
         self.metrics: MetricsEndpoint | None = None
 
@@ -190,6 +196,8 @@ class ChatServer:
             if not self._connections:
                 self._drained.set()
         stats.count_close(reason)
+        if connection.member is not None:
+            connection.member.part(reason)  # the room hears why: quit, idle timeout, reset, server shutting down
         if connection.debug:
             log.debug("%s disconnected: %s", format_peer(address), detail)
 
