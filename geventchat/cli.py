@@ -142,7 +142,7 @@ def _serve(args: argparse.Namespace, config: ServerConfig) -> int:
 
         count = resolve_worker_count(args.workers)
         if count > 1:
-            if config.chat.enabled:
+            if config.chat.enabled and config.chat.redis is None:
                 # Each worker would have rooms of its own, invisible to the others: rooms are off, said once here.
                 log.warning("chat rooms are off: %d workers without --redis (room commands answer an error)", count)
                 config = dataclasses.replace(config, chat=dataclasses.replace(config.chat, workers=count))

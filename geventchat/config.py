@@ -91,8 +91,16 @@ class ChatConfig:
     #: Processes serving the same port (``--workers``). Above 1 every worker would have rooms of its own, so the
     #: room commands answer ``error: rooms are off: N workers without --redis``.
     workers: int = 1
+    #: ``--redis redis://HOST:PORT/DB``: rooms, nicks and private messages shared by every worker and host using
+    #: that Redis. ``None``: rooms live in this process's memory.
+    redis: str | None = None
+    #: ``--presence-ttl``: seconds after which the other servers announce a dead server's members as left
+    #: ``(server lost)`` and free their nicks (with ``redis``).
+    presence_ttl: float = 10.0
 
     def __post_init__(self) -> None:
+        if not (math.isfinite(self.presence_ttl) and self.presence_ttl > 0):
+            raise ValueError(f"presence_ttl must be a positive finite number of seconds, not {self.presence_ttl!r}")
         if not (math.isfinite(self.room_rate) and self.room_rate >= 0):
             raise ValueError(f"room_rate must be a finite number >= 0, not {self.room_rate!r}")
         if self.send_queue < 1 or self.max_rooms < 1 or self.workers < 1:

@@ -278,6 +278,19 @@ def _add_chat_options(parser: argparse.ArgumentParser, chat: ChatConfig) -> None
         default=chat.send_queue,
         help="bytes of room and private lines one member may have waiting; past it 'bye: too slow'",
     )
+    group.add_argument(
+        "--redis",
+        default=chat.redis,
+        metavar="URL",
+        help="redis://HOST:PORT/DB: share rooms, nicks and private messages with every worker and host using this "
+        "Redis (default: rooms in this process's memory)",
+    )
+    group.add_argument(
+        "--presence-ttl",
+        type=_positive,
+        default=chat.presence_ttl,
+        help="with --redis: seconds after which a dead server's members are announced as left (server lost)",
+    )
     group.add_argument("--max-rooms", type=_integer(1), default=chat.max_rooms, help="rooms that may exist at once")
 
 
@@ -425,6 +438,8 @@ def server_config(args: argparse.Namespace) -> ServerConfig:
             room_rate=args.room_rate,
             send_queue=args.send_queue,
             max_rooms=args.max_rooms,
+            redis=args.redis,
+            presence_ttl=args.presence_ttl,
         ),
     )
 

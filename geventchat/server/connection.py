@@ -177,6 +177,17 @@ class Connection:
 
     def on_message(self, message: bytes) -> bytes | None:
         """The conversation's :class:`~geventchat.protocol.server_side.ChatHook`: makes the member on first use."""
+        if self.server.config.chat.redis is None:
+            return self._chat(message)  # in memory: never blocks
+        # The room service may block on Redis (each round trip bounded by its own timeout): the idle alarm must not
+        # fire in the middle of it, so it is off meanwhile and re-armed for what is left of the deadline.
+        self._disarm()
+        try:
+            return self._chat(message)
+        finally:
+            self._start_timeout(max(self._deadline - time.monotonic(), 0.001))
+
+    def _chat(self, message: bytes) -> bytes | None:
         member = self.member
         if member is None:
             rooms = self.server.rooms
