@@ -19,6 +19,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 import gevent
+from gevent.lock import Semaphore
 from gevent.socket import socket as GeventSocket
 
 from .._gevent_fast import IdleTimeout, RawGreenlet, call_soon, read_watcher, throw, wait_readable
@@ -365,32 +366,31 @@ class Connection:
 
     def _write(self, data: bytes) -> None:
         member = self.member
-        if member is None:
-            self._write_unlocked(data)
-            return
-        # The chat writer may be sending lines from other members: whole writes only, one at a time.
-        lock = member.write_lock
+        if member is not None:
+            # The chat writer may be sending lines from other members: whole writes only, one at a time. (A client
+            # that never used chat has no member: its write path is one attribute test longer than before.)
+            self._acquire(member.write_lock)
+        try:
+            # The common case, a reply the socket buffer takes whole, needs no memoryview and no loop.
+            sent = 0
+            try:
+                sent = self.sock.send(data)
+            except IdleAlarm:
+                self._check_deadline()  # nothing of this write went out: an IdleExpired here cuts nothing
+            if sent != len(data):
+                self._write_rest(data, sent)
+            self.server.stats.bytes_out += len(data)
+        finally:
+            if member is not None:
+                member.write_lock.release()
+
+    def _acquire(self, lock: Semaphore) -> None:
         while True:  # bounded by the idle deadline, as any write
             try:
                 lock.acquire()
-                break
+                return
             except IdleAlarm:
                 self._check_deadline()
-        try:
-            self._write_unlocked(data)
-        finally:
-            lock.release()
-
-    def _write_unlocked(self, data: bytes) -> None:
-        # The common case, a reply the socket buffer takes whole, needs no memoryview and no loop.
-        sent = 0
-        try:
-            sent = self.sock.send(data)
-        except IdleAlarm:
-            self._check_deadline()  # nothing of this write went out: an IdleExpired here cuts nothing
-        if sent != len(data):
-            self._write_rest(data, sent)
-        self.server.stats.bytes_out += len(data)
 
     def _write_rest(self, data: bytes, offset: int) -> None:
         view = memoryview(data)[offset:]
