@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import importlib
 import logging
 import os
@@ -141,6 +142,10 @@ def _serve(args: argparse.Namespace, config: ServerConfig) -> int:
 
         count = resolve_worker_count(args.workers)
         if count > 1:
+            if config.chat.enabled and config.chat.redis is None:
+                # Each worker would have rooms of its own, invisible to the others: rooms are off, said once here.
+                log.warning("chat rooms are off: %d workers without --redis (room commands answer an error)", count)
+                config = dataclasses.replace(config, chat=dataclasses.replace(config.chat, workers=count))
             _tune_gc(args)  # before the fork: the workers inherit the frozen start-up objects and the thresholds
             try:
                 return Supervisor(config, count, _announce, worker_timeout=args.worker_timeout).run()

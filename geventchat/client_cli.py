@@ -15,7 +15,22 @@ from .client import ChatClient, ChatClientError, ClosedByServer
 from .config import Framing
 from .protocol import QUIT, ErrorNotice, Reply, escape_controls
 
-__all__ = ["run_client"]
+__all__ = ["run_client", "shown_line"]
+
+#: How the interactive client marks what other users sent (room and private lines) and room events, so they never
+#: pass for the echo of what you typed. The server's own marker stays in the line: nothing is hidden.
+_MARKS = (("#", "[room] "), ("@", "[private] "), ("info: ", "[info] "))
+
+
+def shown_line(text: str, prefix: str) -> str:
+    """A server line as the interactive client prints it: control characters escaped (other users' text must not
+    drive your terminal), and room, private and info lines marked (see :data:`_MARKS`). Echo replies (starting
+    with ``prefix``) and everything else are shown as they are."""
+    if not (prefix and text.startswith(prefix)):
+        for start, mark in _MARKS:
+            if text.startswith(start):
+                return mark + escape_controls(text)
+    return escape_controls(text)
 
 
 def run_client(args: argparse.Namespace) -> int:
@@ -48,7 +63,7 @@ def run_client(args: argparse.Namespace) -> int:
     with client:
         try:
             if sys.stdin.isatty():
-                return _interactive(client)
+                return _interactive(client, args.prefix)
             return _piped(client)
         except ChatClientError as exc:  # refused, reset, timed out, or a 'bye:' (ClosedByServer)
             print(f"geventchat client: {exc}", file=sys.stderr)
@@ -74,7 +89,7 @@ def _piped(client: ChatClient) -> int:
     return 0
 
 
-def _interactive(client: ChatClient) -> int:
+def _interactive(client: ChatClient, prefix: str) -> int:
     """A prompt; server lines (replies, notices, a bye) are printed as they arrive, even while you type. The session
     ends with the reply to ':q' (typed, or sent on Ctrl-D), without waiting for the server to close."""
     from gevent.socket import wait_read
@@ -96,7 +111,7 @@ def _interactive(client: ChatClient) -> int:
                     client.raise_pending_bye()
                     outcome.append(0)
                     break
-                print(f"\r{escape_controls(text)}\n> ", end="", flush=True)
+                print(f"\r{shown_line(text, prefix)}\n> ", end="", flush=True)
         except ClosedByServer as exc:
             # A plain close after our ':q' is the normal end; a 'bye:' says why the server ended it.
             print(f"\r{exc}" if exc.reason is not None else "\r", flush=True)

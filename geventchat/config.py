@@ -76,6 +76,38 @@ def default_max_connections() -> int:
 
 
 @dataclass(frozen=True)
+class ChatConfig:
+    """Nicknames, rooms and private messages (``docs/protocol.md``, "Chat"). Line-framed clients only."""
+
+    #: ``--chat``: serve the chat commands; off, every line is a plain message (the pure tutorial protocol).
+    enabled: bool = True
+    #: ``--room-rate``: messages per second one client may send into rooms and as private messages (token bucket,
+    #: burst twice as many); past it ``error: too fast, not delivered``. 0 = unlimited.
+    room_rate: float = 20.0
+    #: ``--send-queue``: bytes of room and private lines one member may have waiting; past it ``bye: too slow``.
+    send_queue: int = 1 << 20
+    #: ``--max-rooms``: rooms that may exist at once; past it ``:join`` of a new room gets ``error: too many rooms``.
+    max_rooms: int = 10_000
+    #: Processes serving the same port (``--workers``). Above 1 every worker would have rooms of its own, so the
+    #: room commands answer ``error: rooms are off: N workers without --redis``.
+    workers: int = 1
+    #: ``--redis redis://HOST:PORT/DB``: rooms, nicks and private messages shared by every worker and host using
+    #: that Redis. ``None``: rooms live in this process's memory.
+    redis: str | None = None
+    #: ``--presence-ttl``: seconds after which the other servers announce a dead server's members as left
+    #: ``(server lost)`` and free their nicks (with ``redis``).
+    presence_ttl: float = 10.0
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.presence_ttl) and self.presence_ttl > 0):
+            raise ValueError(f"presence_ttl must be a positive finite number of seconds, not {self.presence_ttl!r}")
+        if not (math.isfinite(self.room_rate) and self.room_rate >= 0):
+            raise ValueError(f"room_rate must be a finite number >= 0, not {self.room_rate!r}")
+        if self.send_queue < 1 or self.max_rooms < 1 or self.workers < 1:
+            raise ValueError("send_queue, max_rooms and workers must be at least 1")
+
+
+@dataclass(frozen=True)
 class ServerConfig:
     """Everything the server shell needs. Defaults are what ``python -m geventchat`` uses."""
 
@@ -119,6 +151,8 @@ class ServerConfig:
     #: Expect a PROXY protocol header (v1 or v2, as HAProxy's ``send-proxy``) before each conversation, and log the
     #: client address it names. Only behind a load balancer that sends one: a connection without it is closed.
     proxy_protocol: bool = False
+    #: Chat rooms (see :class:`ChatConfig`).
+    chat: ChatConfig = field(default_factory=ChatConfig)
 
     def __post_init__(self) -> None:
         self._check_hardening()

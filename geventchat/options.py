@@ -13,7 +13,15 @@ import math
 from collections.abc import Callable
 
 from . import __version__
-from .config import DEFAULT_GREETING, DEFAULT_PORT, DEFAULT_PREFIX, Framing, ProtocolConfig, ServerConfig
+from .config import (
+    DEFAULT_GREETING,
+    DEFAULT_PORT,
+    DEFAULT_PREFIX,
+    ChatConfig,
+    Framing,
+    ProtocolConfig,
+    ServerConfig,
+)
 from .envconfig import ENVIRONMENT_HELP
 from .models import MODELS
 
@@ -178,6 +186,7 @@ def _add_server_options(parser: argparse.ArgumentParser) -> None:
     _add_protocol_options(parser, ProtocolConfig())
     _add_operations_options(parser, defaults)
     _add_hardening_options(parser, defaults)
+    _add_chat_options(parser, ChatConfig())
 
 
 def _add_network_options(parser: argparse.ArgumentParser, defaults: ServerConfig) -> None:
@@ -247,6 +256,42 @@ def _add_protocol_options(parser: argparse.ArgumentParser, protocol: ProtocolCon
         help="line: '\\n'-terminated lines; raw: each received chunk is a message (the original "
         "tutorial); auto: detect per connection",
     )
+
+
+def _add_chat_options(parser: argparse.ArgumentParser, chat: ChatConfig) -> None:
+    group = parser.add_argument_group("chat")
+    group.add_argument(
+        "--chat",
+        choices=["on", "off"],
+        default="on" if chat.enabled else "off",
+        help="serve the chat commands (:nick, :join, ...) to line-framed clients; off makes them plain messages",
+    )
+    group.add_argument(
+        "--room-rate",
+        type=_non_negative,
+        default=chat.room_rate,
+        help="messages per second one client may send into rooms and privately (burst twice as many; 0 = unlimited)",
+    )
+    group.add_argument(
+        "--send-queue",
+        type=_integer(1),
+        default=chat.send_queue,
+        help="bytes of room and private lines one member may have waiting; past it 'bye: too slow'",
+    )
+    group.add_argument(
+        "--redis",
+        default=chat.redis,
+        metavar="URL",
+        help="redis://HOST:PORT/DB: share rooms, nicks and private messages with every worker and host using this "
+        "Redis (default: rooms in this process's memory)",
+    )
+    group.add_argument(
+        "--presence-ttl",
+        type=_positive,
+        default=chat.presence_ttl,
+        help="with --redis: seconds after which a dead server's members are announced as left (server lost)",
+    )
+    group.add_argument("--max-rooms", type=_integer(1), default=chat.max_rooms, help="rooms that may exist at once")
 
 
 def _add_operations_options(parser: argparse.ArgumentParser, defaults: ServerConfig) -> None:
@@ -388,6 +433,14 @@ def server_config(args: argparse.Namespace) -> ServerConfig:
         metrics_port=args.metrics_port,
         metrics_host=args.metrics_host,
         proxy_protocol=args.proxy_protocol,
+        chat=ChatConfig(
+            enabled=args.chat == "on",
+            room_rate=args.room_rate,
+            send_queue=args.send_queue,
+            max_rooms=args.max_rooms,
+            redis=args.redis,
+            presence_ttl=args.presence_ttl,
+        ),
     )
 
 

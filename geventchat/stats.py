@@ -48,6 +48,10 @@ class ServerStats:
     notices: int = 0
     bytes_in: int = 0
     bytes_out: int = 0
+    #: Room and private lines queued for a member (each is one delivery).
+    deliveries: int = 0
+    #: Members closed with ``bye: too slow`` because their send queue overflowed.
+    chat_overflows: int = 0
     #: Connections ended (or turned away on accept) per reason, one of :data:`CLOSE_LABELS`.
     closed: dict[str, int] = field(default_factory=dict)
     #: Accept → handshake done (timeout line read), per connection; None unless :meth:`time_latency` was called.

@@ -12,6 +12,7 @@ import pytest
 from gevent.socket import wait_read
 
 from geventchat.config import DEFAULT_GREETING, Framing
+from geventchat.server import ChatServer
 from geventchat.testing import ServerProcess
 
 from .test_client import PREFIX, TUTORIAL_GREETING, HoldingServer
@@ -129,3 +130,35 @@ def test_interactive_client_says_when_quit_is_not_answered(terminal: Callable[..
         assert code == 1
     finally:
         stub.server.stop()
+
+
+def test_chat_lines_from_others_are_marked_and_escaped(
+    terminal: Callable[..., Terminal], start_server: Callable[..., ChatServer]
+) -> None:
+    from .test_chat_server import Peer
+
+    server = start_server()
+    bob = Peer(server.address)
+    try:
+        assert bob.command(":nick bob") == "ok: you are bob"
+        assert bob.command(":join r") == "ok: joined #r (1 member)"
+        term = terminal("--port", str(server.address[1]))
+        term.wait_for("> ")
+        term.type(b":nick carol\n")
+        term.wait_for("ok: you are carol")
+        term.type(b":join r\n")
+        term.wait_for("ok: joined #r (2 members)")
+        assert bob.line() == "info: carol joined #r"
+        bob.say("hi \x1b[31mred")
+        term.wait_for("[room] #r bob: hi \\x1b[31mred")
+        assert bob.command(":msg carol psst") == "ok: sent to carol"
+        term.wait_for("[private] @bob: psst")
+        bob.say(":q")
+        term.wait_for("[info] info: bob left #r (quit)")
+        term.type(b"plain\n")
+        term.wait_for(f"\r{PREFIX}plain")  # the echo reply: no marker
+        assert b"\x1b[31m" not in term.shown  # the escape sequence never reached the terminal as is
+        term.type(b":q\n")
+        assert term.finish()[0] == 0
+    finally:
+        bob.close()

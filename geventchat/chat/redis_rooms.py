@@ -1,5 +1,5 @@
 """Rooms across workers and hosts: :class:`RedisRooms`, the :class:`~geventchat.chat.rooms.RoomService` every server
-of a deployment shares through one Redis (``--redis redis://HOST:PORT/DB``). Not wired into the server yet.
+of a deployment shares through one Redis (``--redis redis://HOST:PORT/DB``); the server starts and stops it.
 
 Where things live
     Redis holds what every server must agree on: the nick registry, room membership and sizes, each server's
@@ -187,7 +187,7 @@ class RedisRooms:
         """Part every local member still connected (``shutdown``), withdraw this server's heartbeat, then
         :meth:`kill`."""
         for member in list(self._seats):
-            self.part(member, "shutdown")
+            self.part(member, "server shutting down")
         try:
             self._redis.delete(self._key(f"alive:{self.server_id}"))
             self._redis.srem(self._key("servers"), self.server_id)

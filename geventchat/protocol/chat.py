@@ -2,7 +2,7 @@
 token bucket that limits what one client may send into rooms. Sans-IO like the rest of the package: no sockets, no
 gevent, no clock (the caller passes ``now``).
 
-Not served yet: the connection does not call this module (``docs/protocol.md``, "Planned: chat").
+Served by the gevent shell (:mod:`geventchat.server.chat`) to line-framed clients, one process in memory.
 
 Decisions this module makes, each for a reason:
 

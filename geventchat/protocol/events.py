@@ -31,6 +31,8 @@ class CloseReason(enum.Enum):
     TOO_MANY_FROM_ADDRESS = "too many connections from your address"
     #: The client did not send its idle-timeout line within the handshake timeout.
     HANDSHAKE_TIMEOUT = "handshake timeout"
+    #: The client did not read the room and private lines for it fast enough: its send queue overflowed.
+    TOO_SLOW = "too slow"
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 import functools
+from typing import Protocol
 
 from ..config import Framing, ProtocolConfig, ServerConfig
 from .buffer import ReceiveBuffer
@@ -30,7 +31,19 @@ from .text import (
     parse_timeout,
 )
 
-__all__ = ["ServerConversation"]
+__all__ = ["ChatHook", "ServerConversation"]
+
+
+class ChatHook(Protocol):
+    """Where a line-framed conversation sends the messages chat may concern (:attr:`ServerConversation.chat`)."""
+
+    #: True while the member is in a room: then every message concerns chat (it is fanned out).
+    in_room: bool
+
+    def on_message(self, message: bytes) -> bytes | None:
+        """A message (valid UTF-8, without its line break, not ``:q``) that starts with ``:`` or was sent while
+        :attr:`in_room`; its echo reply is already queued. Returns the line(s) to queue right after it (the
+        command's ``ok:``/``error:``), or ``None``."""
 
 
 class _State(enum.Enum):
@@ -92,6 +105,7 @@ class ServerConversation:
         "_out",
         "_prefix",
         "_state",
+        "chat",
         "close_reason",
         "idle_timeout",
         "messages_received",
@@ -125,6 +139,10 @@ class ServerConversation:
         self.messages_received = 0
         #: ``error:`` and ``bye:`` lines queued so far (for statistics).
         self.notices_queued = 0
+        #: Set by the shell to serve chat: line-framed messages after the handshake that start with ``:`` (or all,
+        #: while :attr:`ChatHook.in_room`) go to it, and what it returns follows their echo reply. ``None``: echo
+        #: only. Costs a message one attribute test (and a first-byte check with a hook).
+        self.chat: ChatHook | None = None
         greeting = config.greeting.encode()
         self._out: list[bytes] = [greeting if self._framing is Framing.RAW else greeting + NEWLINE]
 
@@ -270,6 +288,13 @@ class ServerConversation:
         if message == _QUIT_BYTES:
             events.append(QuitReceived())
             self._finish(events, CloseReason.QUIT, None)
+            return
+        chat = self.chat
+        if chat is not None and (chat.in_room or message[:1] == b":") and self._framing is _LINE:
+            # Raw messages are chunks, not lines: raw clients are echo-only. A handshake line never comes here.
+            answer = chat.on_message(message)
+            if answer:
+                self._out.append(answer)
 
     def _receive_lines(self, data: bytes, events: list[ServerEvent]) -> None:
         """Line framing: a line of valid UTF-8 is a message; any other gets an ``error:`` and the conversation goes

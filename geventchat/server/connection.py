@@ -19,15 +19,18 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 import gevent
+from gevent.lock import Semaphore
 from gevent.socket import socket as GeventSocket
 
 from .._gevent_fast import IdleTimeout, RawGreenlet, call_soon, read_watcher, throw, wait_readable
 from .._net import IdleExpired, linger_close
+from ..chat.rooms import RoomService
 from ..config import ServerConfig
 from ..protocol import CloseReason, ServerConversation, ServerEvent, describe_event, format_peer
 from ..stats import RESET, TLS_ERROR, ServerStats
+from .chat import ChatMember
 
-__all__ = ["Connection", "Host", "IdleAlarm", "ShutdownRequested"]
+__all__ = ["Connection", "Host", "IdleAlarm", "ShutdownRequested", "TooSlow"]
 
 # The gevent shell logs under one name, whichever of its modules speaks (operators filter on it).
 log = logging.getLogger("geventchat.server")
@@ -46,6 +49,11 @@ class IdleAlarm(Exception):
 class ShutdownRequested(Exception):
     """Thrown into a connection's greenlet when the server begins a graceful shutdown, and only while it waits for
     input (see :meth:`Connection.request_shutdown`): sends and closes never see it, so no reply is cut short."""
+
+
+class TooSlow(Exception):
+    """Thrown into a member's greenlet when its send queue overflowed, and only while it waits for input (as
+    :class:`ShutdownRequested`): it says ``bye: too slow`` after whole lines only and closes."""
 
 
 class _LingerOver(Exception):
@@ -67,6 +75,8 @@ class Host(Protocol):
     stats: ServerStats
     #: The server's TLS context, or None for plain TCP.
     tls: ssl.SSLContext | None
+    #: Where rooms live, or None with chat off.
+    rooms: RoomService | None
 
 
 #: How a conversation that ended early closes: with a :class:`CloseReason`, the conversation closes with it (its
@@ -89,6 +99,7 @@ def _timed_out(connection: Connection, _exc: object) -> Ending:
 _ENDINGS: dict[type[Exception], Callable[[Connection, Any], Ending]] = {
     IdleExpired: _timed_out,
     ShutdownRequested: lambda _connection, _exc: CloseReason.SHUTDOWN,
+    TooSlow: lambda _connection, _exc: CloseReason.TOO_SLOW,
     _TLSHandshakeExpired: lambda _connection, _exc: (
         CloseReason.HANDSHAKE_TIMEOUT.value,
         CloseReason.HANDSHAKE_TIMEOUT.value,
@@ -117,13 +128,15 @@ class Connection:
         "_deadline",
         "_notices_counted",
         "_reading",
-        "_shutdown_requested",
+        "_stop_reason",
         "_timeout",
         "_write_cut",
         "address",
         "conversation",
         "debug",
         "greenlet",
+        "in_room",
+        "member",
         "server",
         "sock",
     )
@@ -142,15 +155,49 @@ class Connection:
         self._armed_for = 0.0
         self._deadline = 0.0
         self._reading = False
-        self._shutdown_requested = False
+        self._stop_reason: CloseReason | None = None  # a shutdown or too slow, asked from another greenlet
         self._write_cut = False
+        #: The chat side, made on the first command (a client that never uses chat has none).
+        self.member: ChatMember | None = None
+        #: True while :attr:`member` is in a room (read per message by the conversation, so a plain attribute).
+        self.in_room = False
+        if server.rooms is not None:
+            self.conversation.chat = self
         self._notices_counted = 0  # conversation.notices_queued already added to stats.notices
         # Only the handshake-latency metric reads it: no float kept per idle client without metrics.
         self._accepted_at = time.monotonic() if server.stats.handshake_latency is not None else 0.0
 
     def request_shutdown(self) -> None:
         """Ask this connection to say ``bye: server shutting down`` and close, without cutting a reply short."""
-        self._shutdown_requested = True
+        self._request_stop(CloseReason.SHUTDOWN)
+
+    def request_too_slow(self) -> None:
+        """Its send queue overflowed: say ``bye: too slow`` (after whole lines only) and close, as a shutdown."""
+        if self._stop_reason is None:
+            self._request_stop(CloseReason.TOO_SLOW)
+
+    def on_message(self, message: bytes) -> bytes | None:
+        """The conversation's :class:`~geventchat.protocol.server_side.ChatHook`: makes the member on first use."""
+        if self.server.config.chat.redis is None:
+            return self._chat(message)  # in memory: never blocks
+        # The room service may block on Redis (each round trip bounded by its own timeout): the idle alarm must not
+        # fire in the middle of it, so it is off meanwhile and re-armed for what is left of the deadline.
+        self._disarm()
+        try:
+            return self._chat(message)
+        finally:
+            self._start_timeout(max(self._deadline - time.monotonic(), 0.001))
+
+    def _chat(self, message: bytes) -> bytes | None:
+        member = self.member
+        if member is None:
+            rooms = self.server.rooms
+            assert rooms is not None  # the hook is set only with rooms
+            member = self.member = ChatMember(self, rooms)
+        return member.on_message(message)
+
+    def _request_stop(self, reason: CloseReason) -> None:
+        self._stop_reason = reason
         if self._reading:
             # Blocked waiting for input: interrupt the wait, from the hub's next turn. By then input may have woken
             # the connection and it may be sending or closing, where a throw could escape the handler (and reach
@@ -160,7 +207,7 @@ class Connection:
 
     def _interrupt_wait(self) -> None:
         if self._reading and not self.greenlet.dead:
-            throw(self.greenlet, ShutdownRequested())
+            throw(self.greenlet, TooSlow() if self._stop_reason is CloseReason.TOO_SLOW else ShutdownRequested())
 
     def run(self) -> tuple[str, str]:
         """Serve the conversation; returns why it ended: ``(reason, detail)``, the reason one of a small fixed set
@@ -171,6 +218,7 @@ class Connection:
         # no waiting for the socket before recv() there (see _recv).
         watcher: Any = None
         owned = False
+        rest = b""  # of a line the chat writer was in the middle of: it goes out before the bye
         if self.server.tls is None:
             watcher, owned = read_watcher(self.sock)
         try:
@@ -186,7 +234,9 @@ class Connection:
             self._disarm()
             if owned:
                 watcher.close()
-        return self._close()
+            if self.member is not None:
+                rest = self.member.stop_writing()
+        return self._close(rest)
 
     # -- the three phases
 
@@ -211,8 +261,8 @@ class Connection:
         received_at = 0.0
         hub = gevent.get_hub()
         while not conversation.closed:  # bounded by the idle timeout: each wait for input is
-            if self._shutdown_requested:
-                conversation.close(CloseReason.SHUTDOWN)
+            if self._stop_reason is not None:
+                conversation.close(self._stop_reason)
                 break
             data = self._recv(recv_size, hub, watcher)
             if reply_latency is not None:
@@ -238,7 +288,7 @@ class Connection:
             # Drop this chunk's bytes and events before blocking again: an idle client should not pin them.
             del data, events, out
 
-    def _close(self) -> tuple[str, str]:
+    def _close(self, rest: bytes = b"") -> tuple[str, str]:
         """After the conversation closed: unless the peer did, send what is queued (the reply to ``:q`` or a
         ``bye:``) and close without a reset. Returns ``(reason, detail)`` as :meth:`run` does."""
         conversation = self.conversation
@@ -246,7 +296,7 @@ class Connection:
         if reason is CloseReason.PEER_CLOSED:
             return str(reason.value), str(reason.value)
         # After a cut write the peer is not reading: no last line to protect.
-        queued = conversation.data_to_send()
+        queued = rest + conversation.data_to_send()
         linger = self.server.config.linger
         if not self._write_cut and self._flush(queued, linger):
             stats = self.server.stats
@@ -315,15 +365,32 @@ class Connection:
             self._reading = False
 
     def _write(self, data: bytes) -> None:
-        # The common case, a reply the socket buffer takes whole, needs no memoryview and no loop.
-        sent = 0
+        member = self.member
+        if member is not None:
+            # The chat writer may be sending lines from other members: whole writes only, one at a time. (A client
+            # that never used chat has no member: its write path is one attribute test longer than before.)
+            self._acquire(member.write_lock)
         try:
-            sent = self.sock.send(data)
-        except IdleAlarm:
-            self._check_deadline()  # nothing of this write went out: an IdleExpired here cuts nothing
-        if sent != len(data):
-            self._write_rest(data, sent)
-        self.server.stats.bytes_out += len(data)
+            # The common case, a reply the socket buffer takes whole, needs no memoryview and no loop.
+            sent = 0
+            try:
+                sent = self.sock.send(data)
+            except IdleAlarm:
+                self._check_deadline()  # nothing of this write went out: an IdleExpired here cuts nothing
+            if sent != len(data):
+                self._write_rest(data, sent)
+            self.server.stats.bytes_out += len(data)
+        finally:
+            if member is not None:
+                member.write_lock.release()
+
+    def _acquire(self, lock: Semaphore) -> None:
+        while True:  # bounded by the idle deadline, as any write
+            try:
+                lock.acquire()
+                return
+            except IdleAlarm:
+                self._check_deadline()
 
     def _write_rest(self, data: bytes, offset: int) -> None:
         view = memoryview(data)[offset:]

@@ -5,6 +5,9 @@ statistics. Accepting is :mod:`.acceptor`'s, deciding whom to serve :mod:`.admis
 from __future__ import annotations
 
 import logging
+import os
+import secrets
+import socket
 import ssl
 import time
 from typing import TYPE_CHECKING
@@ -14,6 +17,7 @@ import gevent.event
 from gevent import Greenlet
 from gevent.socket import socket as GeventSocket
 
+from ..chat.rooms import LocalRooms, RoomService, RoomsOff
 from ..config import ServerConfig
 from ..protocol import CloseReason, format_peer
 from ..stats import INTERNAL_ERROR, ServerStats
@@ -22,9 +26,16 @@ from .admission import Admission
 from .connection import Connection
 
 if TYPE_CHECKING:
+    from ..chat.redis_rooms import RedisRooms
     from ..metrics import MetricsEndpoint
 
 __all__ = ["ChatServer"]
+
+
+def _server_id() -> str:
+    """Unique in a deployment: host, process and a random part (a restarted process may reuse a pid)."""
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}".replace(" ", "_").replace("/", "_")
+
 
 # The gevent shell logs under one name, whichever of its modules speaks (operators filter on it).
 log = logging.getLogger("geventchat.server")
@@ -70,6 +81,18 @@ class ChatServer:
 
             self.tls = server_context(config.tls_cert, config.tls_key)
         self._admission = Admission(config, self.stats, self.tls)
+        #: Where rooms live (``config.chat``): in memory, or off with several workers; None with chat off.
+        self.rooms: RoomService | None = None
+        self._redis_rooms: RedisRooms | None = None
+        chat = config.chat
+        if chat.enabled and chat.redis is not None:
+            from ..chat.redis_rooms import RedisRooms
+
+            self.rooms = self._redis_rooms = RedisRooms(
+                chat.redis, server_id=_server_id(), presence_ttl=chat.presence_ttl, max_rooms=chat.max_rooms
+            )
+        elif chat.enabled:
+            self.rooms = RoomsOff(chat.workers) if chat.workers > 1 else LocalRooms(chat.max_rooms)
         #: The Prometheus endpoint (``config.metrics_port``), once started.
         self.metrics: MetricsEndpoint | None = None
 
@@ -103,6 +126,9 @@ class ChatServer:
                 self.stats, self.config.metrics_host, self.config.metrics_port, self._metrics_labels
             )
             self.metrics.start()
+        if self._redis_rooms is not None:
+            # Not waiting for the broker: until it answers, room commands say it is unreachable, echo works.
+            self._redis_rooms.start()
         if self.config.stats_interval > 0:
             self._stats_greenlet = gevent.spawn(self._report_stats, self.config.stats_interval)
 
@@ -145,6 +171,8 @@ class ChatServer:
             self._stats_greenlet.kill(block=False)
         if self.metrics is not None:
             self.metrics.stop()
+        if self._redis_rooms is not None:
+            self._redis_rooms.stop()  # parts whoever is left (server shutting down) and withdraws our heartbeat
         self._stopped.set()
 
     # -- per connection, in its own greenlet
@@ -193,6 +221,8 @@ class ChatServer:
             if not self._connections:
                 self._drained.set()
         stats.count_close(reason)
+        if connection.member is not None:
+            connection.member.part(reason)  # the room hears why: quit, idle timeout, reset, server shutting down
         if connection.debug:
             log.debug("%s disconnected: %s", format_peer(address), detail)
 

@@ -1,0 +1,281 @@
+"""Chat served by the gevent server, over loopback (port 0, in-process servers, gevent sockets): exact lines."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterator
+
+import gevent
+import pytest
+from gevent.socket import create_connection
+
+from geventchat.config import ChatConfig
+from geventchat.server import ChatServer
+from geventchat.testing import ServerProcess, wait_until
+
+PREFIX = "我收到了你的信息:"
+StartServer = Callable[..., ChatServer]
+
+
+class NoLine(Exception):
+    """The server sent no complete line in time (the server's fault, or the test's expectation)."""
+
+
+class Peer:
+    """A line client on a gevent socket that reads whole lines under a timeout."""
+
+    def __init__(self, address: tuple[str, int], timeout_line: bytes = b"30\n") -> None:
+        self.sock = create_connection(address)
+        self._buffer = b""
+        self._lines: list[bytes] = []  # complete lines received and not yet read (no quadratic re-splitting)
+        self.greeting = self.line()
+        if timeout_line:
+            self.sock.sendall(timeout_line)
+
+    def send(self, text: str) -> None:
+        self.sock.sendall(text.encode() + b"\n")
+
+    def line(self, timeout: float = 5.0) -> str:
+        with gevent.Timeout(timeout, NoLine):
+            while not self._lines:  # bounded by the Timeout
+                data = self.sock.recv(65536)
+                if not data:
+                    raise NoLine(f"closed; unfinished: {self._buffer!r}")
+                *complete, self._buffer = (self._buffer + data).split(b"\n")
+                self._lines.extend(reversed(complete))
+        return self._lines.pop().decode()
+
+    def command(self, text: str) -> str:
+        """Send ``text``; assert its echo comes first; return the line after it."""
+        self.send(text)
+        assert self.line() == PREFIX + text
+        return self.line()
+
+    def say(self, text: str) -> None:
+        """Send a plain line and read its echo."""
+        self.send(text)
+        assert self.line() == PREFIX + text
+
+    def silent(self, seconds: float = 0.2) -> bool:
+        """True if nothing arrives within ``seconds`` (used only to assert an absence, never to wait)."""
+        try:
+            self.line(seconds)
+        except NoLine:
+            return True
+        return False
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.fixture
+def peers() -> Iterator[Callable[..., Peer]]:
+    made: list[Peer] = []
+
+    def make(server: ChatServer, timeout_line: bytes = b"30\n") -> Peer:
+        peer = Peer(server.address, timeout_line)
+        made.append(peer)
+        return peer
+
+    yield make
+    for peer in made:
+        peer.close()
+
+
+def named(make: Callable[..., Peer], server: ChatServer, *nicks: str, room: str | None = None) -> list[Peer]:
+    result: list[Peer] = []
+    for index, nick in enumerate(nicks):
+        peer = make(server)
+        assert peer.command(f":nick {nick}") == f"ok: you are {nick}"
+        if room is not None:
+            assert peer.command(f":join {room}") == f"ok: joined #{room} ({index + 1} member{'s' * (index > 0)})"
+            for earlier in result:
+                assert earlier.line() == f"info: {nick} joined #{room}"
+        result.append(peer)
+    return result
+
+
+def test_commands_across_clients_with_exact_lines(start_server: StartServer, peers: Callable[..., Peer]) -> None:
+    server = start_server()
+    alice, bob, carol = named(peers, server, "alice", "bob", "carol", room="lobby")
+    assert alice.command(":who") == "ok: #lobby 3: alice bob carol"
+    dave = peers(server)
+    assert dave.command(":nick dave") == "ok: you are dave"
+    assert dave.command(":join #kitchen") == "ok: joined #kitchen (1 member)"
+    assert alice.command(":rooms") == "ok: 2 rooms: #lobby (3), #kitchen (1)"
+    assert bob.command(":nick bobby") == "ok: you are bobby"
+    assert alice.line() == "info: bob is now bobby" and carol.line() == "info: bob is now bobby"
+    alice.say("hello all")
+    assert bob.line() == "#lobby alice: hello all" and carol.line() == "#lobby alice: hello all"
+    assert dave.silent()  # another room hears nothing
+    assert carol.command(":msg dave psst") == "ok: sent to dave"
+    assert dave.line() == "@carol: psst"
+    assert carol.command(":msg nobody hi") == "error: no such nick nobody"
+    assert carol.command(":leave") == "ok: left #lobby"
+    assert alice.line() == "info: carol left #lobby" and bob.line() == "info: carol left #lobby"
+    assert carol.command(":leave") == "error: not in a room"
+    assert dave.command(":nick ALICE") == "error: nick ALICE is taken"
+    assert dave.command(":nick bad name!") == "error: invalid nick"
+    assert dave.command(":help").startswith("ok: commands: :nick NAME, :join ROOM")
+    assert server.stats.deliveries > 0
+
+
+def test_a_command_answer_follows_its_own_echo_in_a_pipelined_chunk(
+    start_server: StartServer, peers: Callable[..., Peer]
+) -> None:
+    server = start_server()
+    peer = peers(server)
+    peer.sock.sendall(b"one\n:nick zed\ntwo\n:who\n")
+    got = [peer.line() for _ in range(6)]
+    assert got == [
+        PREFIX + "one",
+        PREFIX + ":nick zed",
+        "ok: you are zed",
+        PREFIX + "two",
+        PREFIX + ":who",
+        "error: not in a room",
+    ]
+
+
+def test_smiley_and_unknown_words_stay_messages(start_server: StartServer, peers: Callable[..., Peer]) -> None:
+    server = start_server()
+    (alice, bob) = named(peers, server, "alice", "bob", room="r")
+    alice.say(":)")
+    assert bob.line() == "#r alice: :)"
+    alice.say(":nickname")
+    assert bob.line() == "#r alice: :nickname"
+    outside = peers(server)
+    outside.say(":)")
+    assert outside.silent()
+
+
+def test_chinese_nick_and_room(start_server: StartServer, peers: Callable[..., Peer]) -> None:
+    server = start_server()
+    ming, hong = named(peers, server, "小明", "小红", room="聊天室")
+    ming.say("你好")
+    assert hong.line() == "#聊天室 小明: 你好"
+    assert hong.command(":who") == "ok: #聊天室 2: 小明 小红"
+
+
+def test_raw_client_is_echo_only(start_server: StartServer) -> None:
+    server = start_server()
+    with gevent.Timeout(5):
+        sock = create_connection(server.address)
+        sock.recv(1024)  # the greeting
+        sock.sendall(b"30:join x")  # no newline: an unframed client after the detection window
+        reply = sock.recv(1024)
+    sock.close()
+    assert reply == (PREFIX + ":join x").encode()
+    assert server.rooms is not None and server.rooms.room_count == 0  # type: ignore[attr-defined]
+
+
+def test_chat_off_makes_commands_plain_messages(start_server: StartServer, peers: Callable[..., Peer]) -> None:
+    server = start_server(chat=ChatConfig(enabled=False))
+    peer = peers(server)
+    peer.say(":join x")
+    assert server.rooms is None
+    assert peer.silent()
+
+
+def test_rate_limit_past_room_rate(start_server: StartServer, peers: Callable[..., Peer]) -> None:
+    server = start_server(chat=ChatConfig(room_rate=1.0))  # burst 2
+    alice, bob = named(peers, server, "alice", "bob", room="r")
+    alice.sock.sendall(b"m1\nm2\nm3\n")
+    assert [alice.line() for _ in range(4)] == [
+        PREFIX + "m1",
+        PREFIX + "m2",
+        PREFIX + "m3",
+        "error: too fast, not delivered",
+    ]
+    assert [bob.line(), bob.line()] == ["#r alice: m1", "#r alice: m2"]
+    assert bob.silent()
+
+
+def test_max_rooms(start_server: StartServer, peers: Callable[..., Peer]) -> None:
+    server = start_server(chat=ChatConfig(max_rooms=1))
+    first, second = peers(server), peers(server)
+    assert first.command(":join a") == "ok: joined #a (1 member)"
+    assert second.command(":join b") == "error: too many rooms"
+    assert second.command(":join A").startswith("ok: joined #a (2 members)")
+
+
+def test_leave_notices_say_why_quit_and_idle_timeout(start_server: StartServer, peers: Callable[..., Peer]) -> None:
+    server = start_server()
+    stays, quits = named(peers, server, "stays", "quits", room="r")
+    quits.say(":q")  # its echo, then the server closes
+    with pytest.raises(NoLine, match="closed"):
+        quits.line()
+    assert stays.line() == "info: quits left #r (quit)"
+    sleepy = peers(server, timeout_line=b"0.5\n")
+    assert sleepy.command(":nick sleepy") == "ok: you are sleepy"
+    assert sleepy.command(":join r") == "ok: joined #r (2 members)"
+    assert stays.line() == "info: sleepy joined #r"
+    assert sleepy.line(5) == "bye: idle timeout (0.5s)"
+    assert stays.line(5) == "info: sleepy left #r (idle timeout)"
+
+
+def test_shutdown_parts_members(start_server: StartServer, peers: Callable[..., Peer]) -> None:
+    server = start_server(grace=5)
+    a, b = named(peers, server, "a", "b", room="r")
+    stopping = gevent.spawn(server.shutdown)
+    assert a.line() == "bye: server shutting down"
+    lines = [b.line()]
+    if lines[0].startswith("info:"):
+        lines.append(b.line())
+    assert "bye: server shutting down" in lines
+    a.close()
+    b.close()
+    stopping.join(10)
+    assert stopping.dead
+
+
+def test_slow_member_is_cut_others_go_on(start_server: StartServer, peers: Callable[..., Peer]) -> None:
+    queue = 64 * 1024
+    server = start_server(chat=ChatConfig(send_queue=queue, room_rate=0), linger=10.0)
+    talker, reader, slow = named(peers, server, "talker", "reader", "slow", room="r")
+    # No SO_RCVBUF tuning: a tiny receive window makes the kernel trickle data by persist-timer probes.
+    text = "x" * 10_000
+    sent = 0
+    overflowed = False
+    for sent in range(1, 5_000):  # bounded: the kernel buffers and the queue hold far less than this
+        talker.say(f"{sent} {text}")
+        assert reader.line() == f"#r talker: {sent} {text}"
+        # The server holds at most the cap for any member, however much the room says.
+        assert all(c.member is None or c.member.outbox.pending_bytes <= queue for c in server._connections)
+        if server.stats.chat_overflows:
+            overflowed = True
+            break
+    assert overflowed, "the slow member's queue never overflowed"
+    assert reader.line() == "info: slow left #r (too slow)"
+    assert talker.line() == "info: slow left #r (too slow)"
+    talker.say("still here")
+    assert reader.line() == "#r talker: still here"
+    # The server held at most the queue for it (plus socket buffers), not everything the room said.
+    assert sent * len(text) > 2 * queue
+    # Now read everything the slow member got: whole lines, the last one the bye.
+    got = []
+    for _ in range(sent + 10):  # bounded: it got at most one line per message, then the bye
+        line = slow.line(10)
+        got.append(line)
+        if line.startswith("bye:"):
+            break
+    assert got[-1] == "bye: too slow"
+    pattern = re.compile(rf"#r talker: \d+ {text}")
+    room_lines = [line for line in got[:-1] if line.startswith("#r")]
+    assert room_lines and all(pattern.fullmatch(line) for line in room_lines)
+    assert len(room_lines) < sent  # it was cut: it did not get everything
+    slow.close()  # the server lingers until the client closes its side
+    wait_until(lambda: server.stats.closed.get("too slow") == 1, what="the slow member to be closed")
+
+
+def test_workers_without_redis_turn_rooms_off(server_process: Callable[..., ServerProcess]) -> None:
+    process = server_process("--workers", "2")
+    process.wait_for(r"chat rooms are off: 2 workers without --redis")
+    peer = Peer((process.host, process.port))
+    try:
+        assert peer.command(":join lobby") == "error: rooms are off: 2 workers without --redis"
+        peer.say("plain")  # the echo alone
+        assert peer.silent()
+    finally:
+        peer.close()
+    assert sum("rooms are off" in line for line in process.stderr) == 1  # said once, by the supervisor
