@@ -14,9 +14,12 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import os
 import signal
 import socket
+import struct
+import termios
 import time
 
 __all__ = [
@@ -27,6 +30,7 @@ __all__ = [
     "WakePipe",
     "bind_tcp",
     "linger_close",
+    "unread_bytes",
 ]
 
 #: ``accept()`` errors that mean "out of a resource for now" (ours), not "the listener is broken": pause
@@ -153,3 +157,12 @@ def linger_close(sock: socket.socket, seconds: float) -> None:
                 return
     except OSError:  # TimeoutError and BlockingIOError included: the time is up or nothing more has arrived
         pass
+
+
+def unread_bytes(sock: socket.socket) -> int:
+    """Bytes received on ``sock`` and not yet read (the FIONREAD ioctl); -1 if the kernel will not say. A close
+    with nothing unread sends a FIN, not a reset, so a caller may skip the lingering close."""
+    try:
+        return int(struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0\0\0\0"))[0])
+    except OSError:
+        return -1

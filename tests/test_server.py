@@ -497,7 +497,7 @@ def test_rule11_an_unframed_client_that_half_closes_at_once_is_answered(start_se
 def test_rule5_the_idle_timeout_is_one_gevent_timeout_re_armed_when_it_fires_early(start_server: StartServer) -> None:
     """The design: one ``gevent.Timeout`` per connection raising our own ``Exception`` subclass; messages move the
     deadline and the Timeout is replaced only when it fires before it (white-box: reads the connection's state)."""
-    from geventchat.server.connection import IdleAlarm
+    from geventchat.server.interrupts import IdleAlarm
 
     server = start_server()
     with connect(server, idle_timeout=1.0) as client:
@@ -529,7 +529,7 @@ def test_idle_timeout_slots_hold_every_attribute_gevent_timeout_sets() -> None:
     """IdleTimeout saves its dict only if its slots name every attribute gevent.Timeout stores; a gevent upgrade
     that adds one makes this fail (the server still works, each idle client just costs a dict more)."""
     from geventchat._gevent_fast import IdleTimeout
-    from geventchat.server.connection import IdleAlarm
+    from geventchat.server.interrupts import IdleAlarm
 
     plain = gevent.Timeout(5, IdleAlarm)
     plain.start()

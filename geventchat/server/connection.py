@@ -8,12 +8,9 @@ how it is closed in one table, :data:`_ENDINGS`.
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import socket
 import ssl
-import struct
-import termios
 import time
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -23,12 +20,13 @@ from gevent.lock import Semaphore
 from gevent.socket import socket as GeventSocket
 
 from .._gevent_fast import IdleTimeout, RawGreenlet, call_soon, read_watcher, throw, wait_readable
-from .._net import IdleExpired, linger_close
+from .._net import IdleExpired, linger_close, unread_bytes
 from ..chat.rooms import RoomService
 from ..config import ServerConfig
 from ..protocol import CloseReason, ServerConversation, ServerEvent, describe_event, format_peer
 from ..stats import RESET, TLS_ERROR, ServerStats
 from .chat import ChatMember
+from .interrupts import IdleAlarm, ShutdownRequested, TooSlow, _LingerOver, _TLSHandshakeExpired, _WindowOver
 
 __all__ = ["Connection", "Host", "IdleAlarm", "ShutdownRequested", "TooSlow"]
 
@@ -38,34 +36,6 @@ log = logging.getLogger("geventchat.server")
 # Connection._armed_for while the handshake timeout runs: differs from every idle timeout, so the first events
 # after the handshake re-arm the connection's Timeout for the negotiated idle timeout.
 _IN_HANDSHAKE = -1.0
-
-
-class IdleAlarm(Exception):
-    """Raised in a connection's greenlet (and only there) by its ``gevent.Timeout``: the idle deadline may have
-    passed. Whoever catches it asks :meth:`Connection._check_deadline`, which re-arms for the time left if messages
-    moved the deadline meanwhile, or raises :class:`~geventchat._net.IdleExpired`."""
-
-
-class ShutdownRequested(Exception):
-    """Thrown into a connection's greenlet when the server begins a graceful shutdown, and only while it waits for
-    input (see :meth:`Connection.request_shutdown`): sends and closes never see it, so no reply is cut short."""
-
-
-class TooSlow(Exception):
-    """Thrown into a member's greenlet when its send queue overflowed, and only while it waits for input (as
-    :class:`ShutdownRequested`): it says ``bye: too slow`` after whole lines only and closes."""
-
-
-class _LingerOver(Exception):
-    pass
-
-
-class _WindowOver(Exception):
-    pass
-
-
-class _TLSHandshakeExpired(Exception):
-    """The handshake timeout passed before the TLS handshake finished (no ``bye:`` can be sent in clear)."""
 
 
 class Host(Protocol):
@@ -304,7 +274,7 @@ class Connection:
             stats.notices += conversation.notices_queued - self._notices_counted
             # After ':q' with nothing unread a plain close sends a FIN, not a reset: the lingering (a shutdown, a
             # wait and a read per connection) is skipped, and connection churn is mostly such closes.
-            polite = reason is CloseReason.QUIT and self.server.tls is None and _unread_bytes(self.sock) == 0
+            polite = reason is CloseReason.QUIT and self.server.tls is None and unread_bytes(self.sock) == 0
             if not polite:
                 linger_close(self.sock, linger)
         text = str(reason.value) if reason is not None else "closed"
@@ -477,11 +447,3 @@ class Connection:
         if self._timeout is not None:
             self._timeout.close()
             self._timeout = None
-
-
-def _unread_bytes(sock: GeventSocket) -> int:
-    """Bytes received on ``sock`` and not yet read (FIONREAD); -1 if the kernel will not say."""
-    try:
-        return int(struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0\0\0\0"))[0])
-    except OSError:
-        return -1
