@@ -1,0 +1,364 @@
+"""The machinery under :class:`~geventchat.chat.redis_rooms.RedisRooms`: the connection pool and Lua scripts, the one
+subscription connection and its listener greenlet (fan-out once per server and room, private lines to a server's
+channel, reconnection with back-off and restoring what an empty Redis lost), and presence (heartbeat, sweeping dead
+servers). The rooms rules themselves (nick, join, who, …) are in :mod:`geventchat.chat.redis_rooms`; the design is
+described there.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+from collections import Counter
+from typing import Any
+
+import gevent
+import gevent.event
+import gevent.lock
+import redis
+from redis.commands.core import Script
+from redis.exceptions import RedisError
+
+from ..protocol.chat import (
+    info_left,
+    name_key,
+)
+from ..protocol.errors import LocalProtocolError
+from . import _redis_scripts as scripts
+from ._gevent_redis import GeventConnection, connection_pool
+from .rooms import DEFAULT_MAX_ROOMS, Member
+
+__all__ = ["BrokerUnavailable", "RedisBackbone"]
+
+log = logging.getLogger("geventchat.chat")
+
+#: Reconnection back-off of the listener: first wait, and the cap it doubles up to.
+BACKOFF_FIRST = 0.1
+BACKOFF_CAP = 5.0
+#: How long the listener waits for a message before looking at its state again (stop, lost broker).
+_LISTEN_SLICE = 1.0
+
+
+class BrokerUnavailable(Exception):
+    """Redis did not answer (ours to report as ``error: rooms unavailable``; not the client's fault)."""
+
+
+class _Seat:
+    __slots__ = ("id", "nick", "room", "room_name")
+
+    def __init__(self, member_id: str, nick: str) -> None:
+        self.id = member_id
+        self.nick = nick
+        self.room: str | None = None  # room key
+        self.room_name = ""  # display form
+
+
+class RedisBackbone:
+    """Redis connections, subscriptions, the listener and presence for one server (see the module docstring);
+    :class:`~geventchat.chat.redis_rooms.RedisRooms` adds the room service on top."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        server_id: str,
+        presence_ttl: float = 10.0,
+        max_rooms: int = DEFAULT_MAX_ROOMS,
+        timeout: float = 2.0,
+        prefix: str = "geventchat:",
+    ) -> None:
+        if max_rooms < 1:
+            raise ValueError(f"max_rooms must be at least 1, not {max_rooms}")
+        if presence_ttl <= 0:
+            raise ValueError(f"presence_ttl must be positive, not {presence_ttl}")
+        if not server_id or "/" in server_id or " " in server_id:
+            raise ValueError(f"server_id must be non-empty without '/' or spaces, not {server_id!r}")
+        self.server_id = server_id
+        self.presence_ttl = presence_ttl
+        self.max_rooms = max_rooms
+        self.timeout = timeout
+        self._prefix = prefix
+        self._pool = connection_pool(url, timeout=timeout)
+        self._redis = redis.Redis(connection_pool=self._pool)
+        self._scripts: dict[str, Script] = {
+            name: self._redis.register_script(getattr(scripts, name))
+            for name in ("CONNECT", "NICK", "JOIN", "LEAVE", "PART", "WHO", "ROOMS", "SWEEP", "RESTORE")
+        }
+        self._seats: dict[Member, _Seat] = {}
+        self._by_id: dict[str, Member] = {}
+        self._local_rooms: dict[str, dict[Member, None]] = {}  # room key -> this server's members in it
+        self._joining: Counter[str] = Counter()  # room key -> joins in flight on this server
+        self._ids = itertools.count(1)
+        self._server_channel = f"{prefix}srv:{server_id}".encode()
+        # The subscription connection: only the listener reads it; writers (SUBSCRIBE from connection greenlets)
+        # take the lock so two commands never interleave on the wire.
+        self._sub: GeventConnection | None = None
+        self._sub_write = gevent.lock.Semaphore()
+        self._confirmed: dict[tuple[bytes, bytes], gevent.event.Event] = {}  # (command, channel) -> confirmed
+        self._subscribed: set[bytes] = set()
+        self._pending_parts: list[str] = []  # member ids parted while the broker was down
+        self._barriers: dict[str, gevent.event.Event] = {}
+        self._barrier_ids = itertools.count(1)
+        self._available = False
+        self._lost_logged = False
+        self._ready = gevent.event.Event()
+        self._greenlets: list[Any] = []
+        self._running = False
+
+    # -- lifecycle
+
+    def start(self, wait: float | None = None) -> None:
+        """Start the listener and the presence greenlet. With ``wait``, block up to that many seconds until the
+        broker answered once (raises :class:`BrokerUnavailable` if not); without, rooms answer ``unavailable``
+        until it does."""
+        if self._running:
+            raise LocalProtocolError("start() called twice")
+        self._running = True
+        self._greenlets = [gevent.spawn(self._listen), gevent.spawn(self._presence)]
+        if wait is not None and not self._ready.wait(wait):
+            raise BrokerUnavailable(f"redis did not answer within {wait}s")
+
+    def kill(self) -> None:
+        """Stop every greenlet and drop the connections without telling Redis anything (as a crash would)."""
+        self._running = False
+        gevent.killall(self._greenlets)
+        self._greenlets = []
+        self._drop_subscription()
+        self._pool.disconnect()
+        self._available = False
+
+    def barrier(self, timeout: float = 5.0) -> None:
+        """Return once this server's listener has handled every line published before the call (publishes a token
+        to this server's own channel and waits for it: Redis delivers a subscriber's messages in order). Raises
+        :class:`BrokerUnavailable` if it does not come back within ``timeout``."""
+        token = f"barrier-{next(self._barrier_ids)}"
+        event = self._barriers[token] = gevent.event.Event()
+        try:
+            self._redis.publish(self._server_channel, f"! {token}".encode())
+            if not event.wait(timeout):
+                raise BrokerUnavailable(f"barrier {token} not back within {timeout}s")
+        except RedisError as error:
+            raise BrokerUnavailable(str(error)) from error
+        finally:
+            del self._barriers[token]
+
+    # -- internals: Redis calls
+
+    def _key(self, name: str) -> str:
+        return self._prefix + name
+
+    def _call(self, script: str, *args: str | int) -> Any:
+        if not self._available:
+            raise BrokerUnavailable("broker lost; the listener is reconnecting")
+        try:
+            return self._scripts[script](keys=[], args=[self._prefix, *args])
+        except RedisError as error:
+            self._lost(error)
+            raise BrokerUnavailable(str(error)) from error
+
+    def _lost(self, error: BaseException | str) -> None:
+        """Note the broker is gone: methods answer ``unavailable`` and the listener reconnects. Logged once."""
+        self._available = False
+        if not self._lost_logged:
+            self._lost_logged = True
+            log.warning("redis broker lost (%s): rooms unavailable, reconnecting", error)
+        self._drop_subscription()
+
+    def _seat(self, member: Member) -> _Seat:
+        seat = self._seats.get(member)
+        if seat is None:
+            raise LocalProtocolError("the member is not connected (connect() first, nothing after part())")
+        return seat
+
+    # -- internals: fan-out
+
+    def _room_channel(self, key: str) -> bytes:
+        return f"{self._prefix}room:{key}".encode()
+
+    def _broadcast(self, room: str, sender: Member | None, line: bytes) -> bool:
+        """``line`` to every member of ``room`` but ``sender``: this server's at once, the others' through one
+        publish. Returns False if the publish failed (the local members got it)."""
+        self._deliver_local(room, sender, line)
+        if not self._available:
+            return False
+        try:
+            self._redis.publish(self._room_channel(room), self.server_id.encode() + b" " + line)
+        except RedisError as error:
+            self._lost(error)
+            return False
+        return True
+
+    def _deliver_local(self, room: str, sender: Member | None, line: bytes) -> None:
+        members = self._local_rooms.get(room)
+        if not members:
+            return
+        for other in tuple(members):  # a delivery may part a member (its outbox overflowed)
+            if other is not sender and other in members:
+                other.deliver(line)
+
+    def _drop_local(self, member: Member, room: str) -> None:
+        members = self._local_rooms.get(room)
+        if members is not None:
+            members.pop(member, None)
+        self._maybe_unsubscribe(room)
+
+    def _need_room(self, key: str) -> None:
+        """Subscribe to the room's channel unless already subscribed; returns once Redis confirmed it."""
+        channel = self._room_channel(key)
+        if channel in self._subscribed:
+            return
+        self._send_subscription(b"SUBSCRIBE", channel)
+
+    def _maybe_unsubscribe(self, key: str) -> None:
+        if self._local_rooms.get(key) or self._joining.get(key):
+            return
+        self._local_rooms.pop(key, None)
+        channel = self._room_channel(key)
+        if channel not in self._subscribed:
+            return
+        self._subscribed.discard(channel)
+        # If the broker is gone, the reconnected listener subscribes only the rooms still needed.
+        with contextlib.suppress(BrokerUnavailable):
+            self._send_subscription(b"UNSUBSCRIBE", channel, wait=False)
+
+    def _send_subscription(self, command: bytes, channel: bytes, *, wait: bool = True) -> None:
+        sub = self._sub
+        if sub is None or not self._available:
+            raise BrokerUnavailable("no subscription connection")
+        event = self._confirmed.setdefault((command.lower(), channel), gevent.event.Event())
+        event.clear()
+        try:
+            with self._sub_write:
+                sub.send_command(command, channel, check_health=False)
+        except (RedisError, OSError) as error:
+            self._lost(error)
+            raise BrokerUnavailable(str(error)) from error
+        if wait and not event.wait(self.timeout):
+            self._lost("no subscription confirmation")
+            raise BrokerUnavailable(f"{command.decode()} not confirmed within {self.timeout}s")
+
+    def _drop_subscription(self) -> None:
+        sub, self._sub = self._sub, None
+        self._subscribed.clear()
+        if sub is not None:
+            sub.disconnect()
+
+    # -- internals: the listener
+
+    def _listen(self) -> None:
+        backoff = BACKOFF_FIRST
+        while self._running:  # bounded by stop()/kill(); each pass waits at least a back-off or a read slice
+            try:
+                self._open_subscription()
+                backoff = BACKOFF_FIRST
+                self._read_messages()
+            except (RedisError, OSError, BrokerUnavailable) as error:
+                self._lost(error)
+            if self._running:
+                gevent.sleep(backoff)
+                backoff = min(backoff * 2, BACKOFF_CAP)
+
+    def _open_subscription(self) -> None:
+        sub = GeventConnection(**self._pool.connection_kwargs)
+        sub.connect()
+        channels = [self._server_channel, *(self._room_channel(key) for key in self._local_rooms)]
+        sub.send_command(b"SUBSCRIBE", *channels, check_health=False)
+        for _ in channels:
+            reply = sub.read_response(disconnect_on_error=False)
+            self._subscribed.add(reply[1])
+        was_lost = self._lost_logged
+        self._sub = sub
+        self._available = True
+        self._restore()
+        self._heartbeat()
+        self._ready.set()
+        if was_lost:
+            self._lost_logged = False
+            log.warning("redis broker back: rooms available again")
+
+    def _read_messages(self) -> None:
+        while self._running and self._sub is not None:  # one message per pass; a read waits at most a slice
+            sub = self._sub
+            try:
+                reply = sub.read_response(timeout=_LISTEN_SLICE, disconnect_on_error=False)
+            except redis.exceptions.TimeoutError:
+                continue
+            kind, channel = reply[0], reply[1]
+            if kind == b"message":
+                self._dispatch(channel, reply[2])
+            elif kind in (b"subscribe", b"unsubscribe"):
+                # Replies come in the order the commands were sent, so the last one leaves the right state.
+                if kind == b"subscribe":
+                    self._subscribed.add(channel)
+                else:
+                    self._subscribed.discard(channel)
+                event = self._confirmed.pop((kind, channel), None)
+                if event is not None:
+                    event.set()
+
+    def _dispatch(self, channel: bytes, payload: bytes) -> None:
+        origin, _, line = payload.partition(b" ")
+        if channel == self._server_channel:
+            if origin == b"!":
+                event = self._barriers.get(line.decode())
+                if event is not None:
+                    event.set()
+                return
+            member = self._by_id.get(origin.decode())
+            if member is not None:
+                member.deliver(line)
+            return
+        if origin == self.server_id.encode():
+            return  # delivered locally when it was sent
+        key = channel.decode()[len(self._prefix) + len("room:") :]
+        self._deliver_local(key, None, line)
+
+    def _restore(self) -> None:
+        """Put back in Redis what a restart may have lost, and remove what was parted while it was down."""
+        for member_id in self._pending_parts:
+            self._scripts["PART"](keys=[], args=[self._prefix, self.server_id, member_id])
+        self._pending_parts.clear()
+        for seat in self._seats.values():
+            args = [self._prefix, self.server_id, seat.id, name_key(seat.nick), seat.nick]
+            args += [seat.room or "", seat.room_name]
+            if not self._scripts["RESTORE"](keys=[], args=args):
+                log.warning("nick %s was taken while the broker was down: not reachable by :msg", seat.nick)
+
+    # -- internals: presence
+
+    def _heartbeat(self) -> None:
+        self._redis.set(self._key(f"alive:{self.server_id}"), b"1", px=int(self.presence_ttl * 1000))
+        self._redis.sadd(self._key("servers"), self.server_id)
+
+    def _presence(self) -> None:
+        while self._running:  # bounded by stop()/kill()
+            gevent.sleep(self.presence_ttl / 3)
+            if not self._available:
+                continue
+            try:
+                self._heartbeat()
+                self._sweep()
+            except RedisError as error:
+                self._lost(error)
+            except BrokerUnavailable:
+                pass  # _call() noted it
+
+    def _sweep(self) -> None:
+        for raw in self._redis.smembers(self._key("servers")):
+            dead = _text(raw)
+            if dead == self.server_id or self._redis.exists(self._key(f"alive:{dead}")):
+                continue
+            lock = self._key(f"sweep:{dead}")
+            if not self._redis.set(lock, self.server_id.encode(), nx=True, px=int(self.presence_ttl * 1000)):
+                continue  # another survivor sweeps it
+            gone = self._call("SWEEP", dead)
+            for i in range(0, len(gone), 3):
+                nick, display, key = (part.decode() for part in gone[i : i + 3])
+                self._broadcast(key, None, info_left(nick, display, "server lost"))
+            log.warning("server %s lost: %d members in rooms announced as left", dead, len(gone) // 3)
+
+
+def _text(value: bytes | str) -> str:
+    """A reply as text (the pool does not decode: room lines are bytes end to end)."""
+    return value.decode() if isinstance(value, bytes) else value
