@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import argparse
 import importlib.metadata
-import math
-from collections.abc import Callable
 
 from . import __version__
+from ._argtypes import HelpFormatter, integer, non_negative, positive
 from .config import (
     DEFAULT_GREETING,
     DEFAULT_PORT,
@@ -55,56 +54,6 @@ def version_line() -> str:
     return f"geventchat {package_version()}"
 
 
-def _number(minimum: float, *, inclusive: bool) -> Callable[[str], float]:
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-        if not math.isfinite(value) or value < minimum or (value == minimum and not inclusive):
-            bound = f">= {minimum:g}" if inclusive else f"> {minimum:g}"
-            raise argparse.ArgumentTypeError(f"{text!r} must be a finite number {bound}")
-        return value
-
-    return parse
-
-
-def _integer(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-        if value < minimum or (maximum is not None and value > maximum):
-            upper = f" and <= {maximum}" if maximum is not None else ""
-            raise argparse.ArgumentTypeError(f"{text!r} must be >= {minimum}{upper}")
-        return value
-
-    return parse
-
-
-_positive = _number(0, inclusive=False)
-_non_negative = _number(0, inclusive=True)
-
-
-class _HelpFormatter(argparse.HelpFormatter):
-    """Ends each option's help with its default, once.
-
-    argparse's ArgumentDefaultsHelpFormatter appends ``(default: %(default)s)`` even when the help already states
-    the default in words, and shows ``None`` for options that are off unless given. Here a help that states its
-    own ``(default: ...)`` is left alone, a flag says ``(default: off)``, and an option whose default is None must
-    say in its help what that means (tests/test_cli.py checks every option).
-    """
-
-    def _get_help_string(self, action: argparse.Action) -> str | None:
-        text = action.help or ""
-        if "(default:" in text or not action.option_strings or action.default in (None, argparse.SUPPRESS):
-            return text
-        if action.nargs == 0:  # store_true: the flag is off unless given
-            return f"{text} (default: off)"
-        return f"{text} (default: %(default)s)"
-
-
 def command_parser() -> argparse.ArgumentParser:
     """The ``geventchat`` parser: ``--version`` and one subparser per command in :data:`COMMANDS`.
 
@@ -124,7 +73,7 @@ def command_parser() -> argparse.ArgumentParser:
         help="run the server (the default command)",
         description="Run the geventchat server (one greenlet per client).",
         epilog=ENVIRONMENT_HELP,
-        formatter_class=_HelpFormatter,
+        formatter_class=HelpFormatter,
     )
     _add_server_options(serve)
     client = commands.add_parser(
@@ -132,7 +81,7 @@ def command_parser() -> argparse.ArgumentParser:
         help="talk to a server, interactively or from a pipe",
         description="Talk to a geventchat server. Interactive on a terminal (':q' or Ctrl-D quits); with piped "
         "input, sends each line, prints each reply, and sends ':q' at the end.",
-        formatter_class=_HelpFormatter,
+        formatter_class=HelpFormatter,
     )
     _add_client_options(client)
     check = commands.add_parser(
@@ -140,7 +89,7 @@ def command_parser() -> argparse.ArgumentParser:
         help="health check: exit 0 if a server greets, 1 if not",
         description="Exit 0 if a geventchat server at HOST:PORT greets within the timeout, else print why and exit "
         "1 (for container and load-balancer health checks; also 'python -m geventchat.healthcheck [HOST [PORT]]').",
-        formatter_class=_HelpFormatter,
+        formatter_class=HelpFormatter,
     )
     _add_check_options(check)
     commands.add_parser(
@@ -192,18 +141,18 @@ def _add_server_options(parser: argparse.ArgumentParser) -> None:
 def _add_network_options(parser: argparse.ArgumentParser, defaults: ServerConfig) -> None:
     net = parser.add_argument_group("network")
     net.add_argument("--host", default=defaults.host, help="address to bind (loopback unless you say otherwise)")
-    net.add_argument("--port", type=_integer(0, 65535), default=DEFAULT_PORT, help="TCP port; 0 picks a free one")
-    net.add_argument("--backlog", type=_integer(1), default=defaults.backlog, help="listen backlog")
+    net.add_argument("--port", type=integer(0, 65535), default=DEFAULT_PORT, help="TCP port; 0 picks a free one")
+    net.add_argument("--backlog", type=integer(1), default=defaults.backlog, help="listen backlog")
     net.add_argument(
         "--max-connections",
-        type=_integer(1),
+        type=integer(1),
         default=None,
         help="clients served at once; the next gets 'bye: server full' "
         f"(default: the open-file limit less headroom, here {defaults.connection_limit})",
     )
     net.add_argument(
         "--workers",
-        type=_integer(0),
+        type=integer(0),
         default=1,
         help="worker processes sharing the port (SO_REUSEPORT) under a supervising parent; 0 = one per CPU. "
         "--max-connections applies to each worker. SIGHUP replaces the workers gracefully, SIGTTIN adds one, "
@@ -211,7 +160,7 @@ def _add_network_options(parser: argparse.ArgumentParser, defaults: ServerConfig
     )
     net.add_argument(
         "--worker-timeout",
-        type=_non_negative,
+        type=non_negative,
         default=30.0,
         help="with --workers: seconds a worker may miss its heartbeat before the supervisor kills and replaces it "
         "(0 = never)",
@@ -237,15 +186,15 @@ def _add_protocol_options(parser: argparse.ArgumentParser, protocol: ProtocolCon
     conv.add_argument("--prefix", default=DEFAULT_PREFIX, help="text put before each echoed message")
     conv.add_argument(
         "--default-timeout",
-        type=_positive,
+        type=positive,
         default=protocol.default_timeout,
         help="idle timeout (s) until the client negotiates one, or if its request is invalid",
     )
-    conv.add_argument("--min-timeout", type=_positive, default=protocol.min_timeout, help="smallest idle timeout (s)")
-    conv.add_argument("--max-timeout", type=_positive, default=protocol.max_timeout, help="largest idle timeout (s)")
+    conv.add_argument("--min-timeout", type=positive, default=protocol.min_timeout, help="smallest idle timeout (s)")
+    conv.add_argument("--max-timeout", type=positive, default=protocol.max_timeout, help="largest idle timeout (s)")
     conv.add_argument(
         "--max-line",
-        type=_integer(1),
+        type=integer(1),
         default=protocol.max_line,
         help="longest line in bytes; longer lines close the connection",
     )
@@ -268,13 +217,13 @@ def _add_chat_options(parser: argparse.ArgumentParser, chat: ChatConfig) -> None
     )
     group.add_argument(
         "--room-rate",
-        type=_non_negative,
+        type=non_negative,
         default=chat.room_rate,
         help="messages per second one client may send into rooms and privately (burst twice as many; 0 = unlimited)",
     )
     group.add_argument(
         "--send-queue",
-        type=_integer(1),
+        type=integer(1),
         default=chat.send_queue,
         help="bytes of room and private lines one member may have waiting; past it 'bye: too slow'",
     )
@@ -287,30 +236,30 @@ def _add_chat_options(parser: argparse.ArgumentParser, chat: ChatConfig) -> None
     )
     group.add_argument(
         "--presence-ttl",
-        type=_positive,
+        type=positive,
         default=chat.presence_ttl,
         help="with --redis: seconds after which a dead server's members are announced as left (server lost)",
     )
-    group.add_argument("--max-rooms", type=_integer(1), default=chat.max_rooms, help="rooms that may exist at once")
+    group.add_argument("--max-rooms", type=integer(1), default=chat.max_rooms, help="rooms that may exist at once")
 
 
 def _add_operations_options(parser: argparse.ArgumentParser, defaults: ServerConfig) -> None:
     ops = parser.add_argument_group("operations")
     ops.add_argument(
         "--grace",
-        type=_non_negative,
+        type=non_negative,
         default=defaults.grace,
         help="seconds clients get to leave after 'bye: server shutting down'",
     )
     ops.add_argument(
         "--linger",
-        type=_non_negative,
+        type=non_negative,
         default=defaults.linger,
         help="seconds a closing connection drains input so the client can read the last line",
     )
     ops.add_argument(
         "--stats-interval",
-        type=_non_negative,
+        type=non_negative,
         default=defaults.stats_interval,
         help="seconds between statistics lines at INFO (0 = off)",
     )
@@ -352,14 +301,14 @@ def _add_hardening_options(parser: argparse.ArgumentParser, defaults: ServerConf
     group = parser.add_argument_group("hardening")
     group.add_argument(
         "--max-per-ip",
-        type=_integer(1),
+        type=integer(1),
         default=None,
         help="connections one client address may hold at once; the next gets "
         "'bye: too many connections from your address' (default: no per-address cap)",
     )
     group.add_argument(
         "--handshake-timeout",
-        type=_positive,
+        type=positive,
         default=defaults.handshake_timeout,
         help="seconds a client has to send its idle-timeout line (and finish TLS) before 'bye: handshake timeout'",
     )
@@ -369,7 +318,7 @@ def _add_hardening_options(parser: argparse.ArgumentParser, defaults: ServerConf
     group.add_argument("--tls-key", default=None, help="PEM private key for --tls-cert (default: inside the cert file)")
     group.add_argument(
         "--metrics-port",
-        type=_integer(0, 65535),
+        type=integer(0, 65535),
         default=None,
         help="serve Prometheus metrics at http://METRICS_HOST:PORT/metrics (default: off; 0 picks a free port)",
     )
@@ -379,8 +328,8 @@ def _add_hardening_options(parser: argparse.ArgumentParser, defaults: ServerConf
 def _add_client_options(parser: argparse.ArgumentParser) -> None:
     _add_version(parser)
     parser.add_argument("--host", default="127.0.0.1", help="server address")
-    parser.add_argument("--port", type=_integer(1, 65535), default=DEFAULT_PORT, help="server port")
-    parser.add_argument("--timeout", type=_positive, default=60.0, help="idle timeout (s) to negotiate")
+    parser.add_argument("--port", type=integer(1, 65535), default=DEFAULT_PORT, help="server port")
+    parser.add_argument("--timeout", type=positive, default=60.0, help="idle timeout (s) to negotiate")
     parser.add_argument(
         "--framing",
         choices=[Framing.LINE.value, Framing.RAW.value],
@@ -388,8 +337,8 @@ def _add_client_options(parser: argparse.ArgumentParser) -> None:
         help="raw talks to an unframed server such as the original tutorial's",
     )
     parser.add_argument("--prefix", default=DEFAULT_PREFIX, help="the server's reply prefix")
-    parser.add_argument("--connect-timeout", type=_positive, default=5.0, help="seconds to connect and be greeted")
-    parser.add_argument("--reply-timeout", type=_positive, default=10.0, help="seconds to wait for each reply")
+    parser.add_argument("--connect-timeout", type=positive, default=5.0, help="seconds to connect and be greeted")
+    parser.add_argument("--reply-timeout", type=positive, default=10.0, help="seconds to wait for each reply")
     parser.add_argument("--tls", action="store_true", help="talk TLS, verifying the server against the system CAs")
     parser.add_argument(
         "--tls-ca",
@@ -401,8 +350,8 @@ def _add_client_options(parser: argparse.ArgumentParser) -> None:
 def _add_check_options(parser: argparse.ArgumentParser) -> None:
     _add_version(parser)
     parser.add_argument("--host", default="127.0.0.1", help="server address")
-    parser.add_argument("--port", type=_integer(1, 65535), default=DEFAULT_PORT, help="server port")
-    parser.add_argument("--timeout", type=_positive, default=2.0, help="seconds to connect and be greeted")
+    parser.add_argument("--port", type=integer(1, 65535), default=DEFAULT_PORT, help="server port")
+    parser.add_argument("--timeout", type=positive, default=2.0, help="seconds to connect and be greeted")
 
 
 def server_config(args: argparse.Namespace) -> ServerConfig:
