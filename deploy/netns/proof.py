@@ -1,11 +1,13 @@
-"""The proof: the compose services on the lab's hosts, then two Locust runs through HAProxy.
+"""The proof: the compose services on the lab's hosts, then two Locust runs and a chat through HAProxy.
 
 (0) The operator's side of compose: the lb's health check passes, HAProxy's statistics page is absent without a
 password, and every port Prometheus scrapes serves metrics on each server host. (1) A short headless run ends with
 zero failures, both server hosts served clients, and the servers logged the worker hosts' addresses (the PROXY
-protocol), not the load balancer's. (2) A second run in which server host 1 is killed midway: HAProxy's health
-checks mark it DOWN and every later connection goes to server host 2. :func:`run` builds the lab, proves, and tears
-everything down whatever happened.
+protocol), not the load balancer's. Chat clients (:mod:`.chat`) in shared rooms: every room line delivered, some
+between server hosts (through Redis on its own host). (2) A second run in which server host 1 is killed midway:
+HAProxy's health checks mark it DOWN, every later connection goes to server host 2, and server host 2's room members
+are told ``(server lost)`` for server host 1's. :func:`run` builds the lab, proves, and tears everything down
+whatever happened.
 """
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ HOST_SERVICE = {
     "worker1": "locust-worker",
     "worker2": "locust-worker",
 }
-#: Compose services no host plays, and why. The proof is about traffic (HAProxy, the servers, Locust); a service
+#: Compose services no host plays, and why. The proof is about traffic (HAProxy, the servers, Redis, Locust); a service
 #: not listed here or in HOST_SERVICE makes :func:`~.compose.plan_hosts` refuse, so a new one is a decision.
 NOT_IN_THE_PROOF = {
     "prometheus": "it only reads the servers' metrics and carries no chat traffic; its targets are checked "
