@@ -24,6 +24,7 @@ import yaml
 
 from deploy.netns.compose import (
     PROOF_ONLY_MASTER_ARGS,
+    PROOF_ONLY_REDIS_ARGS,
     ServicePlan,
     interpolate,
     load_compose,
@@ -35,13 +36,13 @@ from deploy.netns.compose import (
 )
 from deploy.netns.dns import dns_answer
 from deploy.netns.lab import Unavailable, check_available
-from deploy.netns.proof import server_seen
+from deploy.netns.proof import connected_ports, server_seen
 from deploy.netns.topology import DOCKER_DNS, HAPROXY_ADMIN, HOST_SERVICE, NOT_IN_THE_PROOF, host_address
 from geventchat.config import ServerConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 HAPROXY_CFG = (ROOT / "deploy" / "haproxy.cfg").read_text()
-SERVICES = {"server", "lb", "locust-master", "locust-worker", "prometheus"}
+SERVICES = {"server", "lb", "locust-master", "locust-worker", "prometheus", "redis"}
 
 
 def option(argv: tuple[str, ...], name: str) -> str:
@@ -99,6 +100,13 @@ def test_services_and_their_defaults(compose: dict[str, Any]) -> None:
     assert tuned["locust-master"].environment["LOCUST_USERS"] == "7"
     assert option(tuned["server"].command, "--workers") == "3"
     assert tuned["locust-worker"].replicas == 5 and tuned["locust-master"].environment["LOCUST_EXPECT_WORKERS"] == "5"
+    # The servers share rooms through the redis service, which keeps nothing on disk.
+    assert option(server, "--redis") == "redis://redis:6379/0"
+    assert option(server, "--presence-ttl") == "10"
+    assert option(plan_services(compose, {"SERVER_PRESENCE_TTL": "2"})["server"].command, "--presence-ttl") == "2"
+    redis = services["redis"].command
+    assert redis[0] == "redis-server" and option(redis, "--save") == "" and option(redis, "--appendonly") == "no"
+    assert services["redis"].replicas == 1
 
 
 def test_every_load_tester_option_in_compose_exists(compose: dict[str, Any]) -> None:
@@ -138,6 +146,13 @@ def test_ports_agree_across_compose_haproxy_and_locust(compose: dict[str, Any]) 
     assert services["locust-master"].environment["LOCUST_HOST"] == f"lb:{lb_port}"
     stats = re.search(r"^frontend stats\n(?:.*\n)*?\s+bind :(\d+)", HAPROXY_CFG, re.MULTILINE)
     assert stats is not None and int(stats.group(1)) in services["lb"].ports
+    # The servers' broker is the redis service, on the port it listens on and its health check asks.
+    broker = re.fullmatch(r"redis://redis:(\d+)/\d+", option(services["server"].command, "--redis"))
+    assert broker is not None
+    redis_port = int(broker.group(1))
+    assert redis_port in services["redis"].ports
+    assert int(option(services["redis"].command, "--port")) == redis_port
+    assert option(services["redis"].healthcheck, "-p") == str(redis_port)
     dockerfile = (ROOT / "Dockerfile").read_text()
     exposed = {int(p) for line in re.findall(r"^EXPOSE (.+)$", dockerfile, re.MULTILINE) for p in line.split()}
     assert {server_port, 8089} <= exposed
@@ -205,6 +220,8 @@ def test_compose_durations_are_read_as_compose_reads_them() -> None:
 def test_services_start_after_their_dependencies_are_healthy(compose: dict[str, Any]) -> None:
     specs = compose["services"]
     # HAProxy after every server greets; Locust after HAProxy routes; the workers after the master has started.
+    # The servers after Redis answers (a server without its broker would answer room commands with an error).
+    assert specs["server"]["depends_on"] == {"redis": {"condition": "service_healthy"}}
     assert specs["lb"]["depends_on"] == {"server": {"condition": "service_healthy"}}
     assert specs["locust-master"]["depends_on"] == {"lb": {"condition": "service_healthy"}}
     assert specs["locust-worker"]["depends_on"] == {"locust-master": {"condition": "service_started"}}
@@ -215,7 +232,7 @@ def test_services_start_after_their_dependencies_are_healthy(compose: dict[str, 
         for dependency, how in (spec.get("depends_on") or {}).items()
         if how["condition"] == "service_healthy"
     }
-    assert waited_on == {"server", "lb"}
+    assert waited_on == {"redis", "server", "lb"}
     for name in waited_on:  # a service_healthy wait on a service with no health check would never end
         assert plans[name].healthcheck, name
     # The server's check is the image's, stated in compose (the Dockerfile's HEALTHCHECK runs the same command).
@@ -228,6 +245,7 @@ def test_services_start_after_their_dependencies_are_healthy(compose: dict[str, 
     host, port = HAPROXY_ADMIN
     assert f"/dev/tcp/{host}/{port}" in plans["lb"].healthcheck[-1]
     assert "servers,BACKEND," in plans["lb"].healthcheck[-1]
+    assert plans["redis"].healthcheck[0] == "redis-cli" and plans["redis"].healthcheck[-1] == "ping"
 
 
 def test_stop_grace_outlasts_the_server_drain(compose: dict[str, Any]) -> None:
@@ -247,6 +265,7 @@ def test_restart_policies(compose: dict[str, Any]) -> None:
     # Long-running services come back after a crash or a daemon restart; a load test is a run, not a service.
     assert restart == {
         "server": "unless-stopped",
+        "redis": "unless-stopped",
         "lb": "unless-stopped",
         "prometheus": "unless-stopped",
         "locust-master": "no",
@@ -404,14 +423,20 @@ def test_the_proof_runs_the_compose_commands_with_only_names_replaced(compose: d
         if command.service == "lb":
             assert command.argv == ("haproxy", "-db", "-f", str(ROOT / "deploy" / "haproxy.cfg"))
             continue
-        expected = tuple(names.get(part, part) for part in spec.command)
+        broker = f"redis://{host_address('redis')}:"
+        expected = tuple(names.get(part, part).replace("redis://redis:", broker) for part in spec.command)
         if command.service == "locust-master":
             expected += (PROOF_ONLY_MASTER_ARGS[0], "out")
+        if command.service == "redis":
+            expected += tuple(part.format(address=host_address("redis")) for part in PROOF_ONLY_REDIS_ARGS)
         assert command.argv == expected, host
         assert command.environment == {
             key: value.replace("lb:", f"{names['lb']}:") for key, value in spec.environment.items()
         }, host
     assert hosts["worker1"].argv[-2:] == ("--master-host", host_address("master"))
+    assert option(hosts["server1"].argv, "--redis") == f"redis://{host_address('redis')}:6379/0"
+    assert option(hosts["redis"].argv, "--bind") == host_address("redis")
+    assert option(hosts["server1"].argv, "--presence-ttl") == variables["SERVER_PRESENCE_TTL"]
     # The proof is the headless profile plus a short run and DEBUG server logs, nothing else.
     headless = read_env_file(ROOT / "deploy" / "headless.env")
     assert headless["LOCUST_HEADLESS"] == "true" and headless["LOCUST_AUTOSTART"] == "false"
@@ -421,6 +446,7 @@ def test_the_proof_runs_the_compose_commands_with_only_names_replaced(compose: d
         "LOCUST_USERS",
         "LOCUST_SPAWN_RATE",
         "LOCUST_EXPECT_WORKERS_MAX_WAIT",
+        "SERVER_PRESENCE_TTL",
     }
     assert option(hosts["server1"].argv, "--log-level") == "DEBUG"
 
@@ -458,6 +484,7 @@ def test_docker_compose_config_validates_and_agrees_with_our_interpolation(
         check = rendered[name].get("healthcheck", {})
         assert (tuple(check["test"][1:]) if "test" in check and not check.get("disable") else ()) == plan.healthcheck
     # docker-compose accepts the start order and reads it as we do.
+    assert rendered["server"]["depends_on"] == {"redis": {"condition": "service_healthy"}}
     assert rendered["lb"]["depends_on"] == {"server": {"condition": "service_healthy"}}
     assert rendered["locust-master"]["depends_on"] == {"lb": {"condition": "service_healthy"}}
 
@@ -534,6 +561,16 @@ def test_namespace_proof(tmp_path: Path) -> None:
     after_down = report["failover"]["new_connections_after_down"]
     assert after_down["server1"] == 0 and after_down["server2"] > 0
     assert report["failover"]["victim_status_end"].startswith("DOWN")
+    # Chat through Redis on its own host: each room had members on both server hosts, every room line reached every
+    # other member (none lost or doubled), and some went from one server host to the other.
+    chat = report["chat"]
+    assert chat["clients_per_host"]["server1"] > 0 and chat["clients_per_host"]["server2"] > 0
+    assert chat["expected"] > 0 and chat["delivered"] == chat["expected"] and chat["exact"]
+    assert chat["cross_host"] > 0
+    # Server host 1 killed: server host 2's members got every '(server lost)' notice, within the TTL's bound.
+    lost = report["server_lost"]
+    assert lost["expected"] > 0 and lost["received"] == lost["expected"] and lost["unexpected"] == 0
+    assert lost["presence_ttl"] == 2.0 and 0 < lost["latest_after_kill"] <= lost["bound"]
     assert report["leftovers"] == []
 
 
@@ -550,5 +587,6 @@ def test_server_logs_are_read_per_source_address() -> None:
         ]
     )
     seen = server_seen(log)
+    assert connected_ports(log, "10.231.0.22") == {40001} and connected_ports(log, "10.231.0.20") == set()
     assert seen.connections == {"10.231.0.10": 1, "10.231.0.21": 1, "10.231.0.22": 1}
     assert seen.messages == {"10.231.0.21": 1, "10.231.0.22": 1}

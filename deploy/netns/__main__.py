@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from . import __doc__ as about
+from .chat import main as chat_main
 from .compose import proof_variables
 from .dns import serve_dns
 from .lab import ProofFailed, Unavailable
@@ -23,6 +24,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args[:1] == ["dns"]:
         serve_dns(args[1], json.loads(args[2]))
         return 0
+    if args[:1] == ["chat"]:
+        return chat_main(args[1:])
     parser = argparse.ArgumentParser(
         prog="python -m deploy.netns", description=about.split("\n\n")[0] if about else None
     )

@@ -13,7 +13,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .topology import COMPOSE_FILE, HEADLESS_ENV, HOST_SERVICE, NOT_IN_THE_PROOF, ROOT, service_addresses
+from .topology import (
+    COMPOSE_FILE,
+    HEADLESS_ENV,
+    HOST_SERVICE,
+    NOT_IN_THE_PROOF,
+    ROOT,
+    host_address,
+    service_addresses,
+)
 
 #: Compose variables the proof sets on top of deploy/headless.env: a short run, and per-connection server logs
 #: (the DEBUG "connected" lines are where the real client addresses show).
@@ -23,9 +31,16 @@ PROOF_VARIABLES = {
     "LOCUST_SPAWN_RATE": "10",
     "LOCUST_RUN_TIME": "4s",
     "LOCUST_EXPECT_WORKERS_MAX_WAIT": "20",
+    # The failover phase waits for the survivors to announce server host 1's members '(server lost)'.
+    "SERVER_PRESENCE_TTL": "2",
 }
 #: Arguments the proof adds to the master's compose command, only to read the results back.
 PROOF_ONLY_MASTER_ARGS = ("--json-file",)
+#: Arguments the proof adds to the redis service's command: the image builds Redis with protected mode off (it
+#: answers other containers without a password); Debian's redis-server keeps it on and then drops every client not on
+#: loopback, so the proof turns it off as the image does, and binds to its host's address and to loopback (where the
+#: compose health check asks) only. ``{address}`` is the redis host's address.
+PROOF_ONLY_REDIS_ARGS = ("--protected-mode", "no", "--bind", "{address}", "127.0.0.1")
 
 _VARIABLE = re.compile(
     r"\$(?:\$|\{(?P<braced>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?[-?])(?P<arg>[^}]*))?\}|(?P<bare>[A-Za-z_][A-Za-z0-9_]*))"
@@ -145,8 +160,15 @@ def scrape_targets(services: Mapping[str, ServicePlan]) -> list[tuple[str, int]]
     ]
 
 
+_URL = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<host>[A-Za-z0-9_.-]+)(?P<rest>(?::\d+)?(?:/.*)?)")
+
+
 def _replace_service_names(text: str, names: Mapping[str, str]) -> str:
-    """``lb`` → ``10.231.0.10``, ``lb:8888`` → ``10.231.0.10:8888``; other strings unchanged."""
+    """``lb`` → ``10.231.0.10``, ``lb:8888`` → ``10.231.0.10:8888``, ``redis://redis:6379/0`` →
+    ``redis://10.231.0.30:6379/0``; other strings unchanged."""
+    url = _URL.fullmatch(text)
+    if url is not None and url.group("host") in names:
+        return url.group("scheme") + names[url.group("host")] + url.group("rest")
     host, sep, port = text.rpartition(":") if ":" in text else (text, "", "")
     if host in names and (not sep or port.isdigit()):
         return names[host] + sep + port
@@ -189,6 +211,8 @@ def plan_hosts(services: Mapping[str, ServicePlan], *, json_file: str = "locust"
             argv = tuple(_replace_service_names(part, names) for part in spec.command)
         if service == "locust-master":
             argv += (PROOF_ONLY_MASTER_ARGS[0], json_file)
+        if service == "redis":
+            argv += tuple(part.format(address=host_address(host)) for part in PROOF_ONLY_REDIS_ARGS)
         environment = {key: _replace_service_names(value, names) for key, value in spec.environment.items()}
         commands[host] = HostCommand(host, service, argv, environment)
     return commands

@@ -23,7 +23,8 @@ class ProofFailed(Exception):
 
 
 class Unavailable(Exception):
-    """This machine cannot run the proof (not root, no ``ip netns``, no haproxy): a reason to skip, not a failure."""
+    """This machine cannot run the proof (not root, no ``ip netns``, no haproxy or redis-server): a reason to skip,
+    not a failure."""
 
 
 def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -36,9 +37,9 @@ def check_available() -> None:
         raise Unavailable("network namespaces need Linux")
     if os.geteuid() != 0:
         raise Unavailable("creating network namespaces needs root")
-    for tool in ("ip", "haproxy"):
+    for tool in ("ip", "haproxy", "redis-server"):
         if shutil.which(tool) is None:
-            raise Unavailable(f"'{tool}' is not installed (Debian: apt-get install iproute2 haproxy)")
+            raise Unavailable(f"'{tool}' is not installed (Debian: apt-get install iproute2 haproxy redis-server)")
     name = f"gcprobe{os.getpid()}{secrets.token_hex(2)}"
     probe = _ip("netns", "add", name, check=False)
     if probe.returncode != 0:

@@ -1,11 +1,13 @@
-"""The proof: the compose services on the lab's hosts, then two Locust runs through HAProxy.
+"""The proof: the compose services on the lab's hosts, then two Locust runs and a chat through HAProxy.
 
 (0) The operator's side of compose: the lb's health check passes, HAProxy's statistics page is absent without a
 password, and every port Prometheus scrapes serves metrics on each server host. (1) A short headless run ends with
 zero failures, both server hosts served clients, and the servers logged the worker hosts' addresses (the PROXY
-protocol), not the load balancer's. (2) A second run in which server host 1 is killed midway: HAProxy's health
-checks mark it DOWN and every later connection goes to server host 2. :func:`run` builds the lab, proves, and tears
-everything down whatever happened.
+protocol), not the load balancer's. Chat clients (:mod:`.chat`) in shared rooms: every room line delivered, some
+between server hosts (through Redis on its own host). (2) A second run in which server host 1 is killed midway:
+HAProxy's health checks mark it DOWN, every later connection goes to server host 2, and server host 2's room members
+are told ``(server lost)`` for server host 1's. :func:`run` builds the lab, proves, and tears everything down
+whatever happened.
 """
 
 from __future__ import annotations
@@ -36,6 +38,13 @@ DEADLINE = 80
 FAILOVER_VARIABLES = {"LOCUST_USERS": "16", "LOCUST_SPAWN_RATE": "4", "LOCUST_RUN_TIME": "7s"}
 #: Seconds after starting the failover run's Locust processes (and once both servers have clients) to kill server1.
 FAILOVER_KILL_AFTER = 3.5
+#: The chat phase: rooms, members per room, lines each member sends (each member gets every other member's).
+CHAT_ROOMS, CHAT_MEMBERS, CHAT_MESSAGES = 2, 4, 5
+#: Seconds the chat clients stay connected after their exchange: through the failover run (7 s) and its notices.
+CHAT_WATCH = 40
+#: Seconds allowed on top of the servers' own bound (a dead server is announced at most presence_ttl * 4 / 3 after
+#: its last heartbeat, and that heartbeat was before the kill) for the notice to travel Redis → server → client.
+LOST_NOTICE_ALLOWANCE = 1.0
 
 
 #: Run on another host: ``probe.py HOST PORT [PATH]`` prints ``refused``, or the body of GET PATH (``open`` without
@@ -72,6 +81,13 @@ def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: 
 
 
 _CONNECTED = re.compile(r"geventchat\.server(?:\[\d+\])?: (\d+\.\d+\.\d+\.\d+):(\d+) connected$", re.MULTILINE)
+
+
+def connected_ports(text: str, address: str) -> set[int]:
+    """The source ports of the connections a server host's log shows from ``address``."""
+    return {int(m.group(2)) for m in _CONNECTED.finditer(text) if m.group(1) == address}
+
+
 _MESSAGE = re.compile(r"geventchat\.server(?:\[\d+\])?: (\d+\.\d+\.\d+\.\d+):\d+: MessageReceived", re.MULTILINE)
 
 
@@ -130,6 +146,22 @@ class Proof:
 
     def start_infrastructure(self) -> None:
         commands = self.commands()
+        # Compose's start order: Redis, then the servers once its health check passes.
+        redis = commands["redis"]
+        self.say(f"redis: {' '.join(redis.argv)}")
+        redis_process = self.lab.spawn("redis", "redis", redis.argv, redis.environment)
+        redis_check = plan_services(load_compose(), self.variables)["redis"].healthcheck
+
+        def redis_healthy() -> bool:
+            if redis_process.popen.poll() is not None:
+                raise ProofFailed(f"redis-server exited: {redis_process.text()[-2000:]}")
+            try:
+                return self.lab.exec_output("redis", redis_check).strip() == "PONG"
+            except ProofFailed:
+                return False
+
+        wait_for(redis_healthy, 10, "redis-server's compose health check")
+        self.say(f"redis: the compose health check passes ({' '.join(redis_check)})")
         records = {"server": service_addresses()["server"]}
         dns = self.lab.spawn(
             # The lab's processes run from the repository, so the package runs by its name there.
@@ -269,6 +301,112 @@ class Proof:
         self.report["steady_servers"] = per_server
         self.say("both server hosts served clients, and saw them by their real (worker host) addresses")
 
+    # -- chat
+
+    def chat_events(self, kind: str) -> list[dict[str, Any]]:
+        """The chat clients' JSON lines of ``kind`` so far; raises if they failed or exited without a word."""
+        events = [json.loads(line) for line in self.process("chat").text().splitlines() if line.startswith("{")]
+        failed = [e for e in events if e["event"] == "failed"]
+        if failed:
+            raise ProofFailed(f"the chat clients failed: {failed[0]['error']}")
+        return [e for e in events if e["event"] == kind]
+
+    def prove_chat(self) -> None:
+        """Chat clients through HAProxy join shared rooms and talk: every line reaches every other member of its
+        room (none lost), and some went from a client on one server host to a client on the other (through Redis).
+        Where each client landed: the server hosts log each connection's source address and port (the PROXY
+        protocol gives them the client's own), and the clients report their local ports."""
+        port = plan_services(load_compose(), self.variables)["lb"].ports[0]
+        argv = [sys.executable, "-m", "deploy.netns", "chat", host_address("lb"), str(port)]
+        argv += [str(n) for n in (CHAT_ROOMS, CHAT_MEMBERS, CHAT_MESSAGES, CHAT_WATCH)]
+        self.say(f"master: chat clients: {' '.join(argv[1:])}")
+        chat = self.lab.spawn("master", "chat", argv)
+
+        def delivered() -> list[dict[str, Any]]:
+            found = self.chat_events("delivered")
+            if not found and chat.popen.poll() is not None:
+                raise ProofFailed(f"the chat clients exited: {chat.text()[-2000:]}")
+            return found
+
+        (result,) = wait_for(delivered, 30, "the chat clients' exchange")
+        client_address = host_address("master")
+        ports = {host: connected_ports(self.process(host).text(), client_address) for host in ("server1", "server2")}
+        self.chat_hosts: dict[int, str] = {}
+        for client in result["clients"]:
+            hosts = [h for h, seen in ports.items() if client["port"] in seen]
+            if len(hosts) != 1:
+                who = f"chat client pc{client['index']} (port {client['port']})"
+                raise ProofFailed(f"server hosts {hosts} logged {who}")
+            self.chat_hosts[client["index"]] = hosts[0]
+        self.chat_rooms: dict[int, int] = {c["index"]: c["room"] for c in result["clients"]}
+        expected = sorted(
+            [sender, receiver]
+            for receiver, room in self.chat_rooms.items()
+            for sender, other in self.chat_rooms.items()
+            if other == room and sender != receiver
+            for _ in range(CHAT_MESSAGES)
+        )
+        deliveries = result["deliveries"]
+        cross = sum(1 for sender, receiver in deliveries if self.chat_hosts[sender] != self.chat_hosts[receiver])
+        per_host = {h: sorted(i for i, where in self.chat_hosts.items() if where == h) for h in ("server1", "server2")}
+        chat_report = self.report["chat"] = {
+            "clients_per_host": {h: len(members) for h, members in per_host.items()},
+            "expected": len(expected),
+            "delivered": len(deliveries),
+            "cross_host": cross,
+            "exact": sorted(deliveries) == expected,
+        }
+        self.say(
+            f"chat: {len(self.chat_rooms)} clients in {CHAT_ROOMS} rooms, on server1 {per_host['server1']}, on "
+            f"server2 {per_host['server2']}; {len(deliveries)} of {len(expected)} room lines delivered, {cross} of "
+            "them from a client on one server host to a client on the other (through Redis)"
+        )
+        if not chat_report["exact"]:
+            raise ProofFailed(f"room lines lost or duplicated: {len(deliveries)} delivered of {len(expected)}")
+        if cross <= 0:
+            raise ProofFailed(f"no room line crossed server hosts (clients per host {per_host})")
+
+    def prove_server_lost(self, killed_at: float) -> None:
+        """Server host 2's chat clients get ``info: NICK left #ROOM (server lost)`` for every member of their room
+        that was on server host 1, within the presence TTL's bound after the kill."""
+        ttl = float(self.variables["SERVER_PRESENCE_TTL"])
+        bound = ttl * 4 / 3 + LOST_NOTICE_ALLOWANCE
+        expected = {
+            (receiver, f"pc{victim}")
+            for receiver, host in self.chat_hosts.items()
+            if host == "server2"
+            for victim, where in self.chat_hosts.items()
+            if where == "server1" and self.chat_rooms[victim] == self.chat_rooms[receiver]
+        }
+        if not expected:
+            raise ProofFailed("no room had members on both server hosts: nothing to announce")
+
+        def all_notices() -> list[dict[str, Any]]:
+            events = self.chat_events("lost")
+            return events if expected <= {(e["receiver"], e["nick"]) for e in events} else []
+
+        wait_for(all_notices, max(0.5, killed_at + bound + 2 - time.monotonic()), "the '(server lost)' notices")
+        notices = self.chat_events("lost")
+        received = {(e["receiver"], e["nick"]) for e in notices}
+        latest = max(e["at"] - killed_at for e in notices)
+        self.report["server_lost"] = {
+            "expected": len(expected),
+            "received": len(received & expected),
+            "unexpected": len(received - expected),
+            "presence_ttl": ttl,
+            "latest_after_kill": round(latest, 2),
+            "bound": round(bound, 2),
+        }
+        self.say(
+            f"server lost: server2's chat clients got all {len(expected)} '(server lost)' notices for server1's "
+            f"members, the last {latest:.2f}s after the kill (presence TTL {ttl:g}s; bound ttl * 4/3 + "
+            f"{LOST_NOTICE_ALLOWANCE:g}s = {bound:.2f}s)"
+        )
+        if received - expected:
+            raise ProofFailed(f"'(server lost)' notices nobody should get: {sorted(received - expected)}")
+        if latest > bound:
+            raise ProofFailed(f"the last '(server lost)' notice came {latest:.2f}s after the kill, past {bound:.2f}s")
+
     def process(self, name: str) -> Process:
         return next(p for p in self.lab.processes if p.name == name)
 
@@ -280,6 +418,7 @@ class Proof:
             "failover", FAILOVER_VARIABLES, during=lambda: observed.update(self._kill_server1_midway(before))
         )
         failover = self.report["failover"] = self._failover_report(result, before, observed, marks)
+        self.prove_server_lost(self._killed_at)
         new_to_victim, new_to_survivor = failover["new_connections_after_down"].values()
         if new_to_victim != 0:
             raise ProofFailed(f"HAProxy still sent {new_to_victim} connections to the dead server1")
@@ -301,7 +440,7 @@ class Proof:
 
         wait_for(both_serving_for_a_while, 20, "the failover run to reach both servers")
         killed = self.lab.kill_host("server1")
-        killed_at = time.monotonic()
+        killed_at = self._killed_at = time.monotonic()
         self.say(f"killed server host 1 ({victim}): SIGKILL to its {killed} processes")
         wait_for(lambda: self.backend()[victim]["status"].startswith("DOWN"), 10, "HAProxy to mark server1 DOWN")
         detected = time.monotonic() - killed_at
@@ -413,6 +552,7 @@ def _run(variables: Mapping[str, str], *, keep_logs: bool, say: Callable[[str], 
         proof.start_infrastructure()
         proof.prove_operations()
         proof.prove_balanced_and_proxied()
+        proof.prove_chat()
         proof.prove_failover()
         failed = False
     finally:

@@ -14,8 +14,9 @@ HEADLESS_ENV = ROOT / "deploy" / "headless.env"
 SUBNET_PREFIX = "10.231.0"
 SUBNET_BITS = 24
 #: Host name → last octet; the compose service each host plays is in HOST_SERVICE.
-HOST_OCTET = {"lb": 10, "server1": 11, "server2": 12, "master": 20, "worker1": 21, "worker2": 22}
+HOST_OCTET = {"lb": 10, "server1": 11, "server2": 12, "master": 20, "worker1": 21, "worker2": 22, "redis": 30}
 HOST_SERVICE = {
+    "redis": "redis",
     "lb": "lb",
     "server1": "server",
     "server2": "server",
@@ -23,7 +24,7 @@ HOST_SERVICE = {
     "worker1": "locust-worker",
     "worker2": "locust-worker",
 }
-#: Compose services no host plays, and why. The proof is about traffic (HAProxy, the servers, Locust); a service
+#: Compose services no host plays, and why. The proof is about traffic (HAProxy, the servers, Redis, Locust); a service
 #: not listed here or in HOST_SERVICE makes :func:`~.compose.plan_hosts` refuse, so a new one is a decision.
 NOT_IN_THE_PROOF = {
     "prometheus": "it only reads the servers' metrics and carries no chat traffic; its targets are checked "
