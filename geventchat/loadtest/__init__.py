@@ -24,9 +24,18 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from .session import ChatSession
     from .settings import Settings
-    from .users import ChatUser, ChurnUser, GeventChatUser, IdleUser, TimeoutUser
+    from .users import ChatUser, ChurnUser, GeventChatUser, IdleUser, RoomUser, TimeoutUser
 
-__all__ = ["ChatSession", "ChatUser", "ChurnUser", "GeventChatUser", "IdleUser", "Settings", "TimeoutUser"]
+__all__ = [
+    "ChatSession",
+    "ChatUser",
+    "ChurnUser",
+    "GeventChatUser",
+    "IdleUser",
+    "RoomUser",
+    "Settings",
+    "TimeoutUser",
+]
 
 # Where each public name lives (the module is imported on first use).
 _HOMES = {
@@ -35,6 +44,7 @@ _HOMES = {
     "ChurnUser": "users",
     "GeventChatUser": "users",
     "IdleUser": "users",
+    "RoomUser": "users",
     "Settings": "settings",
     "TimeoutUser": "users",
 }
