@@ -12,9 +12,37 @@ import socket
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
+from geventchat.loadtest.rooms import FanoutTally, format_fanout, room_name
+from geventchat.loadtest.settings import BadSettings, Settings
 from geventchat.server import ChatServer
 
 from .test_loadtest_runs import ROOT, latency, locust_cli, run_users
+
+
+def test_rooms_are_filled_in_order_per_worker() -> None:
+    names = [room_name(0, n, 3) for n in range(7)]
+    assert names == ["lt0-1"] * 3 + ["lt0-2"] * 3 + ["lt0-3"]
+    assert room_name(1, 0, 3) == "lt1-1" != room_name(0, 0, 3)
+
+
+def test_fanout_tally_ships_deltas_and_the_master_adds_them_up() -> None:
+    worker, master = FanoutTally(), FanoutTally()
+    worker.sent, worker.expected, worker.delivered = 5, 10, 9
+    master.add_report(worker.take_report())
+    worker.sent, worker.expected, worker.delivered = 1, 2, 3  # after the report: counted afresh
+    master.add_report(worker.take_report())
+    assert worker.as_dict()["sent"] == 0
+    assert master.as_dict() == {"sent": 6, "expected": 12, "delivered": 12, "loss": 0, "loss_ratio": 0.0}
+    master.delivered = 9
+    assert format_fanout(master).endswith("loss 3 (25.00%)")
+
+
+def test_room_size_must_be_at_least_one() -> None:
+    assert Settings(room_size=1).room_size == 1
+    with pytest.raises(BadSettings, match="--gc-room-size"):
+        Settings(room_size=0)
 
 
 def test_room_users_report_fanout_and_deliver_every_expected_line(

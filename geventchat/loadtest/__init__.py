@@ -3,10 +3,10 @@
     from geventchat.loadtest import ChatUser, IdleUser   # the scenarios, or GeventChatUser to write your own
 
 and run ``locust -f your_locustfile.py --host tcp://HOST:PORT``. The repository's ``loadtest/locustfile.py`` is
-exactly that, with all four scenarios.
+exactly that, with all five scenarios.
 
 - :mod:`.users`: :class:`GeventChatUser` (abstract base) and the scenarios :class:`ChatUser`, :class:`IdleUser`,
-  :class:`ChurnUser`, :class:`TimeoutUser`; importing it installs the listeners (:mod:`.listeners`).
+  :class:`ChurnUser`, :class:`TimeoutUser`, :class:`RoomUser`; importing it installs the listeners (:mod:`.listeners`).
 - :mod:`.session`: :class:`ChatSession`, the client wrapper each user drives step by step.
 - :mod:`.settings` (the ``--gc-*`` options), :mod:`.target` (``--host``), :mod:`.latency` (µs histograms),
   :mod:`.failures` (failure causes), :mod:`.report` (the µs table, its files, the web UI page).

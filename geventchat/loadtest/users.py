@@ -1,4 +1,4 @@
-"""The Locust users: :class:`GeventChatUser`, the ``abstract = True`` base, and the four scenarios.
+"""The Locust users: :class:`GeventChatUser`, the ``abstract = True`` base, and the five scenarios.
 
 Put them in your own locustfile by importing them (Locust runs every non-abstract User class it finds there)::
 
