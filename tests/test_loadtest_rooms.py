@@ -72,7 +72,8 @@ def test_room_users_report_fanout_and_deliver_every_expected_line(
     assert fanout["count"] == by_step["fanout"]["requests"] and fanout["min"] <= fanout["p50"] <= fanout["max"]
     figures = summary["fanout"]
     # Two rooms of three: every message reaches the two other members.
-    assert figures["sent"] == by_step["echo"]["requests"]
+    # A message is counted as it goes: a user stopped while waiting for its echo has sent one without an echo row.
+    assert figures["sent"] - 6 <= by_step["echo"]["requests"] <= figures["sent"]
     assert figures["expected"] == 2 * figures["sent"]
     assert figures["delivered"] == figures["expected"] == by_step["fanout"]["requests"]
     assert figures["loss"] == 0

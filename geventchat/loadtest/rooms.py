@@ -10,7 +10,7 @@ reads every line: the sender's own echo replies (and ``ok:``/``error:`` lines) g
 room lines are recorded as step ``fanout``, ``info:`` lines keep the member count up to date.
 
 Delivered vs expected (:class:`FanoutTally`): a sender counts ``members - 1`` expected deliveries for each message
-when its echo arrives, with the member count it knows then (the ``ok: joined`` count, plus and minus the ``info:``
+as it sends it, with the member count it knows then (the ``ok: joined`` count, plus and minus the ``info:``
 joins and leaves since); a receiver counts each room line it reads. Both are exact while membership is stable,
 which is why a sender waits (up to ``--gc-reply-timeout``) for its room to fill before it starts, and stops sending
 when the test is stopping, before the users leave.
@@ -151,6 +151,10 @@ class RoomSession(ChatSession):
         message = f"m {self.ident} {self._sequence} {time.time_ns()}"
         self.busy = True
         started = self.last_sent = time.perf_counter()
+        # Counted before it goes: a user stopped while waiting for this echo has still sent a message the others
+        # will receive (and count) before they leave.
+        self.tally.sent += 1
+        self.tally.expected += max(self.members - 1, 0)
         try:
             client.send(message)
             reply = self._replies.get(timeout=self.settings.reply_timeout)
@@ -164,8 +168,6 @@ class RoomSession(ChatSession):
             return self._failed("echo", started, "wrong reply", f"server answered error: {reply.reason}")
         if not isinstance(reply, Reply) or reply.message != message:
             return self._failed("echo", started, "wrong reply", f"expected the echo, got {reply!r}")
-        self.tally.sent += 1
-        self.tally.expected += max(self.members - 1, 0)
         self._succeeded("echo", started, len(reply.text))
         self.busy = False
         return True
