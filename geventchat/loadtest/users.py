@@ -127,6 +127,10 @@ class TimeoutUser(GeventChatUser):
             session.await_idle_bye(settings.short_timeout, settings.tolerance)
 
 
+#: Seconds between RoomUser's looks at whether its room is full yet.
+_ROOM_POLL = 0.05
+
+
 class RoomUser(GeventChatUser):
     """Join a room of ``--gc-room-size`` members (rooms filled in order, ``lt<WORKER>-<K>``), then send
     ``m SENDER SEQ T_NS`` with ``--gc-think-time`` between messages, checking each echo (step ``echo``). Every
@@ -138,6 +142,12 @@ class RoomUser(GeventChatUser):
     def __init__(self, environment: Any) -> None:
         super().__init__(environment)
         self.room_session: RoomSession | None = None
+
+    def wait_time(self) -> float:
+        session = self.room_session
+        if session is not None and session.room and not session.may_speak():
+            return _ROOM_POLL  # waiting for the room to fill: not a busy loop, even with --gc-think-time 0
+        return self.settings.think_time
 
     def on_start(self) -> None:
         try:
