@@ -10,6 +10,6 @@ Locust runs every User class named in a locustfile. ``README.md`` ("Load testing
 
 from __future__ import annotations
 
-from geventchat.loadtest.locustfile import ChatUser, ChurnUser, IdleUser, TimeoutUser
+from geventchat.loadtest.locustfile import ChatUser, ChurnUser, IdleUser, RoomUser, TimeoutUser
 
-__all__ = ["ChatUser", "ChurnUser", "IdleUser", "TimeoutUser"]
+__all__ = ["ChatUser", "ChurnUser", "IdleUser", "RoomUser", "TimeoutUser"]

@@ -11,6 +11,7 @@ are passed to Locust's own parser, so every ``--gc-*`` option works. The JSON (o
      "causes": {"connect": {"connection refused": 17}, ...},
      "latency_us": [{"scenario": "ChatUser", "step": "echo", "count": 1234, "p50": 41, ...}, ...],
      "locust_median_ms": {"echo": 0.04, ...},
+     "fanout": {"sent": 90, "expected": 180, "delivered": 180, "loss": 0, "loss_ratio": 0.0},
      "window": {"seconds": 2.0, "requests": 80000, "requests_per_s": 40000.0, "cpu_us_per_request": 24.1},
      "exit_code": 0}
 
@@ -132,6 +133,7 @@ def _figures(environment: Any, runner: Any) -> dict[str, Any]:
         by_cause = causes.setdefault(error.name, {})
         by_cause[str(error.error)] = by_cause.get(str(error.error), 0) + error.occurrences
     recorder = getattr(environment, "geventchat_latency", None)
+    tally = getattr(environment, "geventchat_fanout", None)
     return {
         "requests": requests,
         "failures": failures,
@@ -140,6 +142,7 @@ def _figures(environment: Any, runner: Any) -> dict[str, Any]:
         "latency_us": [row.__dict__ for row in recorder.rows()] if recorder is not None else [],
         "locust_median_ms": {name: entry.median_response_time for name, entry in merged.items()},
         "exceptions": [str(e["msg"]) for e in runner.exceptions.values()],
+        "fanout": tally.as_dict() if tally is not None else None,
     }
 
 

@@ -3,10 +3,10 @@
     from geventchat.loadtest import ChatUser, IdleUser   # the scenarios, or GeventChatUser to write your own
 
 and run ``locust -f your_locustfile.py --host tcp://HOST:PORT``. The repository's ``loadtest/locustfile.py`` is
-exactly that, with all four scenarios.
+exactly that, with all five scenarios.
 
 - :mod:`.users`: :class:`GeventChatUser` (abstract base) and the scenarios :class:`ChatUser`, :class:`IdleUser`,
-  :class:`ChurnUser`, :class:`TimeoutUser`; importing it installs the listeners (:mod:`.listeners`).
+  :class:`ChurnUser`, :class:`TimeoutUser`, :class:`RoomUser`; importing it installs the listeners (:mod:`.listeners`).
 - :mod:`.session`: :class:`ChatSession`, the client wrapper each user drives step by step.
 - :mod:`.settings` (the ``--gc-*`` options), :mod:`.target` (``--host``), :mod:`.latency` (µs histograms),
   :mod:`.failures` (failure causes), :mod:`.report` (the µs table, its files, the web UI page).
@@ -24,9 +24,18 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from .session import ChatSession
     from .settings import Settings
-    from .users import ChatUser, ChurnUser, GeventChatUser, IdleUser, TimeoutUser
+    from .users import ChatUser, ChurnUser, GeventChatUser, IdleUser, RoomUser, TimeoutUser
 
-__all__ = ["ChatSession", "ChatUser", "ChurnUser", "GeventChatUser", "IdleUser", "Settings", "TimeoutUser"]
+__all__ = [
+    "ChatSession",
+    "ChatUser",
+    "ChurnUser",
+    "GeventChatUser",
+    "IdleUser",
+    "RoomUser",
+    "Settings",
+    "TimeoutUser",
+]
 
 # Where each public name lives (the module is imported on first use).
 _HOMES = {
@@ -35,6 +44,7 @@ _HOMES = {
     "ChurnUser": "users",
     "GeventChatUser": "users",
     "IdleUser": "users",
+    "RoomUser": "users",
     "Settings": "settings",
     "TimeoutUser": "users",
 }

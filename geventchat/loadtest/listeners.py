@@ -23,7 +23,8 @@ from locust.runners import MasterRunner, WorkerRunner
 from .compat import check_locust
 from .latency import LatencyRecorder, fine_bucket
 from .report import finish_run, latency_page, recorder_of
-from .session import log, start_run
+from .rooms import fanout_of
+from .session import RunContext, log, start_run
 from .settings import BadSettings, Settings, StepSpec, add_arguments
 from .target import BadTarget, parse_targets
 from .webui import install_tab
@@ -55,6 +56,7 @@ def install(events: Any) -> None:
     events.init_command_line_parser.add_listener(_add_options)
     events.init.add_listener(_on_init)
     events.test_start.add_listener(_on_test_start)
+    events.test_stopping.add_listener(_on_test_stopping)
 
 
 def _add_options(parser: Any, **_kwargs: Any) -> None:
@@ -66,9 +68,13 @@ def _on_init(environment: Any, runner: Any = None, web_ui: Any = None, **_kwargs
     # (Locust annotates the bucket as an int; a float is as good a dictionary key and percentile value.)
     locust.stats.bucket_response_time = fine_bucket  # type: ignore[assignment]
     recorder = recorder_of(environment)
+    tally = fanout_of(environment)
     if isinstance(runner, WorkerRunner):
         environment.events.report_to_master.add_listener(
             lambda client_id, data, **_kw: data.__setitem__("geventchat_latency", recorder.take_report())
+        )
+        environment.events.report_to_master.add_listener(
+            lambda client_id, data, **_kw: data.__setitem__("geventchat_fanout", tally.take_report())
         )
     else:
         _check_and_shape(environment, runner)
@@ -102,6 +108,10 @@ def _merge_and_report(environment: Any, runner: Any, recorder: LatencyRecorder) 
         environment.events.worker_report.add_listener(
             lambda client_id, data, **_kw: recorder.add_report(data.get("geventchat_latency") or {})
         )
+        tally = fanout_of(environment)
+        environment.events.worker_report.add_listener(
+            lambda client_id, data, **_kw: tally.add_report(data.get("geventchat_fanout") or {})
+        )
     # Workers report deltas, so resetting the merged figures here is a full reset (web UI, --reset-stats).
     environment.events.reset_stats.add_listener(lambda **_kw: recorder.reset())
     environment.events.spawning_complete.add_listener(
@@ -111,8 +121,16 @@ def _merge_and_report(environment: Any, runner: Any, recorder: LatencyRecorder) 
     environment.events.quit.add_listener(lambda **_kw: finish_run(environment))
 
 
+def _on_test_stopping(environment: Any, **_kwargs: Any) -> None:
+    # RoomUsers stop sending before any user leaves, so the fan-out counts stay exact to the end.
+    context: RunContext | None = getattr(environment, "geventchat_run", None)
+    if context is not None:
+        context.stopping = True
+
+
 def _on_test_start(environment: Any, **_kwargs: Any) -> None:
     recorder_of(environment).reset()
+    fanout_of(environment).reset()
     if isinstance(environment.runner, MasterRunner):
         return  # the users run on the workers
     try:

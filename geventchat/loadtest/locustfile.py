@@ -20,6 +20,6 @@ the repository's ``loadtest/locustfile.py`` imports these names for ``locust -f`
 
 from __future__ import annotations
 
-from geventchat.loadtest.users import ChatUser, ChurnUser, IdleUser, TimeoutUser
+from geventchat.loadtest.users import ChatUser, ChurnUser, IdleUser, RoomUser, TimeoutUser
 
-__all__ = ["ChatUser", "ChurnUser", "IdleUser", "TimeoutUser"]
+__all__ = ["ChatUser", "ChurnUser", "IdleUser", "RoomUser", "TimeoutUser"]

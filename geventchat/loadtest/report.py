@@ -135,6 +135,12 @@ def finish_run(environment: Any) -> list[LatencyRow]:
     for line in format_summary(rows).splitlines():
         console.info(line)
     console.info("")
+    tally: Any = getattr(environment, "geventchat_fanout", None)
+    if tally is not None and tally.sent:
+        from .rooms import format_fanout  # rooms imports gevent; this module does not, unless RoomUser ran
+
+        console.info(format_fanout(tally))
+        console.info("")
     options = environment.parsed_options
     base = latency_base_path(options)
     if base is not None:

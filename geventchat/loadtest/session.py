@@ -115,6 +115,11 @@ class RunContext:
         self.reply_length = len(prefix) + size + 1
         #: One TLS context per run, shared by every connection (building one per connection is costly).
         self.tls = _tls_context(settings) if settings.tls else None
+        #: Set when the test is stopping (Locust's ``test_stopping``): RoomUsers stop sending, so what they sent
+        #: can still reach the other members before those leave.
+        self.stopping = False
+        #: RoomUsers started in this process so far: the next one's place in the rooms.
+        self.room_users = itertools.count()
 
     def close(self) -> None:
         """Stop this run's watchdog (a new run builds its own)."""
@@ -194,15 +199,18 @@ class ChatSession:
     # -- reporting
 
     def _succeeded(self, step: str, started: float, length: int = 0) -> None:
-        elapsed = time.perf_counter() - started
+        self._record(step, int((time.perf_counter() - started) * 1_000_000 + 0.5), length)
+
+    def _record(self, step: str, micros: int, length: int = 0) -> None:
+        """A successful ``step`` of ``micros`` µs: into the µs histogram and Locust's request event."""
         counts = self._counters.get(step)
         if counts is None:
             counts = self._counters[step] = self._recorder.counter(self.scenario, step)
-        counts[int(elapsed * 1_000_000 + 0.5)] += 1
+        counts[micros] += 1
         self._fire(
             request_type=self.scenario,
             name=step,
-            response_time=elapsed * 1000,
+            response_time=micros / 1000,
             response_length=length,
             exception=None,
             context=_NO_CONTEXT,

@@ -109,6 +109,8 @@ class Settings:
     tls: bool = False
     #: PEM file of the CA that signed the server's certificate (``""``: the system's trusted CAs).
     tls_ca: str = ""
+    #: Members per room for RoomUser (rooms are filled in order).
+    room_size: int = 10
 
     def __post_init__(self) -> None:
         positive = {
@@ -131,6 +133,8 @@ class Settings:
                 raise BadSettings(f"--{name} must be a number of seconds >= 0, not {value!r}")
         if self.message_size < 1:
             raise BadSettings(f"--gc-message-size must be at least 1 byte, not {self.message_size!r}")
+        if self.room_size < 1:
+            raise BadSettings(f"--gc-room-size must be at least 1, not {self.room_size!r}")
         if "\n" in self.prefix or "\r" in self.prefix:
             raise BadSettings("--gc-prefix must be a single line")
 
@@ -163,6 +167,7 @@ class Settings:
                 hlog_file=str(getattr(options, "gc_hlog", "") or ""),
                 tls=_flag(options.gc_tls),
                 tls_ca=str(options.gc_tls_ca),
+                room_size=int(getattr(options, "gc_room_size", _ROOM_SIZE)),
             )
         except BadTarget as exc:
             raise BadSettings(f"--gc-source-addresses: {exc}") from None
@@ -185,6 +190,7 @@ def _flag(value: Any) -> bool:
 
 
 _DEFAULTS = Settings()
+_ROOM_SIZE = _DEFAULTS.room_size
 #: The ``--gc-*`` options as ``(flag, add_argument keywords)``; the defaults are :class:`Settings`' own.
 _OPTIONS: tuple[tuple[str, dict[str, Any]], ...] = (
     (
@@ -205,6 +211,14 @@ _OPTIONS: tuple[tuple[str, dict[str, Any]], ...] = (
             "type": float,
             "default": _DEFAULTS.think_time,
             "help": "Seconds between a user's tasks (0: back to back). Default: %(default)s",
+        },
+    ),
+    (
+        "--gc-room-size",
+        {
+            "type": int,
+            "default": _DEFAULTS.room_size,
+            "help": "RoomUser: members per room; rooms are filled in order. Default: %(default)s",
         },
     ),
     (

@@ -1,4 +1,4 @@
-"""The Locust users: :class:`GeventChatUser`, the ``abstract = True`` base, and the four scenarios.
+"""The Locust users: :class:`GeventChatUser`, the ``abstract = True`` base, and the five scenarios.
 
 Put them in your own locustfile by importing them (Locust runs every non-abstract User class it finds there)::
 
@@ -27,11 +27,12 @@ from locust import User, events, task
 from locust.exception import StopUser
 
 from .listeners import install
+from .rooms import RoomSession, room_name
 from .session import ChatSession, log, run_context
 from .settings import BadSettings, Settings
 from .target import BadTarget
 
-__all__ = ["ChatUser", "ChurnUser", "GeventChatUser", "IdleUser", "TimeoutUser"]
+__all__ = ["ChatUser", "ChurnUser", "GeventChatUser", "IdleUser", "RoomUser", "TimeoutUser"]
 
 
 class GeventChatUser(User):
@@ -124,6 +125,58 @@ class TimeoutUser(GeventChatUser):
         settings = self.settings
         if session is not None and session.connect(settings.short_timeout) and session.echo():
             session.await_idle_bye(settings.short_timeout, settings.tolerance)
+
+
+#: Seconds between RoomUser's looks at whether its room is full yet.
+_ROOM_POLL = 0.05
+
+
+class RoomUser(GeventChatUser):
+    """Join a room of ``--gc-room-size`` members (rooms filled in order, ``lt<WORKER>-<K>``), then send
+    ``m SENDER SEQ T_NS`` with ``--gc-think-time`` between messages, checking each echo (step ``echo``). Every
+    other member's reader records the room line as step ``fanout``: µs from send to receipt on the wall clock
+    (meaningful only with every worker on one host). Starts sending once its room is full (or
+    ``--gc-reply-timeout`` after joining), stops when the test is stopping; the summary prints delivered vs
+    expected deliveries (:mod:`.rooms`)."""
+
+    def __init__(self, environment: Any) -> None:
+        super().__init__(environment)
+        self.room_session: RoomSession | None = None
+
+    def wait_time(self) -> float:
+        session = self.room_session
+        if session is not None and session.room and not session.may_speak():
+            return _ROOM_POLL  # waiting for the room to fill: not a busy loop, even with --gc-think-time 0
+        return self.settings.think_time
+
+    def on_start(self) -> None:
+        try:
+            context = run_context(self.environment)
+        except (BadTarget, BadSettings) as exc:
+            log.error("%s not started: %s", type(self).__name__, exc)
+            raise StopUser() from None
+        self.settings = context.settings
+        runner = self.environment.runner
+        worker = int(getattr(runner, "worker_index", 0) or 0)
+        number = next(context.room_users)
+        session = RoomSession(self.environment, type(self).__name__, context, f"{worker}.{number}")
+        self.session = self.room_session = session
+        self._room = room_name(worker, number, context.settings.room_size)
+
+    @task
+    def speak(self) -> None:
+        session = self.room_session
+        if session is None or session.context.stopping:
+            return
+        connected = session.client is not None or session.connect(self.settings.timeout)
+        if not connected or (session.room == "" and not session.join(self._room)):
+            return
+        if session.may_speak():
+            session.say()
+
+    def on_stop(self) -> None:
+        if self.room_session is not None:
+            self.room_session.leave()
 
 
 # On import: Locust builds its command line from these listeners after it has imported the locustfile.
