@@ -45,6 +45,13 @@ def test_room_size_must_be_at_least_one() -> None:
         Settings(room_size=0)
 
 
+def test_room_rate_is_a_rate_of_zero_or_more() -> None:
+    assert Settings().room_rate == 20.0  # the server's --room-rate default: RoomUser stays under it unless told
+    with pytest.raises(BadSettings, match="--gc-room-rate"):
+        Settings(room_rate=-1.0)
+
+
+
 def test_room_users_report_fanout_and_deliver_every_expected_line(
     start_server: Callable[..., ChatServer], tmp_path: Path
 ) -> None:

@@ -111,6 +111,9 @@ class Settings:
     tls_ca: str = ""
     #: Members per room for RoomUser (rooms are filled in order).
     room_size: int = 10
+    #: Messages per second a RoomUser stays under (the server's ``--room-rate``, 20 by default; 0: no pacing):
+    #: past it the server answers ``error: too fast`` and drops the line, which RoomUser counts as lost.
+    room_rate: float = 20.0
 
     def __post_init__(self) -> None:
         positive = {
@@ -135,6 +138,8 @@ class Settings:
             raise BadSettings(f"--gc-message-size must be at least 1 byte, not {self.message_size!r}")
         if self.room_size < 1:
             raise BadSettings(f"--gc-room-size must be at least 1, not {self.room_size!r}")
+        if not (math.isfinite(self.room_rate) and self.room_rate >= 0):
+            raise BadSettings(f"--gc-room-rate must be a number of messages per second >= 0, not {self.room_rate!r}")
         if "\n" in self.prefix or "\r" in self.prefix:
             raise BadSettings("--gc-prefix must be a single line")
 
@@ -168,6 +173,7 @@ class Settings:
                 tls=_flag(options.gc_tls),
                 tls_ca=str(options.gc_tls_ca),
                 room_size=int(getattr(options, "gc_room_size", _ROOM_SIZE)),
+                room_rate=float(getattr(options, "gc_room_rate", _DEFAULTS.room_rate)),
             )
         except BadTarget as exc:
             raise BadSettings(f"--gc-source-addresses: {exc}") from None
@@ -219,6 +225,15 @@ _OPTIONS: tuple[tuple[str, dict[str, Any]], ...] = (
             "type": int,
             "default": _DEFAULTS.room_size,
             "help": "RoomUser: members per room; rooms are filled in order. Default: %(default)s",
+        },
+    ),
+    (
+        "--gc-room-rate",
+        {
+            "type": float,
+            "default": _DEFAULTS.room_rate,
+            "help": "RoomUser: messages per second each user stays under, as the server's --room-rate (0: no "
+            "pacing). Default: %(default)s",
         },
     ),
     (

@@ -147,7 +147,9 @@ class RoomUser(GeventChatUser):
         session = self.room_session
         if session is not None and session.room and not session.may_speak():
             return _ROOM_POLL  # waiting for the room to fill: not a busy loop, even with --gc-think-time 0
-        return self.settings.think_time
+        # Under the server's --room-rate, whatever the think time: a line past it is refused and counted as lost.
+        rate = self.settings.room_rate
+        return max(self.settings.think_time, 1.0 / rate if rate > 0 else 0.0)
 
     def on_start(self) -> None:
         try:
