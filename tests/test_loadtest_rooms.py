@@ -51,7 +51,6 @@ def test_room_rate_is_a_rate_of_zero_or_more() -> None:
         Settings(room_rate=-1.0)
 
 
-
 def test_room_users_report_fanout_and_deliver_every_expected_line(
     start_server: Callable[..., ChatServer], tmp_path: Path
 ) -> None:
