@@ -240,6 +240,17 @@ def test_private_messages() -> None:
     assert run(rooms, alice, ":msg Bob hi") == b"error: no such nick Bob\n"
 
 
+def test_a_private_message_that_overflows_its_target_answers_the_sender() -> None:
+    # The target's outbox overflows on this very line: the shell parts it inside deliver(). The sender still gets
+    # its answer (a slow member never hurts anyone else), and the target is gone.
+    rooms = LocalRooms()
+    alice, bob = connect(rooms, "alice", "Bob")
+    bob.on_deliver = lambda _line: rooms.part(bob, "too slow")
+    assert run(rooms, alice, ":msg bob hi") == b"ok: sent to Bob\n"
+    assert bob.take() == [b"@alice: hi\n"]  # it happened: delivered, then parted
+    assert run(rooms, alice, ":msg bob again") == b"error: no such nick bob\n"
+
+
 def test_relayed_text_is_escaped_for_the_others() -> None:
     rooms = LocalRooms()
     a, b = connect(rooms, "a", "b")

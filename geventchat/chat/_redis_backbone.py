@@ -255,6 +255,9 @@ class RedisBackbone:
                 self._read_messages()
             except (RedisError, OSError, BrokerUnavailable) as error:
                 self._lost(error)
+            except Exception as error:  # our bug (or an odd reply): the listener must outlive it, or fan-out stops
+                log.exception("redis listener: internal error (ours); reconnecting")
+                self._lost(error)
             if self._running:
                 gevent.sleep(backoff)
                 backoff = min(backoff * 2, BACKOFF_CAP)
@@ -319,7 +322,7 @@ class RedisBackbone:
         for member_id in self._pending_parts:
             self._scripts["PART"](keys=[], args=[self._prefix, self.server_id, member_id])
         self._pending_parts.clear()
-        for seat in self._seats.values():
+        for seat in list(self._seats.values()):  # the Redis calls below yield: members may come and go meanwhile
             args = [self._prefix, self.server_id, seat.id, name_key(seat.nick), seat.nick]
             args += [seat.room or "", seat.room_name]
             if not self._scripts["RESTORE"](keys=[], args=args):
@@ -343,6 +346,8 @@ class RedisBackbone:
                 self._lost(error)
             except BrokerUnavailable:
                 pass  # _call() noted it
+            except Exception:  # our bug: the heartbeat must go on, or the others sweep our live members
+                log.exception("redis presence: internal error (ours)")
 
     def _sweep(self) -> None:
         for raw in self._redis.smembers(self._key("servers")):

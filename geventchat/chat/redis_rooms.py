@@ -237,8 +237,9 @@ class RedisRooms(RedisBackbone):
             target = self._by_id.get(target_id)
             line = private_line(sender, text)
             if target is not None:
+                shown = self._seats[target].nick  # before delivering: an overflowing target is parted by deliver()
                 target.deliver(line)
-                return ok_sent(self._seats[target].nick)
+                return ok_sent(shown)
             display = self._redis.hget(self._key(f"m:{target_id}"), "nick")
             owner = target_id.rsplit("/", 1)[0]
             self._redis.publish(self._key(f"srv:{owner}"), target_id.encode() + b" " + line)

@@ -261,8 +261,9 @@ class LocalRooms:
         target = self._nicks.get(name_key(nick))
         if target is None:
             return error_no_such_nick(nick)
+        shown = self._seats[target].nick  # before delivering: an overflowing target is parted by deliver()
         target.deliver(private_line(sender, text))
-        return ok_sent(self._seats[target].nick)
+        return ok_sent(shown)
 
     def say(self, member: Member, text: str) -> bytes | None:
         seat = self._seat(member)
