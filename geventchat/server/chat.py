@@ -31,7 +31,17 @@ class ChatMember:
     :attr:`write_lock`, so they never interleave in the middle of a line; the writer writes whole lines only.
     """
 
-    __slots__ = ("_cut_at", "_limiter", "_pending", "_writer", "connection", "outbox", "service", "write_lock")
+    __slots__ = (
+        "_closing",
+        "_cut_at",
+        "_limiter",
+        "_pending",
+        "_writer",
+        "connection",
+        "outbox",
+        "service",
+        "write_lock",
+    )
 
     def __init__(self, connection: Connection, service: RoomService) -> None:
         self.connection = connection
@@ -43,6 +53,7 @@ class ChatMember:
         self._writer: Greenlet | None = None
         self._pending = b""  # what the writer is sending now
         self._cut_at = 0  # how much of it went out
+        self._closing = False  # set by stop_writing(): the connection's last lines are its own
         service.connect(self)
 
     # -- called by the conversation (in the connection's greenlet)
@@ -72,8 +83,8 @@ class ChatMember:
     def deliver(self, line: bytes) -> None:
         """Queue ``line``; never blocks. Overflow: the member is parted at once (``too slow``) and closed."""
         outbox = self.outbox
-        if outbox.overflowed:
-            return
+        if outbox.overflowed or self._closing:
+            return  # going: nothing may follow its 'bye:' (or its ':q' reply), and no second writer may start
         if not outbox.put(line):
             self.connection.server.stats.chat_overflows += 1
             self.service.part(self, "too slow")
@@ -107,7 +118,8 @@ class ChatMember:
 
     def stop_writing(self) -> bytes:
         """Stop the writer. Returns the rest of the line it was in the middle of (``b""`` if none), which must go
-        out before any other line."""
+        out before any other line. Deliveries from then on are dropped (the member is parted right after)."""
+        self._closing = True
         writer = self._writer
         if writer is not None:
             writer.kill()
