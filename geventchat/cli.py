@@ -28,7 +28,7 @@ from .config import ServerConfig
 from .envconfig import apply_environment
 from .healthcheck import check_server
 from .logs import configure_logging
-from .options import COMMANDS, command_parser, gevent_only_options, server_config, server_parser, subparsers
+from .options import COMMANDS, command_parser, gevent_only_options, server_config, subparsers
 
 if TYPE_CHECKING:
     from .server import ChatServer
@@ -36,10 +36,6 @@ if TYPE_CHECKING:
 __all__ = ["entry_point", "main", "run_client", "run_server"]
 
 log = logging.getLogger("geventchat")
-
-# The names tests/test_hardening_options.py and tests/test_proxy_server.py import from here.
-_server_parser = server_parser
-_server_config = server_config
 
 #: What ``geventchat loadtest`` says when the load tester does not import.
 LOADTEST_MISSING = "geventchat: the load tester needs Locust: pip install 'geventchat[loadtest]'"

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from geventchat.cli import _server_config, _server_parser
 from geventchat.config import ServerConfig
 from geventchat.limits import AddressLimiter
+from geventchat.options import server_config, server_parser
 
 
 def parse(*argv: str) -> ServerConfig:
-    return _server_config(_server_parser().parse_args(list(argv)))
+    return server_config(server_parser().parse_args(list(argv)))
 
 
 def test_defaults_are_safe() -> None:

@@ -136,10 +136,10 @@ def test_without_the_flag_a_header_is_just_a_bad_timeout_line(start_server: Star
 def test_the_command_line_flag_turns_it_on() -> None:
     result = geventchat("serve", "--help")
     assert "--proxy-protocol" in result.stdout
-    from geventchat.cli import _server_config, _server_parser
+    from geventchat.options import server_config, server_parser
 
-    assert _server_config(_server_parser().parse_args(["--proxy-protocol"])).proxy_protocol is True
-    assert _server_config(_server_parser().parse_args([])).proxy_protocol is False
+    assert server_config(server_parser().parse_args(["--proxy-protocol"])).proxy_protocol is True
+    assert server_config(server_parser().parse_args([])).proxy_protocol is False
     # The comparison models have no PROXY support: refusing is better than treating the header as a message.
     refused = geventchat("--proxy-protocol", "--model", "thread", "--port", "0")
     assert refused.returncode == 2 and "--proxy-protocol applies to the gevent model only" in refused.stderr

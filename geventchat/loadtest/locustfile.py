@@ -8,11 +8,13 @@ Scenarios (pick with Locust's class arguments, ``--class-picker`` in the web UI,
 - ``IdleUser``: holds its connection and speaks once just before its idle timeout (how many clients are kept).
 - ``ChurnUser``: connect, greeting, one echo, ``:q``, repeat (connection setup and teardown rate).
 - ``TimeoutUser``: negotiates ``--gc-short-timeout``, goes silent, expects ``bye: idle timeout`` on time.
+- ``RoomUser``: joins a room of ``--gc-room-size`` members and talks there (under ``--gc-room-rate``); every other
+  member records the room line as step ``fanout`` (µs from send to receipt); the summary says delivered vs expected.
 
 Statistics rows have the scenario as request type and the step as name (``connect``, ``greeting``, ``timeout``,
-``echo``, ``idle``, ``quit``, ``bye``); failures are named by cause. At the end a µs latency table (HdrHistogram) is
-printed and, with ``--csv PREFIX`` or ``--gc-latency-file``, written as CSV and JSON; ``--gc-hlog PATH`` writes the
-histograms as an HdrHistogram log. ``docs/loadtest.md`` has the details.
+``echo``, ``idle``, ``quit``, ``bye``, ``join``, ``fanout``); failures are named by cause. At the end a µs latency
+table (HdrHistogram) is printed and, with ``--csv PREFIX`` or ``--gc-latency-file``, written as CSV and JSON;
+``--gc-hlog PATH`` writes the histograms as an HdrHistogram log. ``docs/loadtest.md`` has the details.
 
 It is part of the installed package, so a wheel install (``pip install 'geventchat[loadtest]'``) can load test;
 the repository's ``loadtest/locustfile.py`` imports these names for ``locust -f``. Importing it imports Locust.
