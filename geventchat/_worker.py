@@ -77,12 +77,14 @@ def _start_server(config: ServerConfig, listener: socket.socket, index: int) -> 
 def _stopper(server: ChatServer, index: int) -> Callable[[str], None]:
     """``stop(why)``: begin the graceful shutdown once, however many reasons arrive."""
 
+    stopping: list[gevent.Greenlet] = []  # set at once: the shutdown greenlet sets server.shutting_down only later
+
     def stop(why: str) -> None:
-        if server.shutting_down:
+        if stopping or server.shutting_down:
             log.debug("worker %d: %s while already shutting down", index, why)
             return
         log.info("worker %d: %s: shutting down (grace %gs)", index, why, server.config.grace)
-        gevent.spawn(server.shutdown)
+        stopping.append(gevent.spawn(server.shutdown))
 
     return stop
 
