@@ -20,6 +20,8 @@ __all__ = ["run_client", "shown_line"]
 #: How the interactive client marks what other users sent (room and private lines) and room events, so they never
 #: pass for the echo of what you typed. The server's own marker stays in the line: nothing is hidden.
 _MARKS = (("#", "[room] "), ("@", "[private] "), ("info: ", "[info] "))
+#: How the lines a server sends unasked (or after an echo) begin: none of them is the echo of a line we sent.
+_NOT_ECHOES = ("#", "@", "info: ", "ok: ")
 
 
 def shown_line(text: str, prefix: str) -> str:
@@ -64,7 +66,7 @@ def run_client(args: argparse.Namespace) -> int:
         try:
             if sys.stdin.isatty():
                 return _interactive(client, args.prefix)
-            return _piped(client)
+            return _piped(client, args.prefix)
         except ChatClientError as exc:  # refused, reset, timed out, or a 'bye:' (ClosedByServer)
             print(f"geventchat client: {exc}", file=sys.stderr)
             return 1
@@ -72,21 +74,36 @@ def run_client(args: argparse.Namespace) -> int:
             return 130
 
 
-def _piped(client: ChatClient) -> int:
-    """Send each stdin line, print each reply line as the server sent it; ':q' at the end of input."""
+def _piped(client: ChatClient, prefix: str) -> int:
+    """Send each stdin line, print every line the server sent as it sent it; ':q' at the end of input. After each
+    line, reads up to its echo: lines that come before it (room, private and info lines from others, the answer to
+    the previous command) are printed too, so chat output never shifts the echoes out of step."""
     print(client.greeting, flush=True)
     for raw in sys.stdin:
         line = raw.rstrip("\r\n")
         if line == ":q":
             break
         client.send(line)
+        _print_until_echo(client, prefix + line)
+    client.send_quit()
+    _print_until_echo(client, prefix + ":q")
+    client.raise_pending_bye()
+    client.close()
+    return 0
+
+
+def _print_until_echo(client: ChatClient, echo: str) -> None:
+    """Print what arrives up to the echo ``echo`` (``error:`` lines on stderr). A line that is not a room, private,
+    info or ``ok:`` line counts as the echo too: a server with another prefix (the tutorial's) still ends the wait.
+    Each read is bounded by the reply timeout."""
+    while True:  # bounded: every pass reads one line, or raises ReplyTimeout / ClosedByServer
         event = client.receive()
         if isinstance(event, Reply):
             print(event.text, flush=True)
+            if event.text == echo or not event.text.startswith(_NOT_ECHOES):
+                return
         elif isinstance(event, ErrorNotice):
             print(f"error: {escape_controls(event.reason)}", file=sys.stderr, flush=True)
-    print(client.quit().text, flush=True)
-    return 0
 
 
 def _interactive(client: ChatClient, prefix: str) -> int:

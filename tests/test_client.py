@@ -14,6 +14,7 @@ from gevent.socket import socket as GeventSocket
 
 from geventchat.client import ChatClient, ClosedByServer, ConnectionRefused, ConnectTimeout, ReplyTimeout
 from geventchat.config import Framing
+from geventchat.server import ChatServer
 from geventchat.testing import ServerProcess
 
 PREFIX = "我收到了你的信息:"
@@ -170,7 +171,8 @@ def test_cli_client_shows_a_bye_that_came_with_the_quit_reply(holding_server: Ca
     stub = holding_server(Framing.LINE, after_quit=b"bye: server shutting down\n")
     result = run_cli("client", "--port", str(stub.address[1]), stdin="one\n", timeout=8)
     assert result.returncode == 1
-    assert result.stdout.splitlines() == [TUTORIAL_GREETING, PREFIX + "one"]
+    # The reply to ':q' arrived before the bye: it is printed (nothing the server sent is dropped), then the bye.
+    assert result.stdout.splitlines() == [TUTORIAL_GREETING, PREFIX + "one", PREFIX + ":q"]
     assert result.stderr.strip() == "geventchat client: server closed the connection: server shutting down"
 
 
@@ -237,3 +239,29 @@ def unused_port() -> int:
     port: int = sock.getsockname()[1]
     sock.close()  # nothing listens there now
     return port
+
+
+def test_piped_client_keeps_echoes_in_step_when_chat_lines_arrive(start_server: Callable[..., ChatServer]) -> None:
+    # ':join' and ':nick' get their echo and then an 'ok:' line. The piped client must print them all and still
+    # end at the echo of ':q' (it used to take an 'ok:' line for that echo and exit 1).
+    server = start_server()
+    host, port = server.address
+    with ChatClient.connect(host, port, idle_timeout=30) as other:
+        other.send(":join lobby")
+        other.expect_reply(":join lobby")
+        result = run_cli(
+            "client", "--host", host, "--port", str(port), stdin=":join lobby\nhello\n:nick ann\n", timeout=20
+        )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    prefix = server.config.protocol.prefix
+    assert lines[0] == server.config.protocol.greeting
+    assert [line for line in lines if line.startswith(prefix)] == [
+        prefix + ":join lobby",
+        prefix + "hello",
+        prefix + ":nick ann",
+        prefix + ":q",
+    ]
+    assert "ok: joined #lobby (2 members)" in lines  # the situation happened: chat answers came in between
+    assert lines.index("ok: joined #lobby (2 members)") == lines.index(prefix + ":join lobby") + 1
+    assert lines[-1] == prefix + ":q"
