@@ -13,12 +13,13 @@ import gevent
 import pytest
 import redis
 
-from geventchat.chat import LocalRooms, Member, RoomService, answer
+from geventchat.chat import LocalRooms, Member, RoomService
 from geventchat.chat._gevent_redis import GeventConnection, connection_pool
 from geventchat.chat.redis_rooms import RedisRooms
-from geventchat.protocol.chat import INVALID_NICK, NOT_IN_A_ROOM, ROOMS_UNAVAILABLE, TOO_MANY_ROOMS, parse_command
+from geventchat.protocol.chat import INVALID_NICK, NOT_IN_A_ROOM, ROOMS_UNAVAILABLE, TOO_MANY_ROOMS
 from geventchat.testing import wait_until
 from tests.redis_server import RedisServer, redis_server
+from tests.test_chat_rooms import run
 
 __all__ = ["redis_server"]  # the fixture, used by name
 
@@ -160,12 +161,6 @@ def connect(service: Any, *nicks: str) -> list[Fake]:
         assert service.nick(member, nick) == f"ok: you are {nick}\n".encode()
         members.append(member)
     return members
-
-
-def run(service: RoomService, member: Member, line: str) -> bytes:
-    command = parse_command(line)
-    assert command is not None, line
-    return answer(service, member, command)
 
 
 # -- the contract: LocalRooms and two RedisRooms servers on one Redis obey the same rules

@@ -8,7 +8,6 @@ Like :mod:`tests.test_loadtest_runs`, every Locust run is a subprocess (importin
 from __future__ import annotations
 
 import re
-import socket
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,7 +17,7 @@ from geventchat.loadtest.rooms import FanoutTally, format_fanout, room_name
 from geventchat.loadtest.settings import BadSettings, Settings
 from geventchat.server import ChatServer
 
-from .test_loadtest_runs import ROOT, latency, locust_cli, run_users
+from .test_loadtest_runs import latency, locust_on_two_processes, run_users
 
 
 def test_rooms_are_filled_in_order_per_worker() -> None:
@@ -89,29 +88,15 @@ def test_room_users_on_two_worker_processes_merge_their_counts(
     start_server: Callable[..., ChatServer], tmp_path: Path
 ) -> None:
     host, port = start_server(linger=0.5).address
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        master_port = probe.getsockname()[1]
-    completed = locust_cli(
-        "-f",
-        str(ROOT / "loadtest" / "locustfile.py"),
-        "--headless",
+    completed = locust_on_two_processes(
+        host,
+        port,
         "-u",
         "6",
         "-r",
         "6",
         "-t",
         "3s",
-        "--processes",
-        "2",
-        "--master-bind-host",
-        "127.0.0.1",
-        "--master-bind-port",
-        str(master_port),
-        "--master-port",
-        str(master_port),
-        "--host",
-        f"{host}:{port}",
         "--gc-room-size",
         "3",
         "--gc-think-time",

@@ -56,6 +56,32 @@ def locust_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     return completed
 
 
+def locust_on_two_processes(host: str, port: int, *args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """``locust -f loadtest/locustfile.py --headless --processes 2 ... ARGS`` against ``host:port``: a master and
+    two workers, the master on a free loopback port (Locust's default binds 5557 on every interface, so parallel
+    runs would collide)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        master_port = str(probe.getsockname()[1])
+    return locust_cli(
+        "-f",
+        str(ROOT / "loadtest" / "locustfile.py"),
+        "--headless",
+        "--processes",
+        "2",
+        "--master-bind-host",
+        "127.0.0.1",
+        "--master-bind-port",
+        master_port,
+        "--master-port",
+        master_port,
+        "--host",
+        f"{host}:{port}",
+        *args,
+        cwd=cwd,
+    )
+
+
 def latency(summary: dict[str, Any], scenario: str, step: str) -> dict[str, Any]:
     rows = [r for r in summary["latency_us"] if (r["scenario"], r["step"]) == (scenario, step)]
     assert rows, f"no latency row for {scenario} {step}: {summary['latency_us']}"
@@ -289,30 +315,15 @@ def test_locust_command_line_smoke_with_two_worker_processes(
     start_server: Callable[..., ChatServer], tmp_path: Path
 ) -> None:
     host, port = start_server(linger=0.5).address
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        master_port = probe.getsockname()[1]
-    completed = locust_cli(
-        "-f",
-        str(ROOT / "loadtest" / "locustfile.py"),
-        "--headless",
+    completed = locust_on_two_processes(  # the µs histograms of both workers must be merged
+        host,
+        port,
         "-u",
         "4",
         "-r",
         "4",
         "-t",
         "2s",
-        "--processes",
-        "2",  # a master and two workers: the µs histograms must be merged
-        # Locust's master binds 5557 on every interface by default: a free loopback port keeps parallel runs apart.
-        "--master-bind-host",
-        "127.0.0.1",
-        "--master-bind-port",
-        str(master_port),
-        "--master-port",
-        str(master_port),
-        "--host",
-        f"{host}:{port}",
         "--csv",
         str(tmp_path / "out" / "run"),
         "ChatUser",
