@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import signal
 from collections.abc import Callable, Iterator
 
 import gevent
@@ -268,14 +269,41 @@ def test_slow_member_is_cut_others_go_on(start_server: StartServer, peers: Calla
     wait_until(lambda: server.stats.closed.get("too slow") == 1, what="the slow member to be closed")
 
 
+ROOMS_OFF = "error: rooms are off: --workers without --redis"
+
+
 def test_workers_without_redis_turn_rooms_off(server_process: Callable[..., ServerProcess]) -> None:
     process = server_process("--workers", "2")
     process.wait_for(r"chat rooms are off: 2 workers without --redis")
     peer = Peer((process.host, process.port))
     try:
-        assert peer.command(":join lobby") == "error: rooms are off: 2 workers without --redis"
+        assert peer.command(":join lobby") == ROOMS_OFF
         peer.say("plain")  # the echo alone
         assert peer.silent()
     finally:
         peer.close()
     assert sum("rooms are off" in line for line in process.stderr) == 1  # said once, by the supervisor
+
+
+def test_a_worker_added_by_sigttin_states_no_stale_worker_count(server_process: Callable[..., ServerProcess]) -> None:
+    process = server_process("--workers", "2", "--log-level", "DEBUG")
+    process.wait_for(r"2 workers ready")
+    mark = len(process.stderr)
+    process.send_signal(signal.SIGTTIN)
+    process.wait_for(r"SIGTTIN: adding worker 2 \(now 3 workers\)", start=mark)
+    added = int(process.wait_for(r"worker 2 started \(pid (\d+)\)", start=mark).group(1))
+    process.wait_for(rf"worker 2 \(pid {added}\) is listening", start=mark)
+    peers: list[Peer] = []
+    try:
+        for _ in range(200):  # until one lands on the new worker (a miss in 200 has odds of (2/3)**200)
+            peers.append(Peer((process.host, process.port)))
+            port = peers[-1].sock.getsockname()[1]
+            worker = process.wait_for(rf"geventchat\.server\[(\d+)\]: 127\.0\.0\.1:{port} connected").group(1)
+            if int(worker) == added:
+                break
+        assert int(worker) == added  # the situation: this client is served by the worker SIGTTIN added
+        # Three workers serve now; the answer must not state the start-up count of two.
+        assert peers[-1].command(":join lobby") == ROOMS_OFF
+    finally:
+        for peer in peers:
+            peer.close()

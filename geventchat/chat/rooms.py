@@ -17,6 +17,7 @@ from ..protocol.chat import (
     HELP,
     INVALID_NICK,
     NOT_IN_A_ROOM,
+    ROOMS_OFF,
     TOO_MANY_ROOMS,
     ChatCommand,
     Help,
@@ -31,7 +32,6 @@ from ..protocol.chat import (
     Who,
     error_nick_taken,
     error_no_such_nick,
-    error_rooms_off,
     guest_nick,
     info_joined,
     info_left,
@@ -311,10 +311,10 @@ class LocalRooms:
 
 class RoomsOff:
     """Several workers without ``--redis``: each would have rooms of its own, so every room command answers
-    ``error: rooms are off: N workers without --redis`` and plain lines get their echo alone."""
+    ``error: rooms are off: --workers without --redis`` and plain lines get their echo alone."""
 
-    def __init__(self, workers: int) -> None:
-        self._refusal = error_rooms_off(workers)
+    def __init__(self) -> None:
+        self._refusal = ROOMS_OFF
         self._guests = itertools.count(1)
 
     def connect(self, member: Member) -> str:

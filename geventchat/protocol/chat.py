@@ -52,6 +52,7 @@ __all__ = [
     "NOT_IN_A_ROOM",
     "OK_PREFIX",
     "ROOMS_LISTED",
+    "ROOMS_OFF",
     "ROOMS_UNAVAILABLE",
     "TOO_FAST",
     "TOO_MANY_ROOMS",
@@ -71,7 +72,6 @@ __all__ = [
     "Who",
     "error_nick_taken",
     "error_no_such_nick",
-    "error_rooms_off",
     "guest_nick",
     "info_joined",
     "info_left",
@@ -373,12 +373,6 @@ def private_line(sender: str, text: str) -> bytes:
     return _line(f"@{sender}: {relayable(text)}")
 
 
-def error_rooms_off(workers: int) -> bytes:
-    """``error: rooms are off: N workers without --redis``: the answer to every chat command when each worker
-    would have rooms of its own."""
-    return _line(f"{ERROR_PREFIX}rooms are off: {workers} workers without --redis")
-
-
 #: What ``:help`` lists.
 COMMANDS_HELP = ", ".join([*_USAGE.values(), ":q"])
 HELP = _line(f"{OK_PREFIX}commands: {COMMANDS_HELP}")
@@ -388,6 +382,9 @@ NOT_IN_A_ROOM = _line(f"{ERROR_PREFIX}not in a room")
 TOO_FAST = _line(f"{ERROR_PREFIX}too fast, not delivered")
 TOO_MANY_ROOMS = _line(f"{ERROR_PREFIX}too many rooms")
 ROOMS_UNAVAILABLE = _line(f"{ERROR_PREFIX}rooms unavailable (broker unreachable)")
+#: The answer to every chat command when each worker would have rooms of its own. It names the configuration, not
+#: a count: SIGTTIN and SIGTTOU change the number of workers after start-up, and each keeps its start-up settings.
+ROOMS_OFF = _line(f"{ERROR_PREFIX}rooms are off: --workers without --redis")
 #: The last line to a member whose send queue overflowed (written after whole lines only).
 TOO_SLOW = _line(f"{BYE_PREFIX}too slow")
 

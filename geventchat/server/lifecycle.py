@@ -92,7 +92,7 @@ class ChatServer:
                 chat.redis, server_id=_server_id(), presence_ttl=chat.presence_ttl, max_rooms=chat.max_rooms
             )
         elif chat.enabled:
-            self.rooms = RoomsOff(chat.workers) if chat.workers > 1 else LocalRooms(chat.max_rooms)
+            self.rooms = RoomsOff() if chat.workers > 1 else LocalRooms(chat.max_rooms)
         #: The Prometheus endpoint (``config.metrics_port``), once started.
         self.metrics: MetricsEndpoint | None = None
 
