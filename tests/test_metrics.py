@@ -12,7 +12,7 @@ from geventchat import ChatClient, ChatServer, ClosedByServer, ProtocolConfig
 from geventchat.config import ChatConfig
 from geventchat.histogram import LatencyHistogram
 from geventchat.metrics import StatsCollector
-from geventchat.protocol import ErrorNotice
+from geventchat.protocol import ErrorNotice, Reply
 from geventchat.stats import ServerStats
 from geventchat.testing import WaitTimedOut, wait_until
 
@@ -119,6 +119,12 @@ def test_messages_out_counts_replies_and_notices_apart() -> None:
     assert metric(closed, "geventchat_notices_total") == 2  # and the 'bye: line too long'
 
 
+def _line(client: ChatClient) -> str:
+    event = client.receive()
+    assert isinstance(event, Reply), event
+    return event.text
+
+
 def test_room_deliveries_and_chat_overflows_are_counted() -> None:
     """Each line queued for a member is one delivery; a member whose send queue overflows is one overflow."""
     config = quiet(metrics_port=0, chat=ChatConfig(send_queue=100, room_rate=0))
@@ -129,12 +135,12 @@ def test_room_deliveries_and_chat_overflows_are_counted() -> None:
             talker, first, second = clients
             for client in clients:
                 client.request(":join r")
-                assert client.receive().text.startswith("ok: joined #r")
-            joins = [talker.receive().text, talker.receive().text, first.receive().text]
+                assert _line(client).startswith("ok: joined #r")
+            joins = [_line(talker), _line(talker), _line(first)]
             assert joins == ["info: guest-2 joined #r", "info: guest-3 joined #r", "info: guest-3 joined #r"]
             before = scrape(server.metrics.address)
             talker.request("hi")
-            assert first.receive().text == second.receive().text == "#r guest-1: hi"  # the situation: delivered
+            assert _line(first) == _line(second) == "#r guest-1: hi"  # the situation: delivered
             said = scrape(server.metrics.address)
             talker.request("x" * 200)  # longer than either listener's whole send queue: both overflow at once
             wait_until(lambda: server.stats.closed.get("too slow") == 2, timeout=10, what="both to be closed")
