@@ -285,28 +285,38 @@ def pair(redis_server: RedisServer) -> Iterator[Pair]:
 
 
 def test_redis_waits_yield_to_the_hub(redis_server: RedisServer) -> None:
-    pool = connection_pool(redis_server.url, timeout=5)
+    """Each wait can end only by another greenlet's Redis call, made while the wait is blocked: a wait that held the
+    hub would keep that greenlet from ever running, and would come back empty after its (failure-only) bound. No
+    timing margin: on a loaded machine the greenlets just take longer."""
+    bound = 30  # seconds; reached only if the wait blocks the hub (the test then fails)
+    pool = connection_pool(redis_server.url, timeout=bound + 5)
     client = redis.Redis(connection_pool=pool)
+    other = redis.Redis(connection_pool=connection_pool(redis_server.url, timeout=5))
+    client.ping()  # connected beforehand: what follows waits for a reply, not for a connect
     sub = GeventConnection(**pool.connection_kwargs)
     sub.connect()
     sub.send_command("SUBSCRIBE", "quiet")
     assert sub.read_response()[0] == b"subscribe"
-    ticks: list[float] = []
+    seen_waiting: list[str] = []
 
-    def tick() -> None:
-        for _ in range(100):  # bounded: 100 ticks of 5 ms
-            ticks.append(gevent.get_hub().loop.now())
-            gevent.sleep(0.005)
+    def unblock() -> None:
+        # Runs only once both waits below have switched to the hub (they were spawned first and are not ready).
+        if not blpop.ready() and not can_read.ready():
+            seen_waiting.append("both")
+        other.rpush("queue", b"pushed")
+        other.publish("quiet", b"published")
 
-    blpop = gevent.spawn(client.blpop, ["empty"], 1)
-    can_read = gevent.spawn(sub.can_read, 1.0)
-    ticker = gevent.spawn(tick)
-    gevent.joinall([blpop, can_read], timeout=10, raise_error=True)
-    assert blpop.value is None and can_read.value is False  # both waited their full second for nothing
-    ticker.kill()
-    assert len(ticks) > 50  # the hub ran the ticker throughout: a blocking wait would have allowed ~1 tick
+    blpop = gevent.spawn(client.blpop, ["queue"], bound)
+    can_read = gevent.spawn(sub.can_read, bound)
+    unblocker = gevent.spawn(unblock)
+    gevent.joinall([blpop, can_read, unblocker], timeout=bound + 10, raise_error=True)
+    assert seen_waiting == ["both"]  # the situation: the other greenlet ran while both Redis calls were waiting
+    assert blpop.value == (b"queue", b"pushed")  # ended by the push, not by its bound
+    assert can_read.value is True  # ended by the publish
+    assert sub.read_response()[2] == b"published"
     sub.disconnect()
     pool.disconnect()
+    other.close()
 
 
 def test_fan_out_is_one_subscription_per_server_and_room(pair: Pair, redis_server: RedisServer) -> None:
