@@ -5,6 +5,8 @@ cooperation, fan-out once per server, presence sweep, broker loss and recovery."
 from __future__ import annotations
 
 import logging
+import os
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -391,3 +393,43 @@ def test_broker_killed_and_restarted_under_a_running_room(
     back = [r for r in caplog.records if "broker back" in r.getMessage()]
     assert len(lost) == 2 and len(back) == 2  # once per server each way
     assert all(record.exc_info is None for record in caplog.records)
+
+
+def test_parts_during_an_outage_are_capped_then_reconciled(
+    redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Redis frozen (SIGSTOP: it keeps its data, unlike a restart) while members come and go: the ids kept for replay
+    stay under the cap, the log says once that it was passed, and once Redis answers again its records hold exactly
+    the members still connected."""
+    caplog.set_level(logging.WARNING, "geventchat.chat")
+    rooms = RedisRooms(redis_server.url, server_id="capped", presence_ttl=1.0, timeout=0.5)
+    rooms.max_pending_parts = 3
+    rooms.start(wait=10)
+    probe = redis.Redis.from_url(redis_server.url)
+    try:
+        members = [Fake(lambda: None) for _ in range(10)]
+        for index, member in enumerate(members):
+            rooms.connect(member)
+            assert rooms.nick(member, f"m{index}") == f"ok: you are m{index}\n".encode()
+            rooms.join(member, "r")
+        assert probe.scard("geventchat:s:capped") == 10
+        assert redis_server.proc is not None
+        os.kill(redis_server.proc.pid, signal.SIGSTOP)
+        try:
+            wait_until(lambda: not rooms.available, timeout=10, what="the server to see the broker gone")
+            for member in members[1:]:  # more than the cap
+                rooms.part(member, "quit")
+            assert len(rooms._pending_parts) <= 3  # memory bounded, whatever the churn
+        finally:
+            os.kill(redis_server.proc.pid, signal.SIGCONT)
+        wait_until(lambda: rooms.available, timeout=15, what="the server to reconnect")
+        (kept,) = probe.smembers("geventchat:s:capped")  # the situation: Redis still had all ten, now one
+        assert probe.hget(b"geventchat:m:" + kept, "nick") == b"m0"
+        assert probe.hkeys("geventchat:nicks") == [b"m0"]  # the parted members' nicks are free
+        assert probe.zscore("geventchat:rooms", "r") == 1
+        assert rooms.who(members[0]) == b"ok: #r 1: m0\n"
+        passed = [r for r in caplog.records if "parted while the redis broker was down" in r.getMessage()]
+        assert len(passed) == 1  # said once, though six parts went past the cap
+    finally:
+        probe.close()
+        rooms.stop()
