@@ -47,8 +47,8 @@ class Pair:
     call goes to its member's server, and every call that changes something waits until both servers' listeners
     handled what it published (so cross-server deliveries arrive in call order, as in LocalRooms)."""
 
-    def __init__(self, url: str, max_rooms: int) -> None:
-        self.servers = [RedisRooms(url, server_id=f"s{i}", max_rooms=max_rooms) for i in (1, 2)]
+    def __init__(self, url: str, max_rooms: int, max_line: int = 65536) -> None:
+        self.servers = [RedisRooms(url, server_id=f"s{i}", max_rooms=max_rooms, max_line=max_line) for i in (1, 2)]
         for server in self.servers:
             server.start(wait=10)
         self._home: dict[Member, RedisRooms] = {}
@@ -120,16 +120,16 @@ class Rooms:
         self.redis: RedisServer | None = None
         self.pairs: list[Pair] = []
 
-    def make(self, max_rooms: int = 10_000) -> Any:
+    def make(self, max_rooms: int = 10_000, max_line: int = 65536) -> Any:
         if self.kind == "local":
-            return LocalRooms(max_rooms=max_rooms)
+            return LocalRooms(max_rooms=max_rooms, max_line=max_line)
         if self.redis is None:
             self.redis = RedisServer(self._tmp)
             self.redis.start()
         else:
             self.redis.stop()  # a fresh, empty Redis per service
             self.redis.start()
-        pair = Pair(self.redis.url, max_rooms)
+        pair = Pair(self.redis.url, max_rooms, max_line)
         self.pairs.append(pair)
         return pair
 
@@ -274,6 +274,24 @@ def test_part_reasons_and_max_rooms(make: Rooms) -> None:
     assert a.take() == [b"info: c left #one (idle timeout)\n"]
     service.part(c, "quit")  # twice is harmless
     assert a.take() == []
+
+
+def test_a_line_too_long_to_relay_goes_to_no_one_and_its_sender_is_told(make: Rooms) -> None:
+    service = make.make(max_line=30)
+    a, b = connect(service, "a", "b")
+    run(service, a, ":join r")
+    run(service, b, ":join r")
+    a.take()
+    refusal = b"error: too long to relay, not delivered (limit 30 bytes)\n"
+    # Escaping makes each control character 4 bytes: 5 of them fit ('#r a: ' + 20 = 26), 7 do not (34).
+    assert service.say(a, "\x01" * 5) is None
+    assert b.take() == [b"#r a: " + b"\\x01" * 5 + b"\n"]
+    assert service.say(a, "\x01" * 7) == refusal
+    assert run(service, a, ":msg b " + "\x01" * 7) == refusal  # '@a: ' + 28 = 32
+    assert run(service, a, ":msg nobody " + "\x01" * 7) == refusal  # too long whoever it is for
+    assert b.take() == []  # nothing of either reached anyone
+    assert service.say(a, "x" * 24) is None  # exactly the limit: 30 bytes
+    assert b.take() == [b"#r a: " + b"x" * 24 + b"\n"]
 
 
 # -- what only Redis has

@@ -10,7 +10,9 @@ import gevent
 import pytest
 from gevent.socket import create_connection
 
+from geventchat.client import ChatClient
 from geventchat.config import ChatConfig
+from geventchat.protocol import Reply
 from geventchat.server import ChatServer
 from geventchat.testing import ServerProcess, wait_until
 
@@ -190,6 +192,27 @@ def test_rate_limit_past_room_rate(start_server: StartServer, peers: Callable[..
     ]
     assert [bob.line(), bob.line()] == ["#r alice: m1", "#r alice: m2"]
     assert bob.silent()
+
+
+def test_a_line_too_long_to_relay_is_refused_and_breaks_no_client_of_ours(
+    start_server: StartServer, peers: Callable[..., Peer]
+) -> None:
+    # 60,000 control characters: a line the server accepts (under --max-line, 65,536) and echoes byte for byte,
+    # but relayed escaped it would be 240,000 bytes, past what ChatClient (sized for an echo) reads.
+    server = start_server(chat=ChatConfig(room_rate=0))
+    (sender,) = named(peers, server, "sender", room="r")
+    with ChatClient.connect(*server.address, idle_timeout=30) as receiver:
+        for command, answer in [(":nick ann", "ok: you are ann"), (":join r", "ok: joined #r (2 members)")]:
+            receiver.request(command)
+            assert receiver.receive() == Reply(answer, answer)
+        assert sender.line() == "info: ann joined #r"
+        text = "\x01" * 60_000
+        refusal = "error: too long to relay, not delivered (limit 65536 bytes)"
+        assert sender.command(text) == refusal  # its echo (checked, byte-exact), then why it went to no one
+        assert sender.command(f":msg ann {text}") == refusal
+        sender.say("after")
+        assert receiver.receive() == Reply("#r sender: after", "#r sender: after")  # nothing came before it
+        assert receiver.request("still reading").message == "still reading"
 
 
 def test_max_rooms(start_server: StartServer, peers: Callable[..., Peer]) -> None:

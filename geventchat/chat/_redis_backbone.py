@@ -21,6 +21,7 @@ from redis.commands.core import Script
 from redis.exceptions import RedisError
 
 from ..protocol.chat import (
+    DEFAULT_RELAY_LIMIT,
     info_left,
     name_key,
 )
@@ -72,11 +73,12 @@ class RedisBackbone:
         server_id: str,
         presence_ttl: float = 10.0,
         max_rooms: int = DEFAULT_MAX_ROOMS,
+        max_line: int = DEFAULT_RELAY_LIMIT,
         timeout: float = 2.0,
         prefix: str = "geventchat:",
     ) -> None:
-        if max_rooms < 1:
-            raise ValueError(f"max_rooms must be at least 1, not {max_rooms}")
+        if max_rooms < 1 or max_line < 1:
+            raise ValueError(f"max_rooms and max_line must be at least 1, not {max_rooms} and {max_line}")
         if presence_ttl <= 0:
             raise ValueError(f"presence_ttl must be positive, not {presence_ttl}")
         if not server_id or "/" in server_id or " " in server_id:
@@ -84,6 +86,8 @@ class RedisBackbone:
         self.server_id = server_id
         self.presence_ttl = presence_ttl
         self.max_rooms = max_rooms
+        #: ``--max-line``: the longest room or private line relayed, in bytes without its newline.
+        self.max_line = max_line
         self.timeout = timeout
         self._prefix = prefix
         self._pool = connection_pool(url, timeout=timeout)

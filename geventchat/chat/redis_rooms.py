@@ -66,6 +66,7 @@ from ..protocol.chat import (
     ok_you_are,
     private_line,
     room_line,
+    too_long_to_relay,
     validate_name,
 )
 from ..protocol.errors import LocalProtocolError
@@ -227,7 +228,10 @@ class RedisRooms(RedisBackbone):
         return head + (sep + listing if sep else b"\n")
 
     def message(self, member: Member, nick: str, text: str) -> bytes:
-        sender = self._seat(member).nick
+        line = private_line(self._seat(member).nick, text)
+        refusal = too_long_to_relay(line, self.max_line)
+        if refusal is not None:
+            return refusal
         if not self._available:
             return ROOMS_UNAVAILABLE
         try:
@@ -236,7 +240,6 @@ class RedisRooms(RedisBackbone):
                 return error_no_such_nick(nick)
             target_id = _text(found)
             target = self._by_id.get(target_id)
-            line = private_line(sender, text)
             if target is not None:
                 shown = self._seats[target].nick  # before delivering: an overflowing target is parted by deliver()
                 target.deliver(line)
@@ -253,9 +256,13 @@ class RedisRooms(RedisBackbone):
         seat = self._seat(member)
         if seat.room is None:
             return None
+        line = room_line(seat.room_name, seat.nick, text)
+        refusal = too_long_to_relay(line, self.max_line)
+        if refusal is not None:
+            return refusal
         if not self._available:
             return ROOMS_UNAVAILABLE
-        if not self._broadcast(seat.room, member, room_line(seat.room_name, seat.nick, text)):
+        if not self._broadcast(seat.room, member, line):
             return ROOMS_UNAVAILABLE
         return None
 
