@@ -5,11 +5,13 @@ from __future__ import annotations
 import re
 import signal
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import gevent
 import pytest
 from gevent.socket import create_connection
 
+from geventchat.chat import LocalRooms
 from geventchat.client import ChatClient
 from geventchat.config import ChatConfig
 from geventchat.protocol import Reply
@@ -290,6 +292,62 @@ def test_slow_member_is_cut_others_go_on(start_server: StartServer, peers: Calla
     assert len(room_lines) < sent  # it was cut: it did not get everything
     slow.close()  # the server lingers until the client closes its side
     wait_until(lambda: server.stats.closed.get("too slow") == 1, what="the slow member to be closed")
+
+
+def _blocked_in_its_own_write(connection: Any) -> bool:
+    """True if the connection's greenlet is suspended inside ``Connection._write`` (sending its own replies, or
+    waiting for the chat writer's lock): read from its frames, which is where the greenlet switched away."""
+    frame = connection.greenlet.gr_frame
+    while frame is not None:
+        if frame.f_code.co_name == "_write" and frame.f_code.co_filename.endswith("connection.py"):
+            return True
+        frame = frame.f_back
+    return False
+
+
+def test_a_slow_member_blocked_on_its_own_write_is_closed_when_its_queue_overflows(
+    start_server: StartServer, peers: Callable[..., Peer]
+) -> None:
+    """A member that sends and never reads: its echo replies fill the socket, so its own greenlet blocks writing
+    (and the chat writer waits for the lock). When the room overflows its queue it must be closed 'too slow' then,
+    not at its idle timeout (an hour here), and the others go on."""
+    queue = 64 * 1024
+    server = start_server(chat=ChatConfig(send_queue=queue, room_rate=0), linger=1.0)
+    talker, reader = named(peers, server, "talker", "reader", room="r")
+    slow = peers(server, timeout_line=b"3600\n")
+    assert slow.command(":nick slow") == "ok: you are slow"
+    assert slow.command(":join r") == "ok: joined #r (3 members)"
+    assert talker.line() == reader.line() == "info: slow joined #r"
+    rooms = server.rooms
+    assert isinstance(rooms, LocalRooms)
+    (slow_connection,) = [c for c in server._connections if c.member is not None and rooms.nick_of(c.member) == "slow"]
+    # Lines that get a long echo and relay nothing (an invalid nick): only the slow member's own socket fills.
+    junk = ":nick " + "!" * 10_000
+
+    def flood() -> None:
+        for _ in range(100_000):  # bounded; it blocks long before, once the server stops reading
+            slow.send(junk)
+
+    flooder = gevent.spawn(flood)
+    try:
+        wait_until(lambda: _blocked_in_its_own_write(slow_connection), timeout=20, what="slow to block writing")
+        sent = 0
+        for sent in range(1, 1_000):  # bounded: 64 KiB of queue overflows after a few lines of 10 KB
+            talker.say(f"{sent} " + "x" * 10_000)
+            assert reader.line().startswith(f"#r talker: {sent} ")
+            assert all(c.member is None or c.member.outbox.pending_bytes <= queue for c in server._connections)
+            if server.stats.chat_overflows:
+                break
+        assert server.stats.chat_overflows == 1  # the situation: its queue overflowed while it was blocked
+        assert _blocked_in_its_own_write(slow_connection) or slow_connection.greenlet.dead
+        assert talker.line() == reader.line() == "info: slow left #r (too slow)"  # parted at once
+        talker.say("still here")
+        assert reader.line() == "#r talker: still here"
+        # Closed 'too slow' now (within the linger for its last line), not at its idle timeout an hour away.
+        wait_until(lambda: server.stats.closed.get("too slow") == 1, timeout=15, what="the slow member to be closed")
+    finally:
+        flooder.kill()
+    assert slow_connection not in server._connections
 
 
 ROOMS_OFF = "error: rooms are off: --workers without --redis"
