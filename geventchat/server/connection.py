@@ -173,10 +173,10 @@ class Connection:
     def _request_stop(self, reason: CloseReason) -> None:
         self._stop_reason = reason
         if self._interruptible():
-            # Blocked waiting for input: interrupt the wait, from the hub's next turn. By then input may have woken
-            # the connection and it may be sending or closing, where a throw could escape the handler (and reach
-            # the hub's printer): _interrupt_wait throws only if it is still waiting. Otherwise the loop sees the
-            # flag before its next read.
+            # Blocked waiting for input (or, too slow, in its own write): interrupt the wait, from the hub's next
+            # turn. By then the connection may have woken and be closing, where a throw could escape the handler
+            # (and reach the hub's printer): _interrupt_wait throws only if it is still waiting. Otherwise the loop
+            # sees the flag before its next read.
             call_soon(self._interrupt_wait)
 
     def _interruptible(self) -> bool:
