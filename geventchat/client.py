@@ -315,16 +315,18 @@ class ChatClient:
         Chat lines and ``error:`` notices that come first are put in :attr:`set_aside` (in line framing): they
         belong to earlier lines (a command's answer follows its echo) or to nobody we asked. The one ``error:`` that
         replaces an echo, for a line that was not valid UTF-8, cannot come from text sent with :meth:`send`; if no
-        echo comes within the reply timeout after an ``error:`` was set aside, :class:`WrongReply` names it. With
-        an empty prefix an echo that looks like a chat line is recognised only when ``message`` is given.
+        echo comes within the reply timeout (for the whole wait) after an ``error:`` was set aside,
+        :class:`WrongReply` names it. With an empty prefix an echo that looks like a chat line is recognised only
+        when ``message`` is given.
 
         Raises :class:`WrongReply`, :class:`ReplyTimeout`, :class:`ClosedByServer`, :class:`ConnectionReset`.
         """
         refused: ErrorNotice | None = None
         chat = self.conversation.framing is Framing.LINE
-        while True:  # bounded: each pass takes one event, and the events are bounded by the reply timeout
+        deadline = time.monotonic() + self.reply_timeout  # for the echo, however many chat lines come first
+        while True:  # bounded by the deadline: each pass waits at most what is left of it
             try:
-                event = self.receive()
+                event = self.receive(max(deadline - time.monotonic(), 0.0))
             except ReplyTimeout:
                 if refused is None:
                     raise
