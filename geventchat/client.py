@@ -16,6 +16,7 @@ import ipaddress
 import socket
 import ssl
 import sys
+import time
 from collections import deque
 from types import TracebackType
 from typing import Any
@@ -39,6 +40,8 @@ from .protocol import (
 )
 
 __all__ = [
+    "CHAT_MARKERS",
+    "SET_ASIDE_KEPT",
     "ChatClient",
     "ChatClientError",
     "ClosedByServer",
@@ -57,6 +60,12 @@ __all__ = [
 # keeps the first message out of that chunk.
 _RAW_SETTLE = 0.05
 
+
+#: How the chat lines a server sends unasked (or after an echo) begin (docs/protocol.md, rule 11): none of them is
+#: the echo of a line we sent, though with an empty prefix an echo may look like one.
+CHAT_MARKERS = ("ok: ", "info: ", "#", "@")
+#: Chat lines (and ``error:`` notices) :attr:`ChatClient.set_aside` keeps at most; the oldest go first.
+SET_ASIDE_KEPT = 1000
 
 # Linux's IP_BIND_ADDRESS_NO_PORT (24); not every Python names it.
 _IP_BIND_ADDRESS_NO_PORT: int | None = getattr(
@@ -160,6 +169,11 @@ class ChatClient:
     Use :meth:`connect` (it reads the greeting and negotiates the idle timeout), then :meth:`request` for a
     message and its echo, or :meth:`send` / :meth:`receive` to pipeline. :meth:`quit` ends the session politely.
     Usable as a context manager (closes on exit).
+
+    Chat servers also send lines that answer nothing we are waiting for: room, private and info lines from others,
+    the ``ok:`` or ``error:`` that follows an earlier command's echo. The calls that wait for an echo
+    (:meth:`request`, :meth:`expect_reply`, :meth:`quit`) pass over those and keep them in :attr:`set_aside`;
+    :meth:`receive` returns every event as it comes.
     """
 
     def __init__(self, sock: GeventSocket, conversation: ClientConversation, *, reply_timeout: float) -> None:
@@ -171,6 +185,12 @@ class ChatClient:
         self.greeting: str | None = None
         self._events: deque[ClientEvent] = deque()
         self._closed_by_server: ClosedByServer | None = None
+        #: Chat lines (:class:`Reply` starting with one of :data:`CHAT_MARKERS`) and :class:`ErrorNotice` events
+        #: that arrived while a call waited for an echo, oldest first; the caller may read and clear it. At most
+        #: :data:`SET_ASIDE_KEPT` (the oldest are dropped first, counted in :attr:`set_aside_dropped`).
+        self.set_aside: deque[Reply | ErrorNotice] = deque(maxlen=SET_ASIDE_KEPT)
+        #: Events dropped from :attr:`set_aside` because it was full.
+        self.set_aside_dropped = 0
 
     @classmethod
     def connect(
@@ -290,15 +310,56 @@ class ChatClient:
         return self.expect_reply(message if check else None)
 
     def expect_reply(self, message: str | None = None) -> Reply:
-        """Wait for the next reply; if ``message`` is given it must be its echo (else :class:`WrongReply`)."""
-        event = self.receive()
-        if isinstance(event, Reply):
-            if message is not None and event.message != message:
-                raise WrongReply(f"expected the echo of {quote_peer_text(message)}, got {quote_peer_text(event.text)}")
-            return event
-        if isinstance(event, ErrorNotice):
-            raise WrongReply(f"server answered error: {event.reason}")
-        raise WrongReply(f"expected a reply, got {event!r}")
+        """Wait for the next echo reply; if ``message`` is given it must be its echo (else :class:`WrongReply`).
+
+        Chat lines and ``error:`` notices that come first are put in :attr:`set_aside` (in line framing): they
+        belong to earlier lines (a command's answer follows its echo) or to nobody we asked. The one ``error:`` that
+        replaces an echo, for a line that was not valid UTF-8, cannot come from text sent with :meth:`send`; if no
+        echo comes within the reply timeout (for the whole wait) after an ``error:`` was set aside,
+        :class:`WrongReply` names it. With an empty prefix an echo that looks like a chat line is recognised only
+        when ``message`` is given.
+
+        Raises :class:`WrongReply`, :class:`ReplyTimeout`, :class:`ClosedByServer`, :class:`ConnectionReset`.
+        """
+        refused: ErrorNotice | None = None
+        chat = self.conversation.framing is Framing.LINE
+        deadline = time.monotonic() + self.reply_timeout  # for the echo, however many chat lines come first
+        while True:  # bounded by the deadline: each pass waits at most what is left of it
+            try:
+                event = self.receive(max(deadline - time.monotonic(), 0.0))
+            except ReplyTimeout:
+                if refused is None:
+                    raise
+                raise WrongReply(f"no echo; the server answered error: {refused.reason}") from None
+            if isinstance(event, Reply):
+                if chat and self._is_chat_line(event, message):
+                    self._set_aside(event)
+                    continue
+                if message is not None and event.message != message:
+                    raise WrongReply(
+                        f"expected the echo of {quote_peer_text(message)}, got {quote_peer_text(event.text)}"
+                    )
+                return event
+            if isinstance(event, ErrorNotice) and chat:
+                refused = event
+                self._set_aside(event)
+                continue
+            if isinstance(event, ErrorNotice):
+                raise WrongReply(f"server answered error: {event.reason}")
+            raise WrongReply(f"expected a reply, got {event!r}")
+
+    def _is_chat_line(self, reply: Reply, message: str | None) -> bool:
+        """True for a chat line (room, private, info, a command's ``ok:``), not an echo: a line with the prefix is
+        always an echo; with an empty prefix, the exact echo of ``message`` is one."""
+        prefix = self.conversation.prefix
+        if prefix:
+            return not reply.text.startswith(prefix) and reply.text.startswith(CHAT_MARKERS)
+        return reply.text != message and reply.text.startswith(CHAT_MARKERS)
+
+    def _set_aside(self, event: Reply | ErrorNotice) -> None:
+        if len(self.set_aside) == SET_ASIDE_KEPT:
+            self.set_aside_dropped += 1
+        self.set_aside.append(event)
 
     def quit(self, *, wait_for_close: bool = False) -> Reply:
         """Send ``:q`` and return its reply. The connection is closed after.
@@ -310,6 +371,8 @@ class ChatClient:
         close, as a load test's ``quit`` step that times the close does; raises :class:`ReplyTimeout` if it does
         not, :class:`ClosedByServer` if it says ``bye:`` first.
 
+        Chat lines before the reply, or after it while waiting for the close, go to :attr:`set_aside`.
+
         Raises :class:`WrongReply` (the reply is not the echo of ``:q``), :class:`ReplyTimeout`,
         :class:`ClosedByServer`, :class:`ConnectionReset`.
         """
@@ -317,16 +380,26 @@ class ChatClient:
             self.send_quit()
             reply = self.expect_reply(QUIT)
             if wait_for_close:
-                try:
-                    self.receive()
-                except ClosedByServer as closed:
-                    if closed.reason is not None:
-                        raise
+                self._await_close()
             else:
                 self.raise_pending_bye()
             return reply
         finally:
             self.close()
+
+    def _await_close(self) -> None:
+        """After the reply to ``:q``: wait up to the reply timeout for the close, setting lines aside meanwhile.
+        Raises :class:`ClosedByServer` for a ``bye:``, :class:`ReplyTimeout` if the server does not close."""
+        deadline = time.monotonic() + self.reply_timeout
+        while True:  # bounded by the deadline: each pass waits at most what is left of it
+            try:
+                event = self.receive(max(deadline - time.monotonic(), 0.0))
+            except ClosedByServer as closed:
+                if closed.reason is not None:
+                    raise
+                return
+            if isinstance(event, Reply | ErrorNotice):
+                self._set_aside(event)
 
     def send_quit(self) -> None:
         """Send ``:q`` without waiting for its reply."""

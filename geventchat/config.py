@@ -89,7 +89,7 @@ class ChatConfig:
     #: ``--max-rooms``: rooms that may exist at once; past it ``:join`` of a new room gets ``error: too many rooms``.
     max_rooms: int = 10_000
     #: Processes serving the same port (``--workers``). Above 1 every worker would have rooms of its own, so the
-    #: room commands answer ``error: rooms are off: N workers without --redis``.
+    #: room commands answer ``error: rooms are off: --workers without --redis``.
     workers: int = 1
     #: ``--redis redis://HOST:PORT/DB``: rooms, nicks and private messages shared by every worker and host using
     #: that Redis. ``None``: rooms live in this process's memory.

@@ -99,6 +99,21 @@ class StatsCollector(Collector):
         octets.add_metric([*values, "in"], stats.bytes_in)
         octets.add_metric([*values, "out"], stats.bytes_out)
         yield octets
+        deliveries = CounterMetricFamily(
+            "geventchat_room_deliveries",
+            "Room, private and info lines queued for this server's chat members, one per receiving member (counted "
+            "as queued: a member closed 'too slow' drops what it had queued).",
+            labels=names,
+        )
+        deliveries.add_metric(values, stats.deliveries)
+        yield deliveries
+        overflows = CounterMetricFamily(
+            "geventchat_chat_overflows",
+            "Chat members closed 'too slow': their send queue (--send-queue) overflowed.",
+            labels=names,
+        )
+        overflows.add_metric(values, stats.chat_overflows)
+        yield overflows
 
     def _latencies(self) -> Iterable[Metric]:
         stats = self.stats

@@ -11,7 +11,7 @@ are passed to Locust's own parser, so every ``--gc-*`` option works. The JSON (o
      "causes": {"connect": {"connection refused": 17}, ...},
      "latency_us": [{"scenario": "ChatUser", "step": "echo", "count": 1234, "p50": 41, ...}, ...],
      "locust_median_ms": {"echo": 0.04, ...},
-     "fanout": {"sent": 90, "expected": 180, "delivered": 180, "loss": 0, "loss_ratio": 0.0},
+     "fanout": {"sent": 90, "refused": 0, "expected": 180, "delivered": 180, "loss": 0, "loss_ratio": 0.0},
      "window": {"seconds": 2.0, "requests": 80000, "requests_per_s": 40000.0, "cpu_us_per_request": 24.1},
      "exit_code": 0}
 

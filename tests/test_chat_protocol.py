@@ -10,6 +10,7 @@ from geventchat.protocol.chat import (
     INVALID_ROOM,
     MAX_NAME,
     NOT_IN_A_ROOM,
+    ROOMS_OFF,
     ROOMS_UNAVAILABLE,
     TOO_FAST,
     TOO_MANY_ROOMS,
@@ -26,7 +27,6 @@ from geventchat.protocol.chat import (
     Who,
     error_nick_taken,
     error_no_such_nick,
-    error_rooms_off,
     guest_nick,
     info_joined,
     info_left,
@@ -43,6 +43,7 @@ from geventchat.protocol.chat import (
     private_line,
     relayable,
     room_line,
+    too_long_to_relay,
     validate_name,
 )
 from geventchat.protocol.errors import LocalProtocolError
@@ -203,7 +204,7 @@ def test_every_chat_line_is_one_framed_line() -> None:
         private_line("alice", "psst"): "@alice: psst",
         TOO_FAST: "error: too fast, not delivered",
         TOO_MANY_ROOMS: "error: too many rooms",
-        error_rooms_off(4): "error: rooms are off: 4 workers without --redis",
+        ROOMS_OFF: "error: rooms are off: --workers without --redis",
         ROOMS_UNAVAILABLE: "error: rooms unavailable (broker unreachable)",
         TOO_SLOW: "bye: too slow",
         HELP: "ok: commands: :nick NAME, :join ROOM, :leave, :who, :rooms, :msg NICK TEXT, :help, :q",
@@ -297,3 +298,15 @@ def test_rate_limiter_burst_is_at_least_one_and_arguments_are_checked() -> None:
         RateLimiter(-1)
     with pytest.raises(ValueError):
         RateLimiter(5, burst=0.5)
+
+
+def test_a_relayed_line_is_refused_past_the_limit_counting_its_head_and_escapes() -> None:
+    refusal = b"error: too long to relay, not delivered (limit 20 bytes)\n"
+    assert too_long_to_relay(room_line("r", "bob", "x" * 12), 20) is None  # '#r bob: ' + 12 = 20: at the limit
+    assert too_long_to_relay(room_line("r", "bob", "x" * 13), 20) == refusal
+    assert too_long_to_relay(room_line("r", "bob", "\x01" * 3), 20) is None  # 3 characters escaped to 12 bytes
+    assert too_long_to_relay(room_line("r", "bob", "\x01" * 4), 20) == refusal  # 4 bytes of text, 24 relayed
+    assert too_long_to_relay(private_line("bob", "x" * 14), 20) is None  # '@bob: ' + 14
+    assert too_long_to_relay(private_line("bob", "x" * 15), 20) == refusal
+    assert too_long_to_relay(room_line("r", "bob", "x" * 65528)) is None  # the default: the server's --max-line
+    assert too_long_to_relay(room_line("r", "bob", "x" * 65529)) is not None

@@ -5,6 +5,8 @@ cooperation, fan-out once per server, presence sweep, broker loss and recovery."
 from __future__ import annotations
 
 import logging
+import os
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -45,8 +47,8 @@ class Pair:
     call goes to its member's server, and every call that changes something waits until both servers' listeners
     handled what it published (so cross-server deliveries arrive in call order, as in LocalRooms)."""
 
-    def __init__(self, url: str, max_rooms: int) -> None:
-        self.servers = [RedisRooms(url, server_id=f"s{i}", max_rooms=max_rooms) for i in (1, 2)]
+    def __init__(self, url: str, max_rooms: int, max_line: int = 65536) -> None:
+        self.servers = [RedisRooms(url, server_id=f"s{i}", max_rooms=max_rooms, max_line=max_line) for i in (1, 2)]
         for server in self.servers:
             server.start(wait=10)
         self._home: dict[Member, RedisRooms] = {}
@@ -118,16 +120,16 @@ class Rooms:
         self.redis: RedisServer | None = None
         self.pairs: list[Pair] = []
 
-    def make(self, max_rooms: int = 10_000) -> Any:
+    def make(self, max_rooms: int = 10_000, max_line: int = 65536) -> Any:
         if self.kind == "local":
-            return LocalRooms(max_rooms=max_rooms)
+            return LocalRooms(max_rooms=max_rooms, max_line=max_line)
         if self.redis is None:
             self.redis = RedisServer(self._tmp)
             self.redis.start()
         else:
             self.redis.stop()  # a fresh, empty Redis per service
             self.redis.start()
-        pair = Pair(self.redis.url, max_rooms)
+        pair = Pair(self.redis.url, max_rooms, max_line)
         self.pairs.append(pair)
         return pair
 
@@ -274,6 +276,24 @@ def test_part_reasons_and_max_rooms(make: Rooms) -> None:
     assert a.take() == []
 
 
+def test_a_line_too_long_to_relay_goes_to_no_one_and_its_sender_is_told(make: Rooms) -> None:
+    service = make.make(max_line=30)
+    a, b = connect(service, "a", "b")
+    run(service, a, ":join r")
+    run(service, b, ":join r")
+    a.take()
+    refusal = b"error: too long to relay, not delivered (limit 30 bytes)\n"
+    # Escaping makes each control character 4 bytes: 5 of them fit ('#r a: ' + 20 = 26), 7 do not (34).
+    assert service.say(a, "\x01" * 5) is None
+    assert b.take() == [b"#r a: " + b"\\x01" * 5 + b"\n"]
+    assert service.say(a, "\x01" * 7) == refusal
+    assert run(service, a, ":msg b " + "\x01" * 7) == refusal  # '@a: ' + 28 = 32
+    assert run(service, a, ":msg nobody " + "\x01" * 7) == refusal  # too long whoever it is for
+    assert b.take() == []  # nothing of either reached anyone
+    assert service.say(a, "x" * 24) is None  # exactly the limit: 30 bytes
+    assert b.take() == [b"#r a: " + b"x" * 24 + b"\n"]
+
+
 # -- what only Redis has
 
 
@@ -285,28 +305,38 @@ def pair(redis_server: RedisServer) -> Iterator[Pair]:
 
 
 def test_redis_waits_yield_to_the_hub(redis_server: RedisServer) -> None:
-    pool = connection_pool(redis_server.url, timeout=5)
+    """Each wait can end only by another greenlet's Redis call, made while the wait is blocked: a wait that held the
+    hub would keep that greenlet from ever running, and would come back empty after its (failure-only) bound. No
+    timing margin: on a loaded machine the greenlets just take longer."""
+    bound = 30  # seconds; reached only if the wait blocks the hub (the test then fails)
+    pool = connection_pool(redis_server.url, timeout=bound + 5)
     client = redis.Redis(connection_pool=pool)
+    other = redis.Redis(connection_pool=connection_pool(redis_server.url, timeout=5))
+    client.ping()  # connected beforehand: what follows waits for a reply, not for a connect
     sub = GeventConnection(**pool.connection_kwargs)
     sub.connect()
     sub.send_command("SUBSCRIBE", "quiet")
     assert sub.read_response()[0] == b"subscribe"
-    ticks: list[float] = []
+    seen_waiting: list[str] = []
 
-    def tick() -> None:
-        for _ in range(100):  # bounded: 100 ticks of 5 ms
-            ticks.append(gevent.get_hub().loop.now())
-            gevent.sleep(0.005)
+    def unblock() -> None:
+        # Runs only once both waits below have switched to the hub (they were spawned first and are not ready).
+        if not blpop.ready() and not can_read.ready():
+            seen_waiting.append("both")
+        other.rpush("queue", b"pushed")
+        other.publish("quiet", b"published")
 
-    blpop = gevent.spawn(client.blpop, ["empty"], 1)
-    can_read = gevent.spawn(sub.can_read, 1.0)
-    ticker = gevent.spawn(tick)
-    gevent.joinall([blpop, can_read], timeout=10, raise_error=True)
-    assert blpop.value is None and can_read.value is False  # both waited their full second for nothing
-    ticker.kill()
-    assert len(ticks) > 50  # the hub ran the ticker throughout: a blocking wait would have allowed ~1 tick
+    blpop = gevent.spawn(client.blpop, ["queue"], bound)
+    can_read = gevent.spawn(sub.can_read, bound)
+    unblocker = gevent.spawn(unblock)
+    gevent.joinall([blpop, can_read, unblocker], timeout=bound + 10, raise_error=True)
+    assert seen_waiting == ["both"]  # the situation: the other greenlet ran while both Redis calls were waiting
+    assert blpop.value == (b"queue", b"pushed")  # ended by the push, not by its bound
+    assert can_read.value is True  # ended by the publish
+    assert sub.read_response()[2] == b"published"
     sub.disconnect()
     pool.disconnect()
+    other.close()
 
 
 def test_fan_out_is_one_subscription_per_server_and_room(pair: Pair, redis_server: RedisServer) -> None:
@@ -381,3 +411,43 @@ def test_broker_killed_and_restarted_under_a_running_room(
     back = [r for r in caplog.records if "broker back" in r.getMessage()]
     assert len(lost) == 2 and len(back) == 2  # once per server each way
     assert all(record.exc_info is None for record in caplog.records)
+
+
+def test_parts_during_an_outage_are_capped_then_reconciled(
+    redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Redis frozen (SIGSTOP: it keeps its data, unlike a restart) while members come and go: the ids kept for replay
+    stay under the cap, the log says once that it was passed, and once Redis answers again its records hold exactly
+    the members still connected."""
+    caplog.set_level(logging.WARNING, "geventchat.chat")
+    rooms = RedisRooms(redis_server.url, server_id="capped", presence_ttl=1.0, timeout=0.5)
+    rooms.max_pending_parts = 3
+    rooms.start(wait=10)
+    probe = redis.Redis.from_url(redis_server.url)
+    try:
+        members = [Fake(lambda: None) for _ in range(10)]
+        for index, member in enumerate(members):
+            rooms.connect(member)
+            assert rooms.nick(member, f"m{index}") == f"ok: you are m{index}\n".encode()
+            rooms.join(member, "r")
+        assert probe.scard("geventchat:s:capped") == 10
+        assert redis_server.proc is not None
+        os.kill(redis_server.proc.pid, signal.SIGSTOP)
+        try:
+            wait_until(lambda: not rooms.available, timeout=10, what="the server to see the broker gone")
+            for member in members[1:]:  # more than the cap
+                rooms.part(member, "quit")
+            assert len(rooms._pending_parts) <= 3  # memory bounded, whatever the churn
+        finally:
+            os.kill(redis_server.proc.pid, signal.SIGCONT)
+        wait_until(lambda: rooms.available, timeout=15, what="the server to reconnect")
+        (kept,) = probe.smembers("geventchat:s:capped")  # the situation: Redis still had all ten, now one
+        assert isinstance(kept, bytes) and probe.hget(b"geventchat:m:" + kept, "nick") == b"m0"
+        assert probe.hkeys("geventchat:nicks") == [b"m0"]  # the parted members' nicks are free
+        assert probe.zscore("geventchat:rooms", "r") == 1
+        assert rooms.who(members[0]) == b"ok: #r 1: m0\n"
+        passed = [r for r in caplog.records if "parted while the redis broker was down" in r.getMessage()]
+        assert len(passed) == 1  # said once, though six parts went past the cap
+    finally:
+        probe.close()
+        rooms.stop()

@@ -53,7 +53,7 @@ def run(service: RoomService, member: Member, line: str) -> bytes:
 
 
 def test_local_rooms_satisfy_the_room_service_interface() -> None:
-    services: list[RoomService] = [LocalRooms(), RoomsOff(2)]  # mypy checks the structural fit
+    services: list[RoomService] = [LocalRooms(), RoomsOff()]  # mypy checks the structural fit
     assert len(services) == 2
 
 
@@ -309,10 +309,10 @@ def test_help_and_usage_answers_need_no_room_service_state() -> None:
 
 
 def test_rooms_off_refuses_every_room_command_and_leaves_echo_alone() -> None:
-    off = RoomsOff(4)
+    off = RoomsOff()
     member = Fake()
     assert off.connect(member).startswith("guest-")
-    refusal = b"error: rooms are off: 4 workers without --redis\n"
+    refusal = b"error: rooms are off: --workers without --redis\n"
     for line in [":nick bob", ":join r", ":leave", ":who", ":rooms", ":msg bob hi"]:
         assert run(off, member, line) == refusal, line
     assert run(off, member, ":help") == HELP

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import re
+import signal
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import gevent
 import pytest
 from gevent.socket import create_connection
 
+from geventchat.chat import LocalRooms
+from geventchat.client import ChatClient
 from geventchat.config import ChatConfig
+from geventchat.protocol import Reply
 from geventchat.server import ChatServer
 from geventchat.testing import ServerProcess, wait_until
 
@@ -191,6 +196,27 @@ def test_rate_limit_past_room_rate(start_server: StartServer, peers: Callable[..
     assert bob.silent()
 
 
+def test_a_line_too_long_to_relay_is_refused_and_breaks_no_client_of_ours(
+    start_server: StartServer, peers: Callable[..., Peer]
+) -> None:
+    # 60,000 control characters: a line the server accepts (under --max-line, 65,536) and echoes byte for byte,
+    # but relayed escaped it would be 240,000 bytes, past what ChatClient (sized for an echo) reads.
+    server = start_server(chat=ChatConfig(room_rate=0))
+    (sender,) = named(peers, server, "sender", room="r")
+    with ChatClient.connect(*server.address, idle_timeout=30) as receiver:
+        for command, answer in [(":nick ann", "ok: you are ann"), (":join r", "ok: joined #r (2 members)")]:
+            receiver.request(command)
+            assert receiver.receive() == Reply(answer, answer)
+        assert sender.line() == "info: ann joined #r"
+        text = "\x01" * 60_000
+        refusal = "error: too long to relay, not delivered (limit 65536 bytes)"
+        assert sender.command(text) == refusal  # its echo (checked, byte-exact), then why it went to no one
+        assert sender.command(f":msg ann {text}") == refusal
+        sender.say("after")
+        assert receiver.receive() == Reply("#r sender: after", "#r sender: after")  # nothing came before it
+        assert receiver.request("still reading").message == "still reading"
+
+
 def test_max_rooms(start_server: StartServer, peers: Callable[..., Peer]) -> None:
     server = start_server(chat=ChatConfig(max_rooms=1))
     first, second = peers(server), peers(server)
@@ -268,14 +294,97 @@ def test_slow_member_is_cut_others_go_on(start_server: StartServer, peers: Calla
     wait_until(lambda: server.stats.closed.get("too slow") == 1, what="the slow member to be closed")
 
 
+def _blocked_in_its_own_write(connection: Any) -> bool:
+    """True if the connection's greenlet is suspended inside ``Connection._write`` (sending its own replies, or
+    waiting for the chat writer's lock): read from its frames, which is where the greenlet switched away."""
+    frame = connection.greenlet.gr_frame
+    while frame is not None:
+        if frame.f_code.co_name == "_write" and frame.f_code.co_filename.endswith("connection.py"):
+            return True
+        frame = frame.f_back
+    return False
+
+
+def test_a_slow_member_blocked_on_its_own_write_is_closed_when_its_queue_overflows(
+    start_server: StartServer, peers: Callable[..., Peer]
+) -> None:
+    """A member that sends and never reads: its echo replies fill the socket, so its own greenlet blocks writing
+    (and the chat writer waits for the lock). When the room overflows its queue it must be closed 'too slow' then,
+    not at its idle timeout (an hour here), and the others go on."""
+    queue = 64 * 1024
+    server = start_server(chat=ChatConfig(send_queue=queue, room_rate=0), linger=1.0)
+    talker, reader = named(peers, server, "talker", "reader", room="r")
+    slow = peers(server, timeout_line=b"3600\n")
+    assert slow.command(":nick slow") == "ok: you are slow"
+    assert slow.command(":join r") == "ok: joined #r (3 members)"
+    assert talker.line() == reader.line() == "info: slow joined #r"
+    rooms = server.rooms
+    assert isinstance(rooms, LocalRooms)
+    (slow_connection,) = [c for c in server._connections if c.member is not None and rooms.nick_of(c.member) == "slow"]
+    # Lines that get a long echo and relay nothing (an invalid nick): only the slow member's own socket fills.
+    junk = ":nick " + "!" * 10_000
+
+    def flood() -> None:
+        for _ in range(100_000):  # bounded; it blocks long before, once the server stops reading
+            slow.send(junk)
+
+    flooder = gevent.spawn(flood)
+    try:
+        wait_until(lambda: _blocked_in_its_own_write(slow_connection), timeout=20, what="slow to block writing")
+        sent = 0
+        for sent in range(1, 1_000):  # bounded: 64 KiB of queue overflows after a few lines of 10 KB
+            talker.say(f"{sent} " + "x" * 10_000)
+            assert reader.line().startswith(f"#r talker: {sent} ")
+            assert all(c.member is None or c.member.outbox.pending_bytes <= queue for c in server._connections)
+            if server.stats.chat_overflows:
+                break
+        assert server.stats.chat_overflows == 1  # the situation: its queue overflowed while it was blocked
+        assert _blocked_in_its_own_write(slow_connection) or slow_connection.greenlet.dead
+        assert talker.line() == reader.line() == "info: slow left #r (too slow)"  # parted at once
+        talker.say("still here")
+        assert reader.line() == "#r talker: still here"
+        # Closed 'too slow' now (within the linger for its last line), not at its idle timeout an hour away.
+        wait_until(lambda: server.stats.closed.get("too slow") == 1, timeout=15, what="the slow member to be closed")
+    finally:
+        flooder.kill()
+    assert slow_connection not in server._connections
+
+
+ROOMS_OFF = "error: rooms are off: --workers without --redis"
+
+
 def test_workers_without_redis_turn_rooms_off(server_process: Callable[..., ServerProcess]) -> None:
     process = server_process("--workers", "2")
     process.wait_for(r"chat rooms are off: 2 workers without --redis")
     peer = Peer((process.host, process.port))
     try:
-        assert peer.command(":join lobby") == "error: rooms are off: 2 workers without --redis"
+        assert peer.command(":join lobby") == ROOMS_OFF
         peer.say("plain")  # the echo alone
         assert peer.silent()
     finally:
         peer.close()
     assert sum("rooms are off" in line for line in process.stderr) == 1  # said once, by the supervisor
+
+
+def test_a_worker_added_by_sigttin_states_no_stale_worker_count(server_process: Callable[..., ServerProcess]) -> None:
+    process = server_process("--workers", "2", "--log-level", "DEBUG")
+    process.wait_for(r"2 workers ready")
+    mark = len(process.stderr)
+    process.send_signal(signal.SIGTTIN)
+    process.wait_for(r"SIGTTIN: adding worker 2 \(now 3 workers\)", start=mark)
+    added = int(process.wait_for(r"worker 2 started \(pid (\d+)\)", start=mark).group(1))
+    process.wait_for(rf"worker 2 \(pid {added}\) is listening", start=mark)
+    peers: list[Peer] = []
+    try:
+        for _ in range(200):  # until one lands on the new worker (a miss in 200 has odds of (2/3)**200)
+            peers.append(Peer((process.host, process.port)))
+            port = peers[-1].sock.getsockname()[1]
+            worker = process.wait_for(rf"geventchat\.server\[(\d+)\]: 127\.0\.0\.1:{port} connected").group(1)
+            if int(worker) == added:
+                break
+        assert int(worker) == added  # the situation: this client is served by the worker SIGTTIN added
+        # Three workers serve now; the answer must not state the start-up count of two.
+        assert peers[-1].command(":join lobby") == ROOMS_OFF
+    finally:
+        for peer in peers:
+            peer.close()

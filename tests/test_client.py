@@ -12,10 +12,12 @@ import pytest
 from gevent.server import StreamServer
 from gevent.socket import socket as GeventSocket
 
+from geventchat._net import unread_bytes
 from geventchat.client import ChatClient, ClosedByServer, ConnectionRefused, ConnectTimeout, ReplyTimeout
 from geventchat.config import Framing
+from geventchat.protocol import ErrorNotice, Reply
 from geventchat.server import ChatServer
-from geventchat.testing import ServerProcess
+from geventchat.testing import ServerProcess, wait_until
 
 PREFIX = "我收到了你的信息:"
 TUTORIAL_GREETING = "你好,我是服务器~"
@@ -265,3 +267,59 @@ def test_piped_client_keeps_echoes_in_step_when_chat_lines_arrive(start_server: 
     assert "ok: joined #lobby (2 members)" in lines  # the situation happened: chat answers came in between
     assert lines.index("ok: joined #lobby (2 members)") == lines.index(prefix + ":join lobby") + 1
     assert lines[-1] == prefix + ":q"
+
+
+def _chat(*texts: str) -> list[Reply]:
+    """Chat lines as the client's events: a line without the prefix is its own message."""
+    return [Reply(text, text) for text in texts]
+
+
+def _joined(address: tuple[str, int], nick: str) -> ChatClient:
+    client = ChatClient.connect(*address, idle_timeout=30)
+    client.request(f":nick {nick}")
+    assert client.receive() == Reply(f"ok: you are {nick}", f"ok: you are {nick}")
+    client.request(":join r")
+    event = client.receive()
+    assert isinstance(event, Reply) and event.text.startswith("ok: joined #r")
+    return client
+
+
+def test_request_and_quit_pass_over_chat_lines_that_arrive_before_the_echo(
+    start_server: Callable[..., ChatServer],
+) -> None:
+    server = start_server()
+    listener = _joined(server.address, "ann")
+    talker = _joined(server.address, "bob")
+    with listener, talker:
+        talker.request("first")
+        wait_until(lambda: unread_bytes(listener.sock) > 0, what="the room line to reach ann's socket")
+        assert listener.request("mine").message == "mine"  # the situation: two lines came before this echo
+        assert list(listener.set_aside) == _chat("info: bob joined #r", "#r bob: first")
+        listener.set_aside.clear()
+        talker.request("second")
+        wait_until(lambda: unread_bytes(listener.sock) > 0, what="the next room line")
+        assert listener.quit(wait_for_close=True).text == PREFIX + ":q"
+        assert list(listener.set_aside) == _chat("#r bob: second")
+
+
+def test_quit_waiting_for_the_close_passes_over_chat_lines_to_the_bye(
+    holding_server: Callable[..., HoldingServer],
+) -> None:
+    stub = holding_server(Framing.LINE, after_quit=b"info: ann left #r (quit)\n@ann: psst\nbye: server shutting down\n")
+    with ChatClient.connect(*stub.address, idle_timeout=30) as client:
+        with pytest.raises(ClosedByServer) as closed:
+            client.quit(wait_for_close=True)
+        assert list(client.set_aside) == _chat("info: ann left #r (quit)", "@ann: psst")
+    assert closed.value.reason == "server shutting down"
+
+
+def test_an_error_after_an_earlier_echo_is_set_aside_not_taken_for_the_reply(
+    start_server: Callable[..., ChatServer],
+) -> None:
+    server = start_server()
+    with ChatClient.connect(*server.address, idle_timeout=30) as client:
+        client.send(":leave")  # its echo, then 'error: not in a room'
+        client.send("next")
+        assert client.expect_reply(":leave").message == ":leave"
+        assert client.expect_reply("next").message == "next"
+        assert list(client.set_aside) == [ErrorNotice("not in a room")]

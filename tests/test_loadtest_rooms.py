@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from geventchat.config import ChatConfig
 from geventchat.loadtest.rooms import FanoutTally, format_fanout, room_name
 from geventchat.loadtest.settings import BadSettings, Settings
 from geventchat.server import ChatServer
@@ -30,12 +31,12 @@ def test_fanout_tally_ships_deltas_and_the_master_adds_them_up() -> None:
     worker, master = FanoutTally(), FanoutTally()
     worker.sent, worker.expected, worker.delivered = 5, 10, 9
     master.add_report(worker.take_report())
-    worker.sent, worker.expected, worker.delivered = 1, 2, 3  # after the report: counted afresh
+    worker.sent, worker.refused, worker.expected, worker.delivered = 2, 1, 2, 3  # after the report: afresh
     master.add_report(worker.take_report())
-    assert worker.as_dict()["sent"] == 0
-    assert master.as_dict() == {"sent": 6, "expected": 12, "delivered": 12, "loss": 0, "loss_ratio": 0.0}
+    assert worker.as_dict()["sent"] == worker.as_dict()["refused"] == 0
+    assert master.as_dict() == {"sent": 7, "refused": 1, "expected": 12, "delivered": 12, "loss": 0, "loss_ratio": 0.0}
     master.delivered = 9
-    assert format_fanout(master).endswith("loss 3 (25.00%)")
+    assert format_fanout(master).endswith("loss 3 (25.00%); 1 refused by the server (not expected)")
 
 
 def test_room_size_must_be_at_least_one() -> None:
@@ -80,6 +81,38 @@ def test_room_users_report_fanout_and_deliver_every_expected_line(
     # A message is counted as it goes: a user stopped while waiting for its echo has sent one without an echo row.
     assert figures["sent"] - 6 <= by_step["echo"]["requests"] <= figures["sent"]
     assert figures["expected"] == 2 * figures["sent"]
+    assert figures["delivered"] == figures["expected"] == by_step["fanout"]["requests"]
+    assert figures["loss"] == 0
+
+
+def test_messages_the_server_refuses_are_counted_apart_and_never_taken_for_the_next_echo(
+    start_server: Callable[..., ChatServer], tmp_path: Path
+) -> None:
+    # The server allows 2 messages/s (bursts of 4); the users send far faster: most get 'error: too fast' after
+    # their echo. Each such error must be its own message's, not the next message's reply.
+    host, port = start_server(linger=0.5, chat=ChatConfig(room_rate=2.0)).address
+    summary = run_users(
+        "--host",
+        f"{host}:{port}",
+        "--users",
+        "6",
+        "--seconds",
+        "2",
+        "RoomUser",
+        "--gc-room-size",
+        "3",
+        "--gc-room-rate",
+        "0",  # no pacing: past the server's rate on purpose
+        "--gc-think-time",
+        "0.02",
+        cwd=tmp_path,
+    )
+    figures = summary["fanout"]
+    by_step = summary["by_scenario"]["RoomUser"]
+    assert figures["refused"] > 0  # the situation: the server refused messages
+    assert summary["causes"] == {"refused": {"too fast, not delivered": figures["refused"]}}  # and nothing else
+    assert by_step["echo"]["failures"] == 0  # no step took another message's error for its echo
+    assert figures["expected"] == 2 * (figures["sent"] - figures["refused"])  # refused ones are not expected
     assert figures["delivered"] == figures["expected"] == by_step["fanout"]["requests"]
     assert figures["loss"] == 0
 

@@ -9,9 +9,10 @@ import pytest
 from gevent.socket import socket as GeventSocket
 
 from geventchat import ChatClient, ChatServer, ClosedByServer, ProtocolConfig
+from geventchat.config import ChatConfig
 from geventchat.histogram import LatencyHistogram
 from geventchat.metrics import StatsCollector
-from geventchat.protocol import ErrorNotice
+from geventchat.protocol import ErrorNotice, Reply
 from geventchat.stats import ServerStats
 from geventchat.testing import WaitTimedOut, wait_until
 
@@ -116,6 +117,42 @@ def test_messages_out_counts_replies_and_notices_apart() -> None:
     assert metric(closed, "geventchat_messages_total", direction="in") == 7
     assert metric(closed, "geventchat_messages_total", direction="out") == 7
     assert metric(closed, "geventchat_notices_total") == 2  # and the 'bye: line too long'
+
+
+def _line(client: ChatClient) -> str:
+    event = client.receive()
+    assert isinstance(event, Reply), event
+    return event.text
+
+
+def test_room_deliveries_and_chat_overflows_are_counted() -> None:
+    """Each line queued for a member is one delivery; a member whose send queue overflows is one overflow."""
+    config = quiet(metrics_port=0, chat=ChatConfig(send_queue=100, room_rate=0))
+    with serving(config) as server:
+        assert server.metrics is not None
+        clients = [ChatClient.connect(*server.address, idle_timeout=30) for _ in range(3)]
+        try:
+            talker, first, second = clients
+            for client in clients:
+                client.request(":join r")
+                assert _line(client).startswith("ok: joined #r")
+            joins = [_line(talker), _line(talker), _line(first)]
+            assert joins == ["info: guest-2 joined #r", "info: guest-3 joined #r", "info: guest-3 joined #r"]
+            before = scrape(server.metrics.address)
+            talker.request("hi")
+            assert _line(first) == _line(second) == "#r guest-1: hi"  # the situation: delivered
+            said = scrape(server.metrics.address)
+            talker.request("x" * 200)  # longer than either listener's whole send queue: both overflow at once
+            wait_until(lambda: server.stats.closed.get("too slow") == 2, timeout=10, what="both to be closed")
+            overflowed = scrape(server.metrics.address)
+        finally:
+            for client in clients:
+                client.close()
+    assert metric(before, "geventchat_room_deliveries_total") == 3  # 'info: … joined': 1 for the 2nd, 2 for the 3rd
+    assert metric(said, "geventchat_room_deliveries_total") == 3 + 2
+    assert metric(before, "geventchat_chat_overflows_total") == metric(said, "geventchat_chat_overflows_total") == 0
+    assert metric(overflowed, "geventchat_chat_overflows_total") == 2
+    assert metric(overflowed, "geventchat_room_deliveries_total") == server.stats.deliveries
 
 
 def test_replies_a_client_never_reads_are_not_counted_as_sent() -> None:

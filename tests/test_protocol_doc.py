@@ -51,3 +51,24 @@ def test_every_numbered_rule_has_a_row_with_a_test_over_loopback() -> None:
     assert sorted(rows, key=int) == rules, f"rules {rules}, rows {sorted(rows, key=int)}"
     for rule, (_name, _alone, over_loopback) in rows.items():
         assert REFERENCE.search(over_loopback), f"rule {rule} names no test over loopback"
+
+
+def test_a_test_named_for_a_rule_is_listed_in_that_rules_row() -> None:
+    """``test_ruleN_*`` says it tests rule N: it must be named in rule N's row, not in another rule's (rules get
+    renumbered; the names must follow)."""
+    misplaced = []
+    named = 0
+    for line in _mapping().splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if len(cells) != 3:
+            continue
+        number = re.match(r"(\d+) ", cells[0])
+        for _file, test in REFERENCE.findall(line):
+            claimed = [int(n) for n in re.findall(r"(?:^test_|_and_)rule(\d+)", test)]
+            if not claimed:
+                continue
+            named += 1
+            if number is None or int(number.group(1)) not in claimed:
+                misplaced.append(f"{test} in the row '{cells[0]}'")
+    assert named > 10  # the situation: the page names tests after their rules
+    assert misplaced == [], f"tests named for another rule than their row's: {misplaced}"

@@ -302,10 +302,10 @@ def test_rule9_a_client_accepted_as_the_shutdown_begins_is_told_why(start_server
     assert server.stats.closed.get("server shutting down") == 1
 
 
-# ------------------------------------------------------------------------------------------ rule 11
+# ------------------------------------------------------------------------------ unframed (raw) clients
 
 
-def test_rule11_auto_detects_an_unframed_client(start_server: StartServer) -> None:
+def test_unframed_client_is_auto_detected(start_server: StartServer) -> None:
     server = start_server()
     sock = create_connection(server.address, timeout=5)
     greeting = sock.recv(1024)
@@ -320,7 +320,7 @@ def test_rule11_auto_detects_an_unframed_client(start_server: StartServer) -> No
     sock.close()
 
 
-def test_rule11_forced_line_framing_waits_for_the_newline(start_server: StartServer) -> None:
+def test_unframed_forced_line_framing_waits_for_the_newline(start_server: StartServer) -> None:
     server = start_server(framing=Framing.LINE)
     with connect(server) as client:
         client.sock.sendall(b"0.3")
@@ -330,7 +330,7 @@ def test_rule11_forced_line_framing_waits_for_the_newline(start_server: StartSer
         assert client.expect_reply().message == "ok"
 
 
-def test_rule11_forced_raw_framing(start_server: StartServer) -> None:
+def test_unframed_forced_raw_framing(start_server: StartServer) -> None:
     server = start_server(framing=Framing.RAW)
     with connect(server, idle_timeout=5, framing=Framing.RAW) as client:
         assert client.greeting == "你好,我是geventchat~"
@@ -478,7 +478,7 @@ def read_to_eof(sock: socket.socket, limit: int = 1 << 16) -> bytes:
     raise AssertionError(f"no end of input after {len(received)} bytes")
 
 
-def test_rule11_an_unframed_client_that_half_closes_at_once_is_answered(start_server: StartServer) -> None:
+def test_unframed_client_that_half_closes_at_once_is_answered(start_server: StartServer) -> None:
     """``printf 30hi | socat - TCP:...``: the chunk and the half-close both arrive inside the framing window."""
     server = start_server()
     sock = create_connection(server.address, timeout=5)

@@ -21,6 +21,7 @@ from redis.commands.core import Script
 from redis.exceptions import RedisError
 
 from ..protocol.chat import (
+    DEFAULT_RELAY_LIMIT,
     info_left,
     name_key,
 )
@@ -38,6 +39,8 @@ BACKOFF_FIRST = 0.1
 BACKOFF_CAP = 5.0
 #: How long the listener waits for a message before looking at its state again (stop, lost broker).
 _LISTEN_SLICE = 1.0
+#: Members parted while the broker is down whose removal is kept, by id, for replay once it is back.
+MAX_PENDING_PARTS = 10_000
 
 
 class BrokerUnavailable(Exception):
@@ -58,6 +61,11 @@ class RedisBackbone:
     """Redis connections, subscriptions, the listener and presence for one server (see the module docstring);
     :class:`~geventchat.chat.redis_rooms.RedisRooms` adds the room service on top."""
 
+    #: Member ids parted while the broker is down, kept for replay once it is back. Past it the ids are dropped
+    #: (and the log says so once): the server then compares its member set in Redis (``s:<server id>``) with the
+    #: members it still has and parts the rest, which costs a scan of that set instead of memory per departure.
+    max_pending_parts: int = MAX_PENDING_PARTS
+
     def __init__(
         self,
         url: str,
@@ -65,11 +73,12 @@ class RedisBackbone:
         server_id: str,
         presence_ttl: float = 10.0,
         max_rooms: int = DEFAULT_MAX_ROOMS,
+        max_line: int = DEFAULT_RELAY_LIMIT,
         timeout: float = 2.0,
         prefix: str = "geventchat:",
     ) -> None:
-        if max_rooms < 1:
-            raise ValueError(f"max_rooms must be at least 1, not {max_rooms}")
+        if max_rooms < 1 or max_line < 1:
+            raise ValueError(f"max_rooms and max_line must be at least 1, not {max_rooms} and {max_line}")
         if presence_ttl <= 0:
             raise ValueError(f"presence_ttl must be positive, not {presence_ttl}")
         if not server_id or "/" in server_id or " " in server_id:
@@ -77,6 +86,8 @@ class RedisBackbone:
         self.server_id = server_id
         self.presence_ttl = presence_ttl
         self.max_rooms = max_rooms
+        #: ``--max-line``: the longest room or private line relayed, in bytes without its newline.
+        self.max_line = max_line
         self.timeout = timeout
         self._prefix = prefix
         self._pool = connection_pool(url, timeout=timeout)
@@ -97,7 +108,8 @@ class RedisBackbone:
         self._sub_write = gevent.lock.Semaphore()
         self._confirmed: dict[tuple[bytes, bytes], gevent.event.Event] = {}  # (command, channel) -> confirmed
         self._subscribed: set[bytes] = set()
-        self._pending_parts: list[str] = []  # member ids parted while the broker was down
+        self._pending_parts: list[str] = []  # member ids parted while the broker was down (capped)
+        self._parts_overflowed = False  # more parted than the cap: reconcile s:<server id> instead
         self._barriers: dict[str, gevent.event.Event] = {}
         self._barrier_ids = itertools.count(1)
         self._available = False
@@ -272,6 +284,8 @@ class RedisBackbone:
             self._subscribed.add(reply[1])
         was_lost = self._lost_logged
         self._sub = sub
+        # Before rooms are available again: parts meanwhile are recorded (not sent), so none slips past the replay.
+        self._replay_parts()
         self._available = True
         self._restore()
         self._heartbeat()
@@ -317,11 +331,45 @@ class RedisBackbone:
         key = channel.decode()[len(self._prefix) + len("room:") :]
         self._deliver_local(key, None, line)
 
+    def _remember_part(self, member_id: str) -> None:
+        """A member parted while the broker is down: keep its id for :meth:`_replay_parts`, up to
+        :attr:`max_pending_parts`."""
+        if self._parts_overflowed:
+            return
+        if len(self._pending_parts) >= self.max_pending_parts:
+            self._parts_overflowed = True
+            self._pending_parts.clear()
+            log.warning(
+                "more than %d members parted while the redis broker was down: their records will be found by "
+                "comparing this server's members with Redis once it is back",
+                self.max_pending_parts,
+            )
+            return
+        self._pending_parts.append(member_id)
+
+    def _replay_parts(self) -> None:
+        """Remove from Redis the members parted while it was down: by id, or, past the cap, every id Redis lists for
+        this server that is not connected here. Parts made meanwhile are recorded and taken by the next pass."""
+        part = self._scripts["PART"]
+        # Bounded by the members this server had: each is parted (and recorded) once.
+        while self._parts_overflowed or self._pending_parts:
+            if self._parts_overflowed:
+                self._parts_overflowed = False  # parts during the scan are recorded again: it may have passed them
+                try:
+                    for raw in self._redis.sscan_iter(self._key(f"s:{self.server_id}"), count=1000):
+                        member_id = _text(raw)
+                        if member_id not in self._by_id:
+                            part(keys=[], args=[self._prefix, self.server_id, member_id])
+                except BaseException:
+                    self._parts_overflowed = True  # not done: the next reconnection scans again
+                    raise
+            pending = self._pending_parts
+            while pending:  # an id is dropped only once its PART went through
+                part(keys=[], args=[self._prefix, self.server_id, pending[-1]])
+                pending.pop()
+
     def _restore(self) -> None:
-        """Put back in Redis what a restart may have lost, and remove what was parted while it was down."""
-        for member_id in self._pending_parts:
-            self._scripts["PART"](keys=[], args=[self._prefix, self.server_id, member_id])
-        self._pending_parts.clear()
+        """Put back in Redis what a restart may have lost."""
         for seat in list(self._seats.values()):  # the Redis calls below yield: members may come and go meanwhile
             args = [self._prefix, self.server_id, seat.id, name_key(seat.nick), seat.nick]
             args += [seat.room or "", seat.room_name]

@@ -25,13 +25,14 @@ Presence
 
 Broker unreachable
     Every method answers ``error: rooms unavailable (broker unreachable)`` instead of raising (``part`` cleans up
-    locally and replays the removal in Redis later). The listener reconnects with back-off (0.1 s doubling to 5 s),
-    re-subscribes the rooms its members are in, and puts back what Redis lost if it restarted empty: its members'
-    records, nicks (unless another server's member took one meanwhile: then that member keeps its nick locally
-    but is not reachable by ``:msg``, and the log says so) and room seats. What does not survive a Redis restart:
-    the guest counter (restarts at 1, so a new guest may get a number a connected guest still has; the guest
-    keeps it locally, the registry names the newer one) and lines published while the broker was down. The log
-    says once that the broker was lost and once that it is back (logger ``geventchat.chat``).
+    locally and replays the removal in Redis later: by member id, up to ``max_pending_parts`` ids; past that, logged
+    once, by comparing the server's member set in Redis with the members it still has). The listener reconnects with
+    back-off (0.1 s doubling to 5 s), re-subscribes the rooms its members are in, and puts back what Redis lost if
+    it restarted empty: its members' records, nicks (unless another server's member took one meanwhile: then that
+    member keeps its nick locally but is not reachable by ``:msg``, and the log says so) and room seats. What does
+    not survive a Redis restart: the guest counter (restarts at 1, so a new guest may get a number a connected guest
+    still has; the guest keeps it locally, the registry names the newer one) and lines published while the broker
+    was down. The log says once that the broker was lost and once that it is back (logger ``geventchat.chat``).
 
 Gevent: redis-py over gevent sockets (:mod:`geventchat.chat._gevent_redis`), no monkey-patching. Methods are called
 from connection greenlets and may block cooperatively; each Redis round trip is bounded by ``timeout``.
@@ -65,6 +66,7 @@ from ..protocol.chat import (
     ok_you_are,
     private_line,
     room_line,
+    too_long_to_relay,
     validate_name,
 )
 from ..protocol.errors import LocalProtocolError
@@ -226,7 +228,10 @@ class RedisRooms(RedisBackbone):
         return head + (sep + listing if sep else b"\n")
 
     def message(self, member: Member, nick: str, text: str) -> bytes:
-        sender = self._seat(member).nick
+        line = private_line(self._seat(member).nick, text)
+        refusal = too_long_to_relay(line, self.max_line)
+        if refusal is not None:
+            return refusal
         if not self._available:
             return ROOMS_UNAVAILABLE
         try:
@@ -235,7 +240,6 @@ class RedisRooms(RedisBackbone):
                 return error_no_such_nick(nick)
             target_id = _text(found)
             target = self._by_id.get(target_id)
-            line = private_line(sender, text)
             if target is not None:
                 shown = self._seats[target].nick  # before delivering: an overflowing target is parted by deliver()
                 target.deliver(line)
@@ -252,9 +256,13 @@ class RedisRooms(RedisBackbone):
         seat = self._seat(member)
         if seat.room is None:
             return None
+        line = room_line(seat.room_name, seat.nick, text)
+        refusal = too_long_to_relay(line, self.max_line)
+        if refusal is not None:
+            return refusal
         if not self._available:
             return ROOMS_UNAVAILABLE
-        if not self._broadcast(seat.room, member, room_line(seat.room_name, seat.nick, text)):
+        if not self._broadcast(seat.room, member, line):
             return ROOMS_UNAVAILABLE
         return None
 
@@ -269,6 +277,6 @@ class RedisRooms(RedisBackbone):
         try:
             self._call("PART", self.server_id, seat.id)
         except BrokerUnavailable:
-            self._pending_parts.append(seat.id)  # replayed once the broker is back
+            self._remember_part(seat.id)  # replayed once the broker is back
 
     # -- test and operations helpers

@@ -14,9 +14,11 @@ import itertools
 from typing import Protocol
 
 from ..protocol.chat import (
+    DEFAULT_RELAY_LIMIT,
     HELP,
     INVALID_NICK,
     NOT_IN_A_ROOM,
+    ROOMS_OFF,
     TOO_MANY_ROOMS,
     ChatCommand,
     Help,
@@ -31,7 +33,6 @@ from ..protocol.chat import (
     Who,
     error_nick_taken,
     error_no_such_nick,
-    error_rooms_off,
     guest_nick,
     info_joined,
     info_left,
@@ -46,6 +47,7 @@ from ..protocol.chat import (
     ok_you_are,
     private_line,
     room_line,
+    too_long_to_relay,
     validate_name,
 )
 from ..protocol.errors import LocalProtocolError
@@ -95,14 +97,16 @@ class RoomService(Protocol):
         ...
 
     def message(self, member: Member, nick: str, text: str) -> bytes:
-        """``:msg NICK TEXT``: ``ok: sent to NICK`` (NICK gets ``@SENDER: TEXT``) or ``error: no such nick NICK``.
-        The caller has already applied the member's rate limit."""
+        """``:msg NICK TEXT``: ``ok: sent to NICK`` (NICK gets ``@SENDER: TEXT``) or ``error: no such nick NICK``,
+        or ``error: too long to relay, …`` (sent to no one) when that line would be longer than the relay limit
+        (:func:`~geventchat.protocol.chat.too_long_to_relay`). The caller has already applied the rate limit."""
         ...
 
     def say(self, member: Member, text: str) -> bytes | None:
         """A plain line: ``#ROOM NICK: TEXT`` to every other member of the member's room. Returns ``None`` when
-        the echo reply is all the sender gets (also when not in a room), or an ``error:`` line. The caller has
-        already applied the member's rate limit."""
+        the echo reply is all the sender gets (also when not in a room), or an ``error:`` line (among them
+        ``error: too long to relay, …``: the line went to no one). The caller has already applied the member's
+        rate limit."""
         ...
 
     def part(self, member: Member, reason: str) -> None:
@@ -156,11 +160,13 @@ class LocalRooms:
     (its outbox overflowed and the shell parted it at once) gets no further lines from that fan-out.
     """
 
-    def __init__(self, max_rooms: int = DEFAULT_MAX_ROOMS) -> None:
-        if max_rooms < 1:
-            raise ValueError(f"max_rooms must be at least 1, not {max_rooms}")
+    def __init__(self, max_rooms: int = DEFAULT_MAX_ROOMS, *, max_line: int = DEFAULT_RELAY_LIMIT) -> None:
+        if max_rooms < 1 or max_line < 1:
+            raise ValueError(f"max_rooms and max_line must be at least 1, not {max_rooms} and {max_line}")
         #: ``--max-rooms``: past it, a ``:join`` that would open a new room gets ``error: too many rooms``.
         self.max_rooms = max_rooms
+        #: ``--max-line``: the longest room or private line relayed, in bytes without its newline.
+        self.max_line = max_line
         self._seats: dict[Member, _Seat] = {}
         self._nicks: dict[str, Member] = {}
         self._rooms: dict[str, _Room] = {}
@@ -257,20 +263,27 @@ class LocalRooms:
         return ok_rooms((room.name, len(room.members)) for room in self._rooms.values())
 
     def message(self, member: Member, nick: str, text: str) -> bytes:
-        sender = self._seat(member).nick
+        line = private_line(self._seat(member).nick, text)
+        refusal = too_long_to_relay(line, self.max_line)
+        if refusal is not None:
+            return refusal
         target = self._nicks.get(name_key(nick))
         if target is None:
             return error_no_such_nick(nick)
         shown = self._seats[target].nick  # before delivering: an overflowing target is parted by deliver()
-        target.deliver(private_line(sender, text))
+        target.deliver(line)
         return ok_sent(shown)
 
     def say(self, member: Member, text: str) -> bytes | None:
         seat = self._seat(member)
         room = seat.room
-        if room is not None:
-            self._announce(room, member, room_line(room.name, seat.nick, text))
-        return None
+        if room is None:
+            return None
+        line = room_line(room.name, seat.nick, text)
+        refusal = too_long_to_relay(line, self.max_line)
+        if refusal is None:
+            self._announce(room, member, line)
+        return refusal
 
     def part(self, member: Member, reason: str) -> None:
         seat = self._seats.get(member)
@@ -311,10 +324,10 @@ class LocalRooms:
 
 class RoomsOff:
     """Several workers without ``--redis``: each would have rooms of its own, so every room command answers
-    ``error: rooms are off: N workers without --redis`` and plain lines get their echo alone."""
+    ``error: rooms are off: --workers without --redis`` and plain lines get their echo alone."""
 
-    def __init__(self, workers: int) -> None:
-        self._refusal = error_rooms_off(workers)
+    def __init__(self) -> None:
+        self._refusal = ROOMS_OFF
         self._guests = itertools.count(1)
 
     def connect(self, member: Member) -> str:

@@ -14,6 +14,12 @@ as it sends it, with the member count it knows then (the ``ok: joined`` count, p
 joins and leaves since); a receiver counts each room line it reads. Both are exact while membership is stable,
 which is why a sender waits (up to ``--gc-reply-timeout``) for its room to fill before it starts, and stops sending
 when the test is stopping, before the users leave.
+
+A message the server refuses to relay (``error: too fast, not delivered`` and any other ``error:`` line, which
+comes right after the message's echo) is counted apart: the reader takes the ``error:`` that follows an echo as
+that message's, takes its deliveries back out of ``expected``, counts it in ``refused``, and reports a failure of
+the step ``refused`` with the server's reason as the cause (the connection goes on). The ``echo`` step itself
+succeeded: its echo came back. The next step reads its own echo, never that ``error:`` line.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from gevent.queue import Empty, Queue
 from geventchat.client import ChatClient, ChatClientError, ClosedByServer, ReplyTimeout
 from geventchat.protocol import ErrorNotice, Reply
 
+from .failures import StepFailed
 from .session import ChatSession, RunContext
 
 __all__ = ["FanoutTally", "RoomSession", "fanout_of", "format_fanout", "room_name"]
@@ -41,31 +48,35 @@ _INFO_LEFT = re.compile(r"info: \S+ left #(\S+)(?: \(.*\))?$")
 
 
 class FanoutTally:
-    """Messages sent, deliveries expected and deliveries received, in one process; workers ship their counts to
-    the master with :meth:`take_report` (deltas) and the master adds them up with :meth:`add_report`."""
+    """Messages sent (``refused`` of them refused by the server, not relayed), deliveries expected and deliveries
+    received, in one process; workers ship their counts to the master with :meth:`take_report` (deltas) and the
+    master adds them up with :meth:`add_report`."""
 
     def __init__(self) -> None:
         self.sent = 0
+        self.refused = 0
         self.expected = 0
         self.delivered = 0
 
     def take_report(self) -> dict[str, int]:
-        report = {"sent": self.sent, "expected": self.expected, "delivered": self.delivered}
+        report = {"sent": self.sent, "refused": self.refused, "expected": self.expected, "delivered": self.delivered}
         self.reset()
         return report
 
     def add_report(self, report: dict[str, int]) -> None:
         self.sent += int(report.get("sent", 0))
+        self.refused += int(report.get("refused", 0))
         self.expected += int(report.get("expected", 0))
         self.delivered += int(report.get("delivered", 0))
 
     def reset(self) -> None:
-        self.sent = self.expected = self.delivered = 0
+        self.sent = self.refused = self.expected = self.delivered = 0
 
     def as_dict(self) -> dict[str, Any]:
         loss = self.expected - self.delivered
         return {
             "sent": self.sent,
+            "refused": self.refused,
             "expected": self.expected,
             "delivered": self.delivered,
             "loss": loss,
@@ -83,11 +94,12 @@ def fanout_of(environment: Any) -> FanoutTally:
 
 
 def format_fanout(tally: FanoutTally) -> str:
-    """``RoomUser fan-out: delivered D of E expected (S messages), loss L (x.xx%)``."""
+    """``RoomUser fan-out: delivered D of E expected (S messages), loss L (x.xx%); R refused by the server``."""
     figures = tally.as_dict()
     return (
         f"RoomUser fan-out: delivered {figures['delivered']} of {figures['expected']} expected "
-        f"({figures['sent']} messages), loss {figures['loss']} ({figures['loss_ratio']:.2%})"
+        f"({figures['sent']} messages), loss {figures['loss']} ({figures['loss_ratio']:.2%}); "
+        f"{figures['refused']} refused by the server (not expected)"
     )
 
 
@@ -110,6 +122,10 @@ class RoomSession(ChatSession):
         self._replies: Queue[Any] = Queue()
         self._reader: gevent.Greenlet[Any, None] | None = None
         self._joined_at = 0.0
+        # Expected deliveries counted per message until its echo comes back (one in flight; say() waits for it).
+        self._counted: dict[str, int] = {}
+        # Those of the message whose echo came last, until an 'error:' right after it claims them.
+        self._after_echo: int | None = None
 
     @property
     def room_full(self) -> bool:
@@ -154,7 +170,8 @@ class RoomSession(ChatSession):
         # Counted before it goes: a user stopped while waiting for this echo has still sent a message the others
         # will receive (and count) before they leave.
         self.tally.sent += 1
-        self.tally.expected += max(self.members - 1, 0)
+        self._counted[message] = max(self.members - 1, 0)
+        self.tally.expected += self._counted[message]
         try:
             client.send(message)
             reply = self._replies.get(timeout=self.settings.reply_timeout)
@@ -188,8 +205,13 @@ class RoomSession(ChatSession):
                 if self.client is client:  # else: we closed it ourselves
                     self._replies.put(exc)
                 return
+            if isinstance(event, ErrorNotice) and self._after_echo is not None:
+                self._refused(self._after_echo, event.reason)
+                continue
             if not isinstance(event, Reply) or (prefix and event.text.startswith(prefix)):
-                self._replies.put(event)  # an echo reply, or an error: line
+                if isinstance(event, Reply):
+                    self._after_echo = self._counted.pop(event.message, 0)
+                self._replies.put(event)  # an echo reply, or an error: line that follows no echo
                 continue
             text = event.text
             if text.startswith("#"):
@@ -201,6 +223,21 @@ class RoomSession(ChatSession):
                     self.members -= 1
             elif text.startswith("ok: "):
                 self._replies.put(event)
+
+    def _refused(self, counted: int, reason: str) -> None:
+        """The message whose echo came last was not relayed (``reason``: the server's ``error:`` text)."""
+        self._after_echo = None
+        self.tally.expected -= counted
+        self.tally.refused += 1
+        self._recorder.record_failure(self.scenario, "refused")
+        self._fire(
+            request_type=self.scenario,
+            name="refused",
+            response_time=0,
+            response_length=0,
+            exception=StepFailed(reason),
+            context={},
+        )
 
     def _fanout(self, text: str) -> None:
         match = _ROOM_LINE.fullmatch(text)
@@ -216,6 +253,8 @@ class RoomSession(ChatSession):
         super().close()
         self.room, self.members = "", 0
         self._replies = Queue()  # nothing of the old connection may answer for the new one
+        self._counted.clear()
+        self._after_echo = None
         if reader is not None and reader is not gevent.getcurrent():
             reader.kill(block=False)
 

@@ -28,6 +28,11 @@ Decisions this module makes, each for a reason:
   and a plain ``nc`` user's terminal would obey another user's escape sequences. TAB passes (it breaks nothing).
   Other format characters (zero-width joiner in emoji, bidi marks) pass unchanged. The escape is for display, not
   a round trip: a member who types a backslash is not escaped. The echo reply to the sender stays byte-exact.
+- A relayed line (``#ROOM NICK: TEXT``, ``@NICK: TEXT``) is at most ``--max-line`` bytes without its newline, the
+  limit on what a client may send (:func:`too_long_to_relay`). The head and the escaping make it longer than the
+  text (an escaped control character takes 4 bytes for 1), and a client sized for the echo of its longest line
+  (``--max-line`` plus the prefix: geventchat's own) would otherwise fail on a line another user made. Past it the
+  message is relayed to no one and the sender is told why, after its echo: nothing is cut or dropped silently.
 """
 
 from __future__ import annotations
@@ -38,11 +43,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
 
+from ..config import ProtocolConfig
 from .errors import LocalProtocolError
 from .text import BYE_PREFIX, ERROR_PREFIX, NEWLINE
 
 __all__ = [
     "COMMANDS_HELP",
+    "DEFAULT_RELAY_LIMIT",
     "GUEST_PREFIX",
     "HELP",
     "INFO_PREFIX",
@@ -52,6 +59,7 @@ __all__ = [
     "NOT_IN_A_ROOM",
     "OK_PREFIX",
     "ROOMS_LISTED",
+    "ROOMS_OFF",
     "ROOMS_UNAVAILABLE",
     "TOO_FAST",
     "TOO_MANY_ROOMS",
@@ -71,7 +79,6 @@ __all__ = [
     "Who",
     "error_nick_taken",
     "error_no_such_nick",
-    "error_rooms_off",
     "guest_nick",
     "info_joined",
     "info_left",
@@ -88,6 +95,7 @@ __all__ = [
     "private_line",
     "relayable",
     "room_line",
+    "too_long_to_relay",
     "validate_name",
 ]
 
@@ -373,10 +381,17 @@ def private_line(sender: str, text: str) -> bytes:
     return _line(f"@{sender}: {relayable(text)}")
 
 
-def error_rooms_off(workers: int) -> bytes:
-    """``error: rooms are off: N workers without --redis``: the answer to every chat command when each worker
-    would have rooms of its own."""
-    return _line(f"{ERROR_PREFIX}rooms are off: {workers} workers without --redis")
+#: The default limit on a relayed line: the server's default ``--max-line``.
+DEFAULT_RELAY_LIMIT = ProtocolConfig.max_line
+
+
+def too_long_to_relay(line: bytes, limit: int = DEFAULT_RELAY_LIMIT) -> bytes | None:
+    """``None`` if the relayed ``line`` (from :func:`room_line` or :func:`private_line`, newline included) is at most
+    ``limit`` bytes without its newline (the server's ``--max-line``); else the answer for its sender,
+    ``error: too long to relay, not delivered (limit N bytes)``, and the line must go to no one."""
+    if len(line) - len(NEWLINE) <= limit:
+        return None
+    return _line(f"{ERROR_PREFIX}too long to relay, not delivered (limit {limit} bytes)")
 
 
 #: What ``:help`` lists.
@@ -388,6 +403,9 @@ NOT_IN_A_ROOM = _line(f"{ERROR_PREFIX}not in a room")
 TOO_FAST = _line(f"{ERROR_PREFIX}too fast, not delivered")
 TOO_MANY_ROOMS = _line(f"{ERROR_PREFIX}too many rooms")
 ROOMS_UNAVAILABLE = _line(f"{ERROR_PREFIX}rooms unavailable (broker unreachable)")
+#: The answer to every chat command when each worker would have rooms of its own. It names the configuration, not
+#: a count: SIGTTIN and SIGTTOU change the number of workers after start-up, and each keeps its start-up settings.
+ROOMS_OFF = _line(f"{ERROR_PREFIX}rooms are off: --workers without --redis")
 #: The last line to a member whose send queue overflowed (written after whole lines only).
 TOO_SLOW = _line(f"{BYE_PREFIX}too slow")
 

@@ -42,6 +42,11 @@ class ClientConversation:
         return self._framing
 
     @property
+    def prefix(self) -> str:
+        """The prefix that marks an echo reply."""
+        return self._prefix
+
+    @property
     def pending_bytes(self) -> int:
         """Bytes of an incomplete line held (line framing)."""
         return len(self._buffer)

@@ -101,6 +101,7 @@ class Connection:
         "_stop_reason",
         "_timeout",
         "_write_cut",
+        "_writing",
         "address",
         "conversation",
         "debug",
@@ -125,6 +126,7 @@ class Connection:
         self._armed_for = 0.0
         self._deadline = 0.0
         self._reading = False
+        self._writing = False  # a chat member's write in progress (see _write)
         self._stop_reason: CloseReason | None = None  # a shutdown or too slow, asked from another greenlet
         self._write_cut = False
         #: The chat side, made on the first command (a client that never uses chat has none).
@@ -142,7 +144,9 @@ class Connection:
         self._request_stop(CloseReason.SHUTDOWN)
 
     def request_too_slow(self) -> None:
-        """Its send queue overflowed: say ``bye: too slow`` (after whole lines only) and close, as a shutdown."""
+        """Its send queue overflowed: say ``bye: too slow`` (after whole lines only) and close, as a shutdown; and
+        also if it is blocked writing its own replies, which a member that does not read would be until its idle
+        timeout (cut in the middle of a reply, it gets no ``bye:``, as at an idle timeout)."""
         if self._stop_reason is None:
             self._request_stop(CloseReason.TOO_SLOW)
 
@@ -168,15 +172,19 @@ class Connection:
 
     def _request_stop(self, reason: CloseReason) -> None:
         self._stop_reason = reason
-        if self._reading:
-            # Blocked waiting for input: interrupt the wait, from the hub's next turn. By then input may have woken
-            # the connection and it may be sending or closing, where a throw could escape the handler (and reach
-            # the hub's printer): _interrupt_wait throws only if it is still waiting. Otherwise the loop sees the
-            # flag before its next read.
+        if self._interruptible():
+            # Blocked waiting for input (or, too slow, in its own write): interrupt the wait, from the hub's next
+            # turn. By then the connection may have woken and be closing, where a throw could escape the handler
+            # (and reach the hub's printer): _interrupt_wait throws only if it is still waiting. Otherwise the loop
+            # sees the flag before its next read.
             call_soon(self._interrupt_wait)
 
+    def _interruptible(self) -> bool:
+        # Reads, for any stop; a chat member's own writes, only for 'too slow' (a shutdown waits for the reply).
+        return self._reading or (self._writing and self._stop_reason is CloseReason.TOO_SLOW)
+
     def _interrupt_wait(self) -> None:
-        if self._reading and not self.greenlet.dead:
+        if self._interruptible() and not self.greenlet.dead:
             throw(self.greenlet, TooSlow() if self._stop_reason is CloseReason.TOO_SLOW else ShutdownRequested())
 
     def run(self) -> tuple[str, str]:
@@ -338,8 +346,14 @@ class Connection:
         member = self.member
         if member is not None:
             # The chat writer may be sending lines from other members: whole writes only, one at a time. (A client
-            # that never used chat has no member: its write path is one attribute test longer than before.)
-            self._acquire(member.write_lock)
+            # that never used chat has no member: its write path is one attribute test longer than before.) While
+            # blocked here its queue may overflow: request_too_slow() then interrupts the wait (_interrupt_wait).
+            self._writing = True
+            try:
+                self._acquire(member.write_lock)
+            except BaseException:
+                self._writing = False
+                raise
         try:
             # The common case, a reply the socket buffer takes whole, needs no memoryview and no loop.
             sent = 0
@@ -352,6 +366,7 @@ class Connection:
             self.server.stats.bytes_out += len(data)
         finally:
             if member is not None:
+                self._writing = False
                 member.write_lock.release()
 
     def _acquire(self, lock: Semaphore) -> None:
@@ -376,6 +391,9 @@ class Connection:
                         self._write_cut = len(view) != len(data)
                         raise
                     continue
+                except TooSlow:
+                    self._write_cut = len(view) != len(data)  # likewise
+                    raise
                 view = view[sent:]
         finally:
             view.release()

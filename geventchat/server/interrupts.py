@@ -21,8 +21,9 @@ class ShutdownRequested(Exception):
 
 
 class TooSlow(Exception):
-    """Thrown into a member's greenlet when its send queue overflowed, and only while it waits for input (as
-    :class:`ShutdownRequested`): it says ``bye: too slow`` after whole lines only and closes."""
+    """Thrown into a member's greenlet when its send queue overflowed, while it waits for input (as
+    :class:`ShutdownRequested`) or is blocked writing its own replies: it says ``bye: too slow`` after whole lines
+    only (none if cut in the middle of its own reply) and closes."""
 
 
 class _LingerOver(Exception):

@@ -89,10 +89,15 @@ class ChatServer:
             from ..chat.redis_rooms import RedisRooms
 
             self.rooms = self._redis_rooms = RedisRooms(
-                chat.redis, server_id=_server_id(), presence_ttl=chat.presence_ttl, max_rooms=chat.max_rooms
+                chat.redis,
+                server_id=_server_id(),
+                presence_ttl=chat.presence_ttl,
+                max_rooms=chat.max_rooms,
+                max_line=config.protocol.max_line,
             )
         elif chat.enabled:
-            self.rooms = RoomsOff(chat.workers) if chat.workers > 1 else LocalRooms(chat.max_rooms)
+            max_line = config.protocol.max_line
+            self.rooms = RoomsOff() if chat.workers > 1 else LocalRooms(chat.max_rooms, max_line=max_line)
         #: The Prometheus endpoint (``config.metrics_port``), once started.
         self.metrics: MetricsEndpoint | None = None
 
