@@ -1,8 +1,8 @@
-"""Chat state the gevent shell drives: where rooms live (:class:`RoomService`, :class:`LocalRooms`,
-:class:`RoomsOff`) and each member's capped send queue (:class:`Outbox`). Pure Python objects: no gevent, no
-sockets, no clock. The lines they produce are formatted by :mod:`geventchat.protocol.chat`.
-
-Not served yet: the connection does not use this package (``docs/protocol.md``, "Planned: chat").
+"""Chat state the gevent shell drives: where rooms live (:class:`RoomService`: :class:`LocalRooms` in this
+process, :class:`RoomsOff` when workers have no broker, ``redis_rooms.RedisRooms`` across workers and hosts) and
+each member's capped send queue (:class:`Outbox`). The in-memory pieces are pure Python objects: no gevent, no
+sockets, no clock; the Redis service reaches the broker through :mod:`._gevent_redis`. The lines they produce are
+formatted by :mod:`geventchat.protocol.chat`; docs/protocol.md rules 11-23 say what a client sees.
 """
 
 from .outbox import DEFAULT_SEND_QUEUE, Outbox
