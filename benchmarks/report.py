@@ -13,6 +13,9 @@ from typing import Any
 #: single-threaded), the server of the cores it may use (1 when pinned). When both did, the larger share is named.
 SATURATED = 0.85
 GENERATOR_BOUND = SATURATED  # the round-1 name
+#: Neither side saturated, but one of them waited at least this share of the time for a core (a run queue wait
+#: from /proc/PID/schedstat): other work on the machine had it, so the figure is the machine's, not a latency bound.
+WAITED = 0.10
 
 BASELINE = "gevent-minimal"
 GEVENTCHAT = "geventchat"
@@ -20,16 +23,26 @@ UVLOOP = "uvloop-protocol"
 C_ECHO = "c-epoll"
 
 
-def saturation(server_cpu: float | None, server_cores: float, generator_cpu: float | None) -> str:
-    """Which side was the limit: ``server saturated``, ``generator saturated`` or ``neither (latency-bound)``
-    (each waited on the other, or on a core shared with other work). CPU figures are fractions of one core."""
-    server = server_cpu / server_cores if server_cpu is not None and server_cores else None
-    server_busy = server is not None and server >= SATURATED
-    generator_busy = generator_cpu is not None and generator_cpu >= SATURATED
-    if server_busy and (not generator_busy or server >= (generator_cpu or 0.0)):  # type: ignore[operator]
+def saturation(
+    server_cpu: float | None,
+    server_cores: float,
+    generator_cpu: float | None,
+    server_wait: float | None = None,
+    generator_wait: float | None = None,
+) -> str:
+    """Which side was the limit: ``server saturated``, ``generator saturated``, ``neither (waited for a core)``
+    (other work had the cores) or ``neither (latency-bound)`` (each waited on the other). CPU and wait figures are
+    fractions of one core over the window; the server's are divided by ``server_cores``."""
+    server = (server_cpu or 0.0) / server_cores
+    generator = generator_cpu or 0.0
+    if server >= SATURATED and server >= generator:
         return "server saturated"
-    if generator_busy:
+    if generator >= SATURATED:
         return "generator saturated"
+    if server >= SATURATED:
+        return "server saturated"
+    if (server_wait or 0.0) / server_cores >= WAITED or (generator_wait or 0.0) >= WAITED:
+        return "neither (waited for a core)"
     return "neither (latency-bound)"
 
 
@@ -87,16 +100,25 @@ class Results:
 
     def saturated(self, server: str, mode: str, key: int) -> str:
         """:func:`saturation` of the medians of one row."""
-        cores = self.median(server, mode, key, "server_cores") or 1.0
-        srv, gen = self.median(server, mode, key, "server_cpu"), self.median(server, mode, key, "loadgen_cpu")
-        return saturation(srv, cores, gen)
+        m = self.median
+        cores = m(server, mode, key, "server_cores") or 1.0
+        srv, gen = m(server, mode, key, "server_cpu"), m(server, mode, key, "loadgen_cpu")
+        return saturation(srv, cores, gen, m(server, mode, key, "server_wait"), m(server, mode, key, "loadgen_wait"))
 
     def cpu_cells(self, server: str, mode: str, key: int) -> str:
-        """``server CPU % | generator CPU % | saturated`` cells; the server's share is of its cores."""
+        """``server CPU % | generator CPU % | saturated`` cells; the server's share is of its cores; a run-queue
+        wait is shown as ``(+N% wait)``."""
         cores = self.median(server, mode, key, "server_cores") or 1.0
-        srv, gen = self.median(server, mode, key, "server_cpu"), self.median(server, mode, key, "loadgen_cpu")
-        srv_text = f"{srv / cores:.0%}" + (f" of {cores:.0f} cores" if cores > 1 else "") if srv is not None else "-"
-        gen_text = f"{gen:.0%}" if gen is not None else "-"
+
+        def share(cpu_field: str, wait_field: str, divisor: float) -> str:
+            cpu, wait = self.median(server, mode, key, cpu_field), self.median(server, mode, key, wait_field)
+            if cpu is None:
+                return "-"
+            text = f"{cpu / divisor:.0%}" + (f" of {divisor:.0f} cores" if divisor > 1 else "")
+            return text + (f" (+{wait / divisor:.0%} wait)" if wait is not None else "")
+
+        srv_text = share("server_cpu", "server_wait", cores)
+        gen_text = share("loadgen_cpu", "loadgen_wait", 1.0)
         return f"{srv_text} | {gen_text} | {self.saturated(server, mode, key)}"
 
     def per_unit_us(self, server: str, mode: str, key: int, rate_field: str) -> float | None:
@@ -136,10 +158,12 @@ def render(data: dict[str, Any], title: str, plots: list[str]) -> str:
         "The machine is shared with other work: compare ratios within this report, not absolutes across reports.",
         "",
         "Who saturated: every row gives the server's CPU (share of the cores it may use: 1 when pinned) and the"
-        f" generator's (share of its one core) over the measured window. A side at ≥{SATURATED:.0%} is marked"
-        " saturated (when both are, the larger share); below that on both sides the row is 'neither"
-        " (latency-bound)': each waited on the other or on a core taken by other work. Only 'server saturated'"
-        " rows measure the server's own limit; † marks a 'generator saturated' figure (the server may be faster).",
+        f" generator's (share of its one core) over the measured window, each with the time it waited on a run"
+        f" queue for a core (+N% wait). A side at ≥{SATURATED:.0%} CPU is marked saturated (when both are, the"
+        f" larger share); below that on both sides, the row is 'neither (waited for a core)' when either waited"
+        f" ≥{WAITED:.0%} (other work on the machine had the cores) and 'neither (latency-bound)' otherwise (each"
+        " waited on the other). Only 'server saturated' rows measure the server's own limit; † marks a 'generator"
+        " saturated' figure (the server may be faster).",
         "",
     ]
     lines += _targets(r)

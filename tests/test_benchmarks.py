@@ -31,7 +31,7 @@ ROOT = Path(__file__).parent.parent
 PREFIX = DEFAULT_PREFIX.encode()
 #: The keys every generator's echo record has (benchmarks/loadgen.py's), the ones the runner and report read.
 ECHO_KEYS = {"mode", "connections", "greeted", "replies", "replies_per_s", "errors", "seconds", "loadgen_cpu"}
-ECHO_KEYS |= {"server_cpu", "p50", "p99", "p99.9", "max"}
+ECHO_KEYS |= {"server_cpu", "server_wait", "loadgen_wait", "p50", "p99", "p99.9", "max"}
 
 
 def bench(*args: str, env: dict[str, str] | None = None, timeout: float = 240) -> subprocess.CompletedProcess[str]:
@@ -282,3 +282,31 @@ def test_the_c_generator_churn_rate_and_hold_modes(c_loadgen: Path, c_echo: Serv
     assert 0 < opened["handshake_p50"] <= opened["handshake_max"]
     assert checked == {"generator": "c", "mode": "hold", "phase": "checked", "answered": 30, "held": 30}
     assert closed["phase"] == "closed"
+
+
+@pytest.mark.parametrize(
+    ("server_cpu", "cores", "generator_cpu", "server_wait", "generator_wait", "label"),
+    [
+        (0.97, 1, 0.40, 0.0, 0.0, "server saturated"),
+        (0.50, 1, 0.95, 0.0, 0.0, "generator saturated"),
+        (0.90, 1, 0.95, 0.0, 0.0, "generator saturated"),  # both: the larger share
+        (0.96, 1, 0.90, 0.0, 0.0, "server saturated"),
+        (1.80, 2, 0.50, 0.0, 0.0, "server saturated"),  # a share of the server's cores
+        (0.90, 2, 0.50, 0.0, 0.0, "neither (latency-bound)"),
+        (0.50, 1, 0.40, 0.30, 0.0, "neither (waited for a core)"),
+        (0.50, 1, 0.40, 0.0, 0.20, "neither (waited for a core)"),
+        (0.50, 1, 0.40, 0.02, 0.01, "neither (latency-bound)"),
+        (None, 1, None, None, None, "neither (latency-bound)"),
+    ],
+)
+def test_the_report_names_the_side_that_saturated(
+    server_cpu: float | None,
+    cores: int,
+    generator_cpu: float | None,
+    server_wait: float | None,
+    generator_wait: float | None,
+    label: str,
+) -> None:
+    from benchmarks.report import saturation
+
+    assert saturation(server_cpu, cores, generator_cpu, server_wait, generator_wait) == label

@@ -226,6 +226,26 @@ static void add_descendants(struct tree *t, int root) {
             if (ppid[i] == t->pids[done] && !in_tree(t, pid[i]) && t->len < TREE_MAX) t->pids[t->len++] = pid[i];
 }
 
+/* Seconds a process has waited on a run queue for a core (/proc/PID/schedstat's second field); 0 if it is gone. */
+static double run_wait(int pid) {
+    char path[64], buf[256];
+    snprintf(path, sizeof path, "/proc/%d/schedstat", pid);
+    int fd = open(path, O_RDONLY);
+    if (fd < 0) return 0;
+    ssize_t n = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    if (n <= 0) return 0;
+    buf[n] = 0;
+    unsigned long long running, waiting;
+    return sscanf(buf, "%llu %llu", &running, &waiting) == 2 ? (double)waiting * 1e-9 : 0;
+}
+
+static double tree_wait(const struct tree *t) {
+    double sum = 0;
+    for (int i = 0; i < t->len; i++) sum += run_wait(t->pids[i]);
+    return sum;
+}
+
 static double tree_cpu(const struct tree *t) {
     double sum = 0;
     for (int i = 0; i < t->len; i++) {
@@ -236,39 +256,47 @@ static double tree_cpu(const struct tree *t) {
     return sum;
 }
 
+/* CPU used and time spent waiting for a core (other work had it), by this process and the server's tree. */
 static struct {
-    double wall, own, server;
+    double wall, own, server, own_wait, server_wait;
     struct tree tree;
 } meter;
 
 static void meter_start(void) {
     meter.wall = now();
     meter.own = own_cpu();
+    meter.own_wait = run_wait(getpid());
     meter.tree.len = 0;
     if (opt.server_pid) {
         add_descendants(&meter.tree, opt.server_pid);
         meter.server = tree_cpu(&meter.tree);
+        meter.server_wait = tree_wait(&meter.tree);
     }
 }
 
-/* ", "seconds": ..., "loadgen_cpu": ..., "loadgen_cpu_seconds": ...[, "server_cpu": ...]" */
-static void meter_print(double wall, double own, double server_cpu) {
-    printf(", \"seconds\": %.6f, \"loadgen_cpu\": %.6f, \"loadgen_cpu_seconds\": %.6f", wall, own / wall, own);
-    if (opt.server_pid) printf(", \"server_cpu\": %.6f", server_cpu);
-}
-
 struct usage {
-    double wall, own, server;
+    double wall, own, server, own_wait, server_wait;
 };
+
+/* ", "seconds": ..., "loadgen_cpu": ..., "loadgen_cpu_seconds": ..., "loadgen_wait": ...[, "server_cpu": ...,
+ * "server_wait": ...]": CPU and run-queue waits as fractions of the wall time (of one core each). */
+static void meter_print(struct usage u) {
+    printf(", \"seconds\": %.6f, \"loadgen_cpu\": %.6f, \"loadgen_cpu_seconds\": %.6f, \"loadgen_wait\": %.6f", u.wall,
+           u.own / u.wall, u.own, u.own_wait);
+    if (opt.server_pid) printf(", \"server_cpu\": %.6f, \"server_wait\": %.6f", u.server, u.server_wait);
+}
 
 static struct usage meter_stop(void) {
     struct usage u;
     u.wall = now() - meter.wall;
     u.own = own_cpu() - meter.own;
-    u.server = 0;
+    u.own_wait = (run_wait(getpid()) - meter.own_wait) / u.wall;
+    u.server = u.server_wait = 0;
     if (opt.server_pid) {
-        add_descendants(&meter.tree, opt.server_pid); /* workers started meanwhile count too */
+        /* Workers started meanwhile count too (from 0: their waits and CPU before the window are small). */
+        add_descendants(&meter.tree, opt.server_pid);
         u.server = (tree_cpu(&meter.tree) - meter.server) / u.wall;
+        u.server_wait = (tree_wait(&meter.tree) - meter.server_wait) / u.wall;
     }
     return u;
 }
@@ -579,7 +607,7 @@ static void run_echo(void) {
     printf("{\"generator\": \"c\", \"mode\": \"echo\", \"connections\": %d, \"greeted\": %ld, \"replies\": %ld, "
            "\"replies_per_s\": %.3f, \"errors\": %ld",
            opt.connections, greeted, replies, (double)replies / u.wall, errors);
-    meter_print(u.wall, u.own, u.server);
+    meter_print(u);
     print_percentiles("", &latencies);
     printf("}\n");
 }
@@ -626,7 +654,7 @@ static void run_rate(void) {
     printf("{\"generator\": \"c\", \"mode\": \"rate\", \"connections\": %d, \"greeted\": %ld, \"offered_per_s\": %.3f, "
            "\"issued\": %ld, \"replies_per_s\": %.3f, \"backlog\": %ld, \"errors\": %ld",
            opt.connections, greeted, opt.rate, issued, (double)replies / u.wall, backlog, errors);
-    meter_print(u.wall, u.own, u.server);
+    meter_print(u);
     print_percentiles("", &latencies);
     printf("}\n");
     free(clients);
@@ -662,7 +690,7 @@ static void run_churn(void) {
     printf("{\"generator\": \"c\", \"mode\": \"churn\", \"concurrency\": %d, \"cycles\": %ld, \"cycles_per_s\": %.3f, "
            "\"errors\": %ld",
            opt.connections, replies, (double)replies / u.wall, errors);
-    meter_print(u.wall, u.own, u.server);
+    meter_print(u);
     print_percentiles("", &latencies);
     printf("}\n");
 }
