@@ -363,7 +363,8 @@ def _generator_ceiling(r: Results) -> list[str]:
     verdict = {
         "generator saturated": "the generator was the limit there",
         "server saturated": "the server was the limit there",
-    }.get(r.saturated(fastest, "echo", 100), "neither had its core to itself and they waited on each other")
+        "neither (waited for a core)": "neither was: other work on the machine had their cores part of the time",
+    }.get(r.saturated(fastest, "echo", 100), "neither was: they waited on each other")
     ceiling = f" At {gen / rate * 1e6:.1f} µs of generator CPU per reply, a whole core drives about" if gen else ""
     ceiling += f" {rate / gen:,.0f} replies/s." if gen else ""
     return [
