@@ -29,6 +29,8 @@ pytest: $(VENV)/.installed
 	$(BIN)/python -m pytest $(ARGS)
 
 # The benchmark matrix (server on CPU 0, load generator on CPU 1); writes benchmarks/results/<date>.md and plots.
+# The C load generator and C echo server are compiled at start (gcc, or CC=...; without one it says so and uses the
+# Python generator), so a clean clone needs nothing more.
 # BENCH=--full for 5 s runs repeated three times (about half an hour); the default is --quick.
 BENCH ?= --quick
 bench: $(VENV)/.installed

@@ -9,16 +9,24 @@ import sys
 from pathlib import Path
 
 from .report import plot, render
-from .runner import Settings, default_servers, run_matrix, save
+from .runner import BenchmarkError, Generator, Settings, choose_generator, default_servers, run_matrix, save
 
 RESULTS = Path(__file__).parent / "results"
 
 
-def settings_for(args: argparse.Namespace) -> Settings:
+def settings_for(args: argparse.Namespace, generator: Generator) -> Settings:
     if args.preset == "full":
         settings = Settings(duration=5.0, warmup=1.0, repeats=3, hold=15000, hold_many=100_000)
     elif args.preset == "tiny":  # the smoke test's: seconds, not minutes
-        settings = Settings(duration=1.0, warmup=0.3, repeats=1, connections=(10,), hold=50, rate_connections=10)
+        settings = Settings(
+            duration=1.0,
+            warmup=0.3,
+            repeats=1,
+            connections=(10,),
+            hold=50,
+            rate_connections=10,
+            workers_connections=(10,),
+        )
     else:
         settings = Settings(duration=2.0, warmup=0.5, repeats=1, hold=3000)
     if args.duration is not None:
@@ -33,6 +41,7 @@ def settings_for(args: argparse.Namespace) -> Settings:
         settings.phases = tuple(args.phases)
     if args.hold_many is not None:
         settings.hold_many = args.hold_many
+    settings.generator = generator
     servers = default_servers()
     if args.servers:
         servers = [s for s in servers if s.name in args.servers]
@@ -50,7 +59,13 @@ def main(argv: list[str] | None = None) -> int:
     preset.add_argument("--tiny", dest="preset", action="store_const", const="tiny", help="smoke-test size")
     run.set_defaults(preset="quick")
     run.add_argument("--servers", nargs="+", help="only these servers (names as in the report)")
-    run.add_argument("--phases", nargs="+", choices=["echo", "churn", "rate", "hold", "gc"])
+    run.add_argument("--phases", nargs="+", choices=["echo", "churn", "rate", "hold", "gc", "workers"])
+    run.add_argument(
+        "--generator",
+        choices=["c", "python"],
+        help="load generator: c (benchmarks/c/loadgen.c) or python (benchmarks/loadgen.py); default: c, or python"
+        " with a notice when there is no C compiler",
+    )
     run.add_argument("--connections", nargs="+", type=int, help="connection counts for the echo phase")
     run.add_argument("--duration", type=float)
     run.add_argument("--repeats", type=int)
@@ -66,9 +81,15 @@ def main(argv: list[str] | None = None) -> int:
         data = json.loads(args.json.read_text())
         directory, stem = args.json.parent, args.json.stem
     else:
-        settings = settings_for(args)
+        try:
+            generator = choose_generator(args.generator, log=lambda line: print(line, flush=True))
+            settings = settings_for(args, generator)
+        except BenchmarkError as exc:
+            print(f"benchmark: {exc}", file=sys.stderr)
+            return 1
         stem = args.name or datetime.date.today().isoformat()
-        print(f"benchmark ({args.preset}): servers {', '.join(s.name for s in settings.servers)}", flush=True)
+        servers = ", ".join(s.name for s in settings.servers)
+        print(f"benchmark ({args.preset}, {generator.name} load generator): servers {servers}", flush=True)
         data = run_matrix(settings, log=lambda line: print(line, flush=True))
         directory = args.out
         save(data, directory, stem)

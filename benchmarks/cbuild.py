@@ -36,9 +36,10 @@ def compiler() -> str:
     raise CompilerMissing("no C compiler found (set CC or install gcc) to build the C load generator and servers")
 
 
-def build(name: str, *, cache: Path = CACHE) -> Path:
-    """The path of the built ``benchmarks/c/<name>.c``, compiling it first if this version was never built."""
-    source = SOURCES / f"{name}.c"
+def build(name: str, *, cache: Path = CACHE, sources: Path = SOURCES) -> Path:
+    """The path of the built ``<sources>/<name>.c`` (``benchmarks/c`` unless told), compiling it first if this
+    version was never built. Raises :class:`CompilerMissing` or :class:`BuildFailed`."""
+    source = sources / f"{name}.c"
     digest = hashlib.sha256(source.read_bytes() + " ".join(CFLAGS).encode()).hexdigest()[:16]
     binary = cache / f"{name}-{digest}"
     if binary.exists():

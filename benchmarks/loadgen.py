@@ -222,8 +222,18 @@ async def _connect_all(
     return clients, args.connections - remaining
 
 
+def run_wait_seconds(pid: int | str = "self") -> float:
+    """Seconds the process has waited on a run queue for a core (``/proc/PID/schedstat``); 0.0 if it is gone."""
+    try:
+        with open(f"/proc/{pid}/schedstat", "rb") as schedstat:
+            return int(schedstat.read().split()[1]) / 1e9
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
 class _CpuMeter:
-    """CPU used by this process and by the server's process tree over the window, as fractions of wall time."""
+    """CPU used by this process and by the server's process tree over the window, and the time each waited for a
+    core (other work had it), as fractions of wall time."""
 
     def __init__(self, server_pid: int | None) -> None:
         self.server_pid = server_pid
@@ -231,15 +241,22 @@ class _CpuMeter:
     def start(self) -> None:
         self.wall = time.perf_counter()
         self.own = time.process_time()
+        self.own_wait = run_wait_seconds()
         self.pids = descendants(self.server_pid) if self.server_pid else []
         self.server = summed(cpu_seconds, self.pids)
+        self.server_wait = summed(run_wait_seconds, self.pids)
 
     def stop(self) -> dict[str, float]:
         wall = time.perf_counter() - self.wall
-        result = {"seconds": wall, "loadgen_cpu": (time.process_time() - self.own) / wall}
+        result = {
+            "seconds": wall,
+            "loadgen_cpu": (time.process_time() - self.own) / wall,
+            "loadgen_wait": (run_wait_seconds() - self.own_wait) / wall,
+        }
         if self.server_pid:
             pids = sorted(set(self.pids) | set(descendants(self.server_pid)))
             result["server_cpu"] = (summed(cpu_seconds, pids) - self.server) / wall
+            result["server_wait"] = (summed(run_wait_seconds, pids) - self.server_wait) / wall
         return result
 
 

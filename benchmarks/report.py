@@ -9,12 +9,41 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-#: A figure is marked as limited by the load generator when the generator used at least this share of its core
-#: and more CPU than the server did.
-GENERATOR_BOUND = 0.85
+#: A side saturated when it used at least this share of its CPU: the generator of its one core (it is
+#: single-threaded), the server of the cores it may use (1 when pinned). When both did, the larger share is named.
+SATURATED = 0.85
+GENERATOR_BOUND = SATURATED  # the round-1 name
+#: Neither side saturated, but one of them waited at least this share of the time for a core (a run queue wait
+#: from /proc/PID/schedstat): other work on the machine had it, so the figure is the machine's, not a latency bound.
+WAITED = 0.10
 
 BASELINE = "gevent-minimal"
 GEVENTCHAT = "geventchat"
+UVLOOP = "uvloop-protocol"
+C_ECHO = "c-epoll"
+
+
+def saturation(
+    server_cpu: float | None,
+    server_cores: float,
+    generator_cpu: float | None,
+    server_wait: float | None = None,
+    generator_wait: float | None = None,
+) -> str:
+    """Which side was the limit: ``server saturated``, ``generator saturated``, ``neither (waited for a core)``
+    (other work had the cores) or ``neither (latency-bound)`` (each waited on the other). CPU and wait figures are
+    fractions of one core over the window; the server's are divided by ``server_cores``."""
+    server = (server_cpu or 0.0) / server_cores
+    generator = generator_cpu or 0.0
+    if server >= SATURATED and server >= generator:
+        return "server saturated"
+    if generator >= SATURATED:
+        return "generator saturated"
+    if server >= SATURATED:
+        return "server saturated"
+    if (server_wait or 0.0) / server_cores >= WAITED or (generator_wait or 0.0) >= WAITED:
+        return "neither (waited for a core)"
+    return "neither (latency-bound)"
 
 
 def machine() -> str:
@@ -67,9 +96,35 @@ class Results:
         return len(self._groups.get((server, mode, key), []))
 
     def generator_bound(self, server: str, mode: str, key: int) -> bool:
-        gen = self.median(server, mode, key, "loadgen_cpu")
-        srv = self.median(server, mode, key, "server_cpu")
-        return gen is not None and gen >= GENERATOR_BOUND and (srv is None or gen >= srv)
+        return self.saturated(server, mode, key) == "generator saturated"
+
+    def saturated(self, server: str, mode: str, key: int) -> str:
+        """:func:`saturation` of the medians of one row."""
+        m = self.median
+        cores = m(server, mode, key, "server_cores") or 1.0
+        srv, gen = m(server, mode, key, "server_cpu"), m(server, mode, key, "loadgen_cpu")
+        return saturation(srv, cores, gen, m(server, mode, key, "server_wait"), m(server, mode, key, "loadgen_wait"))
+
+    def cpu_cells(self, server: str, mode: str, key: int) -> str:
+        """``server CPU % | generator CPU % | saturated`` cells; the server's share is of its cores; a run-queue
+        wait is shown as ``(+N% wait)``."""
+        cores = self.median(server, mode, key, "server_cores") or 1.0
+
+        def share(cpu_field: str, wait_field: str, divisor: float) -> str:
+            cpu, wait = self.median(server, mode, key, cpu_field), self.median(server, mode, key, wait_field)
+            if cpu is None:
+                return "-"
+            text = f"{cpu / divisor:.0%}" + (f" of {divisor:.0f} cores" if divisor > 1 else "")
+            return text + (f" (+{wait / divisor:.0%} wait)" if wait is not None else "")
+
+        srv_text = share("server_cpu", "server_wait", cores)
+        gen_text = share("loadgen_cpu", "loadgen_wait", 1.0)
+        return f"{srv_text} | {gen_text} | {self.saturated(server, mode, key)}"
+
+    def per_unit_us(self, server: str, mode: str, key: int, rate_field: str) -> float | None:
+        """Server CPU µs per reply (or cycle): its CPU share over the rate, medians of the row."""
+        cpu, rate = self.median(server, mode, key, "server_cpu"), self.median(server, mode, key, rate_field)
+        return cpu / rate * 1e6 if cpu and rate else None
 
     def errors(self) -> list[dict[str, Any]]:
         return [r for group in self._groups.values() for r in group if r["mode"] == "error"]
@@ -90,51 +145,68 @@ def render(data: dict[str, Any], title: str, plots: list[str]) -> str:
     r = Results(data)
     s = r.settings
     conns = s["connections"]
+    generator = {
+        "c": "the C epoll load generator (`benchmarks/c/loadgen.c`, one thread)",
+        "python": "the Python load generator (uvloop, `asyncio.Protocol`, `benchmarks/loadgen.py`)",
+    }.get(s.get("generator", "python"), s.get("generator", "?"))
     lines = [
         f"# geventchat benchmark, {title}",
         "",
-        f"Machine: {machine()}. Server pinned to CPU 0, load generator (uvloop, `asyncio.Protocol`) on CPU 1;",
+        f"Machine: {machine()}. Server pinned to CPU 0, load generator on CPU 1: {generator};",
         f"32-byte lines, one request in flight per connection; {s['duration']:g} s measured after"
         f" {s['warmup']:g} s warm-up; medians of {s['repeats']} interleaved run(s).",
         "The machine is shared with other work: compare ratios within this report, not absolutes across reports.",
-        f"† = limited by the load generator (it used ≥{GENERATOR_BOUND:.0%} of its core and more CPU than the"
-        " server): the server may be faster than shown.",
+        "",
+        "Who saturated: every row gives the server's CPU (share of the cores it may use: 1 when pinned) and the"
+        f" generator's (share of its one core) over the measured window, each with the time it waited on a run"
+        f" queue for a core (+N% wait). A side at ≥{SATURATED:.0%} CPU is marked saturated (when both are, the"
+        f" larger share); below that on both sides, the row is 'neither (waited for a core)' when either waited"
+        f" ≥{WAITED:.0%} (other work on the machine had the cores) and 'neither (latency-bound)' otherwise (each"
+        " waited on the other). Only 'server saturated' rows measure the server's own limit; † marks a 'generator"
+        " saturated' figure (the server may be faster).",
         "",
     ]
     lines += _targets(r)
-    lines += ["", "## Replies/s and latency vs concurrent connections", ""]
-    header = "| server | " + " | ".join(f"replies/s @{n}" for n in conns)
-    header += " | " + " | ".join(f"p50 / p99 ms @{n}" for n in conns) + " | server CPU µs/reply @100 |"
-    lines += [header, "|---|" + "---:|" * (2 * len(conns) + 1)]
+    lines += [
+        "",
+        "## Replies/s and latency vs concurrent connections",
+        "",
+        "| server | connections | replies/s | p50 / p99 ms | errors | server CPU µs/reply | server CPU | generator CPU"
+        " | saturated |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
     for server in r.servers:
-        if r.median(server, "echo", conns[0], "replies_per_s") is None:
-            continue
-        row = [server]
         for n in conns:
-            cell = _fmt(r.median(server, "echo", n, "replies_per_s"), mark=r.generator_bound(server, "echo", n))
+            rate = r.median(server, "echo", n, "replies_per_s")
+            if rate is None:
+                continue
+            cell = _fmt(rate, mark=r.generator_bound(server, "echo", n))
             greeted = r.median(server, "echo", n, "greeted")
             if greeted is not None and greeted < n:
                 cell += f" ({greeted:.0f} of {n} served)"
-            row.append(cell)
-        for n in conns:
             p50, p99 = r.median(server, "echo", n, "p50"), r.median(server, "echo", n, "p99")
-            row.append(f"{_fmt(p50, 2)} / {_fmt(p99, 2)}")
-        cpu, rate = r.median(server, "echo", 100, "server_cpu"), r.median(server, "echo", 100, "replies_per_s")
-        row.append(_fmt(cpu / rate * 1e6 if cpu and rate else None, 1))
-        lines.append("| " + " | ".join(row) + " |")
+            lines.append(
+                f"| {server} | {n:,} | {cell} | {_fmt(p50, 2)} / {_fmt(p99, 2)} | "
+                f"{_fmt(r.median(server, 'echo', n, 'errors'))} | "
+                f"{_fmt(r.per_unit_us(server, 'echo', n, 'replies_per_s'), 1)} | {r.cpu_cells(server, 'echo', n)} |"
+            )
     lines += _generator_ceiling(r)
-    lines += ["", f"## Latency at {s['rate_connections']} connections, fixed offered load", ""]
-    lines += [
-        f"Offered load = {s['rate_fraction']:.0%} of the same server's closed-loop maximum at"
-        f" {s['rate_connections']} connections in the same run; latency counted from when each request was due.",
-        "",
-        "Server CPU is the share of its core the server used: well below 100% while latency grows means the server"
-        " was waiting for its turn on a core shared with other work, not working.",
-        "",
-        "| server | offered/s | answered/s | p50 ms | p99 ms | p99.9 ms | server CPU |",
-        "|---|---:|---:|---:|---:|---:|---:|",
-    ]
     n = s["rate_connections"]
+    basis = s.get("rate_basis")
+    offered = f"{s['rate_fraction']:.0%} of {basis}'s" if basis else f"{s['rate_fraction']:.0%} of the same server's"
+    lines += [
+        "",
+        f"## Latency at {n} connections, fixed offered load",
+        "",
+        f"Offered load = {offered} closed-loop maximum at {n} connections in the same run (the same absolute rate"
+        " for every server; a server is offered its own maximum's share only when that server was not measured);"
+        " latency counted from when each request was due, so queueing behind a stall counts (no coordinated"
+        " omission).",
+        "",
+        "| server | offered/s | answered/s | p50 ms | p99 ms | p99.9 ms | errors | server CPU | generator CPU"
+        " | saturated |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
     for server in r.servers:
         if r.median(server, "rate", n, "p99") is None:
             continue
@@ -142,19 +214,18 @@ def render(data: dict[str, Any], title: str, plots: list[str]) -> str:
             f"| {server} | {_fmt(r.median(server, 'rate', n, 'offered_per_s'))} | "
             f"{_fmt(r.median(server, 'rate', n, 'replies_per_s'))} | {_fmt(r.median(server, 'rate', n, 'p50'), 2)} | "
             f"{_fmt(r.median(server, 'rate', n, 'p99'), 2)} | {_fmt(r.median(server, 'rate', n, 'p99.9'), 2)} | "
-            f"{_fmt((r.median(server, 'rate', n, 'server_cpu') or 0) * 100)}% |"
+            f"{_fmt(r.median(server, 'rate', n, 'errors'))} | {r.cpu_cells(server, 'rate', n)} |"
         )
     c = s["churn_concurrency"]
     lines += [
         "",
         f"## Connection churn at {c} concurrent",
         "",
-        "One cycle: connect, greeting, timeout line, one echo, `:q`, its echo, close. A cycle costs the Python"
-        " generator about as much CPU as the server, so on this machine cycles/s is often the generator's (or the"
-        " shared machine's) limit; server CPU per cycle is the server's own cost.",
+        "One cycle: connect, greeting, timeout line, one echo, `:q`, its echo, the server's close. Server CPU per"
+        " cycle is the server's own cost, whoever saturated.",
         "",
-        "| server | cycles/s | cycle p99 ms | errors | server CPU µs/cycle | generator CPU |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| server | cycles/s | cycle p99 ms | errors | server CPU µs/cycle | server CPU | generator CPU | saturated |",
+        "|---|---:|---:|---:|---:|---:|---:|---|",
     ]
     for server in r.servers:
         rate = r.median(server, "churn", c, "cycles_per_s")
@@ -162,11 +233,10 @@ def render(data: dict[str, Any], title: str, plots: list[str]) -> str:
             continue
         marked = _fmt(rate, mark=r.generator_bound(server, "churn", c))
         p99, errors = r.median(server, "churn", c, "p99"), r.median(server, "churn", c, "errors")
-        cpu, gen = r.median(server, "churn", c, "server_cpu"), r.median(server, "churn", c, "loadgen_cpu")
-        per_cycle = _fmt(cpu / rate * 1e6 if cpu and rate else None)
-        lines.append(
-            f"| {server} | {marked} | {_fmt(p99, 1)} | {_fmt(errors)} | {per_cycle} | {_fmt((gen or 0) * 100)}% |"
-        )
+        per_cycle = _fmt(r.per_unit_us(server, "churn", c, "cycles_per_s"))
+        cells = r.cpu_cells(server, "churn", c)
+        lines.append(f"| {server} | {marked} | {_fmt(p99, 1)} | {_fmt(errors)} | {per_cycle} | {cells} |")
+    lines += _workers_section(r)
     lines += [
         "",
         f"## Idle connections held ({s['hold']:,} unless the opened column says otherwise)",
@@ -199,6 +269,35 @@ def render(data: dict[str, Any], title: str, plots: list[str]) -> str:
     if plots:
         lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in plots]
     return "\n".join(lines) + "\n"
+
+
+def _workers_section(r: Results) -> list[str]:
+    names = [
+        name for name in r.servers if any(r.runs(name, "workers", n) for n in r.settings.get("workers_connections", []))
+    ]
+    if not names:
+        return []
+    lines = [
+        "",
+        "## `--workers` scaling: geventchat --workers 1 vs 2, generator sharing the cores",
+        "",
+        "Nothing is pinned: with two cores the generator cannot have one of its own, so replies/s says little about"
+        " the workers; server CPU µs per reply (the whole process tree's CPU over its replies) is the figure to"
+        " compare. Server CPU is the share of both cores.",
+        "",
+        "| server | connections | replies/s | server CPU µs/reply | p99 ms | server CPU | generator CPU | saturated |",
+        "|---|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for name in names:
+        for n in r.settings["workers_connections"]:
+            rate = r.median(name, "workers", n, "replies_per_s")
+            if rate is None:
+                continue
+            lines.append(
+                f"| {name} | {n:,} | {_fmt(rate)} | {_fmt(r.per_unit_us(name, 'workers', n, 'replies_per_s'), 1)} | "
+                f"{_fmt(r.median(name, 'workers', n, 'p99'), 2)} | {r.cpu_cells(name, 'workers', n)} |"
+            )
+    return lines
 
 
 def _gc_section(r: Results) -> list[str]:
@@ -255,23 +354,22 @@ def _hold_many(r: Results) -> list[str]:
 
 
 def _generator_ceiling(r: Results) -> list[str]:
-    fastest = "uvloop-protocol"
-    rate = r.median(fastest, "echo", 100, "replies_per_s")
-    if rate is None:
+    fastest = next((name for name in (C_ECHO, UVLOOP) if r.median(name, "echo", 100, "replies_per_s")), None)
+    if fastest is None:
         return []
+    rate = r.median(fastest, "echo", 100, "replies_per_s") or 0.0
     gen = r.median(fastest, "echo", 100, "loadgen_cpu") or 0.0
     srv = r.median(fastest, "echo", 100, "server_cpu") or 0.0
-    if gen >= GENERATOR_BOUND:
-        verdict = "the generator was the limit there"
-    elif srv >= GENERATOR_BOUND:
-        verdict = "the server was the limit there"
-    else:
-        verdict = "neither had its core to itself (other work on the machine) and they waited on each other"
+    verdict = {
+        "generator saturated": "the generator was the limit there",
+        "server saturated": "the server was the limit there",
+        "neither (waited for a core)": "neither was: other work on the machine had their cores part of the time",
+    }.get(r.saturated(fastest, "echo", 100), "neither was: they waited on each other")
     ceiling = f" At {gen / rate * 1e6:.1f} µs of generator CPU per reply, a whole core drives about" if gen else ""
     ceiling += f" {rate / gen:,.0f} replies/s." if gen else ""
     return [
         "",
-        f"Load generator ceiling: against the fastest reference server ({fastest}, 100 connections) it drove"
+        f"Load generator ceiling: against the fastest server measured ({fastest}, 100 connections) it drove"
         f" {rate:,.0f} replies/s using {gen:.0%} of its core while the server used {srv:.0%} of its own;"
         f" {verdict}.{ceiling}",
     ]
@@ -279,7 +377,7 @@ def _generator_ceiling(r: Results) -> list[str]:
 
 def _targets(r: Results) -> list[str]:
     s = r.settings
-    ours, base = GEVENTCHAT, BASELINE
+    ours = GEVENTCHAT
     lines = [
         "## Targets (ratios measured in this run)",
         "",
@@ -292,46 +390,45 @@ def _targets(r: Results) -> list[str]:
     def row(name: str, value: float | None, ok: bool | None, unit: str = "", spread: list[float] | None = None) -> None:
         verdict = "-" if ok is None else ("hit" if ok else "missed")
         each = f" (each repeat: {', '.join(f'{v:.2f}' for v in spread)})" if spread and len(spread) > 1 else ""
-        lines.append(f"| {name} | {_fmt(value, 2)}{unit}{each} | {verdict} |")
+        shown = f"{_fmt(value, 2)}{unit}" if value is not None else "-"
+        lines.append(f"| {name} | {shown}{each} | {verdict} |")
 
-    vs_min = r.paired_ratio(ours, base, "echo", 100, "replies_per_s")
-    spread = r.paired_ratios(ours, base, "echo", 100, "replies_per_s")
-    row("geventchat @100 ≥ 1.2x minimal gevent", vs_min, None if vs_min is None else vs_min >= 1.2, "x", spread)
-    vs_uv = r.paired_ratio(ours, "uvloop-streams", "echo", 100, "replies_per_s")
-    spread = r.paired_ratios(ours, "uvloop-streams", "echo", 100, "replies_per_s")
-    row("geventchat @100 ≥ 1.0x asyncio streams on uvloop", vs_uv, None if vs_uv is None else vs_uv >= 1.0, "x", spread)
-
-    def cpu_per_reply(server: str) -> float | None:
-        cpu, rate = r.median(server, "echo", 100, "server_cpu"), r.median(server, "echo", 100, "replies_per_s")
-        return cpu / rate if cpu and rate else None
-
-    ours_cpu = cpu_per_reply(ours)
-    for other in (base, "uvloop-streams"):
-        ratio = _ratio(cpu_per_reply(other), ours_cpu)
-        if ratio is not None:
-            row(f"(context) server CPU per reply @100, {other} / geventchat", ratio, None, "x")
+    for n, goal in ((100, 0.8), (1000, 1.0)):
+        ratio = r.paired_ratio(ours, UVLOOP, "echo", n, "replies_per_s")
+        spread = r.paired_ratios(ours, UVLOOP, "echo", n, "replies_per_s")
+        row(f"geventchat @{n} ≥ {goal:.1f}x uvloop Protocol (replies/s)", ratio, _at_least(ratio, goal), "x", spread)
+    c = s["churn_concurrency"]
+    per_cycle = _ratio(
+        r.per_unit_us(ours, "churn", c, "cycles_per_s"), r.per_unit_us(UVLOOP, "churn", c, "cycles_per_s")
+    )
+    row(
+        f"server CPU per churn cycle @{c}, geventchat / uvloop Protocol ≤ 1.5x",
+        per_cycle,
+        None if per_cycle is None else per_cycle <= 1.5,
+        "x",
+    )
+    n = s["rate_connections"]
+    ours_p99, uv_p99 = r.median(ours, "rate", n, "p99"), r.median(UVLOOP, "rate", n, "p99")
+    p99_ratio = _ratio(ours_p99, uv_p99)
+    row(
+        f"p99 at {n} connections and {s['rate_fraction']:.0%} of geventchat's maximum, geventchat / uvloop Protocol"
+        " at the same offered load ≤ 1.0x",
+        p99_ratio,
+        None if p99_ratio is None else p99_ratio <= 1.0,
+        "x",
+    )
+    row("(context) p99 there, geventchat ms / uvloop Protocol ms", ours_p99, None, f" / {_fmt(uv_p99, 2)}")
     kb = r.median(ours, "hold", 0, "bytes_per_connection")
     kb = kb / 1024 if kb is not None else None
-    row("memory per idle connection ≤ 8 KB", kb, None if kb is None else kb <= 8, " KB")
-    c = s["churn_concurrency"]
-    churn = r.paired_ratio(ours, base, "churn", c, "cycles_per_s")
-    spread = r.paired_ratios(ours, base, "churn", c, "cycles_per_s")
-    row("churn ≥ 1.5x minimal gevent", churn, None if churn is None else churn >= 1.5, "x", spread)
-
-    def cpu_per_cycle(server: str) -> float | None:
-        cpu, rate = r.median(server, "churn", c, "server_cpu"), r.median(server, "churn", c, "cycles_per_s")
-        return cpu / rate if cpu and rate else None
-
-    ratio = _ratio(cpu_per_cycle(base), cpu_per_cycle(ours))
-    if ratio is not None:
-        row(f"(context) server CPU per churn cycle, {base} / geventchat", ratio, None, "x")
-    p99 = r.median(ours, "rate", s["rate_connections"], "p99")
-    row(
-        f"p99 at {s['rate_connections']} connections, {s['rate_fraction']:.0%} load < 5 ms",
-        p99,
-        None if p99 is None else p99 < 5,
-        " ms",
-    )
+    row("memory per idle connection ≤ 8.0 KB", kb, None if kb is None else kb <= 8.0, " KB")
+    for other in (C_ECHO, UVLOOP, BASELINE):
+        ratio = _ratio(
+            r.per_unit_us(ours, "echo", 100, "replies_per_s"), r.per_unit_us(other, "echo", 100, "replies_per_s")
+        )
+        if ratio is not None:
+            row(f"(context) server CPU per reply @100, geventchat / {other}", ratio, None, "x")
+    vs_min = r.paired_ratio(ours, BASELINE, "echo", 100, "replies_per_s")
+    row("(context) geventchat @100 / minimal gevent", vs_min, None, "x")
     before_pause = r.median(f"{ours} gc off", "gc", 0, "pause_max_ms")
     after_pause = r.median(f"{ours} gc on", "gc", 0, "pause_max_ms")
     if before_pause is not None and after_pause is not None:
@@ -343,6 +440,10 @@ def _targets(r: Results) -> list[str]:
         row(f"handshake p99 at {s['hold']:,} held, collector untuned (before)", before, None, " ms")
     row(f"handshake p99 at {s['hold']:,} held, gc.freeze + tuned thresholds (after)", after, None, " ms")
     return lines
+
+
+def _at_least(value: float | None, goal: float) -> bool | None:
+    return None if value is None else value >= goal
 
 
 def plot(data: dict[str, Any], directory: Path, stem: str) -> list[str]:

@@ -2,6 +2,10 @@
 
 Every server gets the same phases in one invocation, so ratios compare like with like on a shared, noisy machine.
 Raw results go to ``benchmarks/results/<date>.json``; :mod:`benchmarks.report` turns them into markdown and plots.
+
+The load generator is the C one (``benchmarks/c/loadgen.c``, compiled at start by :mod:`benchmarks.cbuild`) unless
+asked for the Python one (``benchmarks/loadgen.py``) or no C compiler is found; both take the same flags and print
+the same records. The C echo server (``benchmarks/c/echo_server.c``) joins the references when it can be built.
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ from typing import Any
 
 from geventchat.testing import ServerExited, ServerProcess, WaitTimedOut, descendants, pss_bytes, rss_bytes, summed
 
+from . import cbuild
+
 _CPUS = sorted(os.sched_getaffinity(0))
 #: The server's core and the load generator's; ``None`` (no pinning) on a machine with one usable CPU.
 SERVER_CPU: int | None = _CPUS[0] if len(_CPUS) > 1 else None
@@ -27,6 +33,50 @@ PYTHON = sys.executable
 
 class BenchmarkError(Exception):
     """A server or the load generator did not behave (did not start, crashed, printed nonsense)."""
+
+
+@dataclass(frozen=True)
+class Generator:
+    """A load generator program: ``command MODE --port P ...`` prints JSON records (same flags, same keys)."""
+
+    #: ``c`` or ``python``, as recorded in the results.
+    name: str
+    command: tuple[str, ...]
+
+
+PYTHON_GENERATOR = Generator("python", (PYTHON, "-m", "benchmarks.loadgen"))
+#: Name of the C echo server among the references (``benchmarks/c/echo_server.c``).
+C_ECHO = "c-epoll"
+
+
+def choose_generator(wanted: str | None, log: Any = print) -> Generator:
+    """The load generator to use: ``"python"``, ``"c"`` (a missing compiler is an error), or ``None`` for C with a
+    one-line notice and the Python one when there is no compiler.
+
+    Raises :class:`BenchmarkError` (one line) if ``"c"`` was asked for and cannot be built.
+    """
+    if wanted == "python":
+        return PYTHON_GENERATOR
+    try:
+        return Generator("c", (str(cbuild.build("loadgen")),))
+    except cbuild.CompilerMissing as exc:
+        if wanted == "c":
+            raise BenchmarkError(f"--generator c: {exc}") from exc
+        log(f"{exc}: falling back to the Python load generator (benchmarks/loadgen.py), C echo server left out")
+        return PYTHON_GENERATOR
+    except cbuild.BuildFailed as exc:
+        raise BenchmarkError(str(exc)) from exc
+
+
+def c_echo_server() -> ServerSpec | None:
+    """The C echo server's spec, or None when there is no C compiler (:func:`choose_generator` said so)."""
+    try:
+        binary = cbuild.build("echo_server")
+    except cbuild.CompilerMissing:
+        return None
+    except cbuild.BuildFailed as exc:
+        raise BenchmarkError(str(exc)) from exc
+    return ServerSpec(C_ECHO, (str(binary), "--port", "0", "--name", C_ECHO))
 
 
 @dataclass(frozen=True)
@@ -110,6 +160,9 @@ def default_servers() -> list[ServerSpec]:
         )
     from .refservers import NAMES
 
+    c_echo = c_echo_server()
+    if c_echo is not None:
+        specs.append(c_echo)
     specs.extend(ServerSpec(name, reference_command(name)) for name in NAMES)
     return specs
 
@@ -126,7 +179,16 @@ class Settings:
     hold: int = 15000
     rate_connections: int = 1000
     rate_fraction: float = 0.5
-    phases: tuple[str, ...] = ("echo", "churn", "rate", "hold", "gc")
+    #: Whose closed-loop maximum sets the rate phase's offered load: the same absolute rate for every server, so
+    #: their p99s compare at equal load (a server missing from the run uses its own).
+    rate_basis: str = "geventchat"
+    #: Loopback source addresses for churn: each cycle leaves a TIME_WAIT entry for 60 s, so thousands of cycles
+    #: per second need more (source, port) pairs than four addresses give.
+    churn_sources: int = 32
+    #: Echo connection counts for the workers phase (geventchat --workers 1 vs 2, generator sharing the cores).
+    workers_connections: tuple[int, ...] = (100, 1000)
+    phases: tuple[str, ...] = ("echo", "churn", "rate", "hold", "gc", "workers")
+    generator: Generator = PYTHON_GENERATOR
     #: Idle connections for the many-connections hold (geventchat with workers; 0 = skip), once per invocation.
     hold_many: int = 0
     hold_many_workers: int = 8
@@ -158,12 +220,17 @@ class RunningServer:
         self.process.kill()
 
 
-def loadgen(mode: str, server: RunningServer, *args: str, timeout: float = 300) -> dict[str, Any]:
-    """Run one load generator process on the load generator CPU; returns its JSON result."""
+def loadgen(
+    mode: str,
+    server: RunningServer,
+    *args: str,
+    generator: Generator = PYTHON_GENERATOR,
+    pinned: bool = True,
+    timeout: float = 300,
+) -> dict[str, Any]:
+    """Run one load generator process (on the load generator CPU if ``pinned``); returns its JSON result."""
     command = [
-        PYTHON,
-        "-m",
-        "benchmarks.loadgen",
+        *generator.command,
         mode,
         "--port",
         str(server.port),
@@ -171,18 +238,28 @@ def loadgen(mode: str, server: RunningServer, *args: str, timeout: float = 300) 
         str(server.pid),
         *args,
     ]
-    if LOADGEN_CPU is not None:
+    if pinned and LOADGEN_CPU is not None:
         command += ["--cpu", str(LOADGEN_CPU)]
     result = subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False)
     lines = [line for line in result.stdout.splitlines() if line.startswith("{")]
     if result.returncode != 0 or not lines:
-        raise BenchmarkError(f"load generator {mode} failed: {result.stderr.strip()[-500:]}")
+        raise BenchmarkError(f"load generator ({generator.name}) {mode} failed: {result.stderr.strip()[-500:]}")
     record: dict[str, Any] = json.loads(lines[-1])
+    record["generator"] = generator.name
+    # CPU shares are of one core for the generator (single-threaded) and of the cores the server may use.
+    record["server_cores"] = 1 if server.spec.pinned and SERVER_CPU is not None else len(_CPUS)
+    record["generator_pinned"] = pinned and LOADGEN_CPU is not None
     return record
 
 
 def hold(
-    server: RunningServer, count: int, *, processes: int = 1, sources_each: int = 4, opening: int = 10
+    server: RunningServer,
+    count: int,
+    *,
+    processes: int = 1,
+    sources_each: int = 4,
+    opening: int = 10,
+    generator: Generator = PYTHON_GENERATOR,
 ) -> dict[str, Any]:
     """Open ``count`` idle connections (spread over load generator processes and source addresses), measure the
     server's memory before and after, then check that every connection still answers."""
@@ -192,9 +269,7 @@ def hold(
     procs = []
     for index, share in enumerate(each):
         command = [
-            PYTHON,
-            "-m",
-            "benchmarks.loadgen",
+            *generator.command,
             "hold",
             "--port",
             str(server.port),
@@ -235,6 +310,7 @@ def hold(
     held = sum(r["opened"] for r in opened)
     return {
         "mode": "hold",
+        "generator": generator.name,
         "connections": count,
         "opened": held,
         "answered": sum(r["answered"] for r in checked),
@@ -280,6 +356,7 @@ def run_matrix(settings: Settings, log: Any = print) -> dict[str, Any]:
     """
     timing = ["--duration", str(settings.duration), "--warmup", str(settings.warmup)]
     results: list[dict[str, Any]] = []
+    generator = settings.generator
 
     def record(spec: ServerSpec, repeat: int, result: dict[str, Any]) -> None:
         result.update(server=spec.name, repeat=repeat)
@@ -301,7 +378,8 @@ def run_matrix(settings: Settings, log: Any = print) -> dict[str, Any]:
                 if phase == "echo":
                     steps = [("--connections", str(n), *timing) for n in settings.connections]
                 elif phase == "churn":
-                    steps = [("--connections", str(settings.churn_concurrency), *timing)]
+                    sources = ("--sources", str(settings.churn_sources))
+                    steps = [("--connections", str(settings.churn_concurrency), *sources, *timing)]
                 elif phase in ("rate", "hold"):
                     steps = [()]
                 for step in steps:
@@ -313,15 +391,18 @@ def run_matrix(settings: Settings, log: Any = print) -> dict[str, Any]:
                             continue
                         try:
                             if phase == "rate":
-                                if spec.name not in best:
+                                basis = settings.rate_basis if settings.rate_basis in best else spec.name
+                                if basis not in best:
                                     continue
-                                rate = best[spec.name] * settings.rate_fraction
+                                rate = best[basis] * settings.rate_fraction
                                 args = ("--connections", str(settings.rate_connections), "--rate", f"{rate:.0f}")
-                                result = loadgen("rate", server, *args, *timing)
+                                result = loadgen("rate", server, *args, *timing, generator=generator)
+                                result["rate_basis"] = basis
                             elif phase == "hold":
-                                result = hold(server, spec.hold if spec.hold is not None else settings.hold)
+                                count = spec.hold if spec.hold is not None else settings.hold
+                                result = hold(server, count, generator=generator)
                             else:
-                                result = loadgen(phase, server, *step, *spec.loadgen_args)
+                                result = loadgen(phase, server, *step, *spec.loadgen_args, generator=generator)
                         except BenchmarkError as exc:
                             log(f"  {spec.name} {phase}: {exc}")
                             result = {"mode": "error", "phase": phase, "error": str(exc)}
@@ -331,6 +412,9 @@ def run_matrix(settings: Settings, log: Any = print) -> dict[str, Any]:
         finally:
             for server in running.values():
                 server.stop()
+        if "workers" in settings.phases and geventchat_supports("--workers"):
+            for spec, result in measure_workers(settings, timing):
+                record(spec, repeat, result)
         if "gc" in settings.phases and any(spec.name == "geventchat" for spec in settings.servers):
             for tuning in ("off", "on"):
                 spec = ServerSpec(f"geventchat gc {tuning}", ())
@@ -347,7 +431,13 @@ def run_matrix(settings: Settings, log: Any = print) -> dict[str, Any]:
         try:
             server = RunningServer(spec)
             try:
-                result = hold(server, settings.hold_many, processes=settings.hold_many_processes, opening=50)
+                result = hold(
+                    server,
+                    settings.hold_many,
+                    processes=settings.hold_many_processes,
+                    opening=50,
+                    generator=generator,
+                )
             finally:
                 server.stop()
         except BenchmarkError as exc:
@@ -364,10 +454,45 @@ def run_matrix(settings: Settings, log: Any = print) -> dict[str, Any]:
             "hold": settings.hold,
             "rate_connections": settings.rate_connections,
             "rate_fraction": settings.rate_fraction,
+            "rate_basis": settings.rate_basis,
+            "workers_connections": list(settings.workers_connections),
+            "generator": generator.name,
             "servers": [s.name for s in settings.servers],
         },
         "results": results,
     }
+
+
+def measure_workers(settings: Settings, timing: list[str]) -> list[tuple[ServerSpec, dict[str, Any]]]:
+    """geventchat ``--workers 1`` and ``--workers 2``, unpinned, with the load generator unpinned too: on a 2-core
+    machine the generator cannot have a core of its own, so the figure that means something is the server's CPU per
+    reply (its tree's CPU over the replies), not a throughput ratio. Records have mode ``workers``."""
+    measured: list[tuple[ServerSpec, dict[str, Any]]] = []
+    for workers in (1, 2):
+        spec = ServerSpec(
+            f"geventchat --workers {workers}",
+            geventchat_command("--workers", str(workers)),
+            forks=True,
+            pinned=False,
+            phases=frozenset({"workers"}),
+        )
+        try:
+            server = RunningServer(spec)
+        except BenchmarkError as exc:
+            measured.append((spec, {"mode": "error", "phase": "workers", "error": str(exc)}))
+            continue
+        try:
+            for n in settings.workers_connections:
+                try:
+                    args = ("--connections", str(n), *timing)
+                    result = loadgen("echo", server, *args, generator=settings.generator, pinned=False)
+                    result.update(mode="workers", workers=workers)
+                except BenchmarkError as exc:
+                    result = {"mode": "error", "phase": "workers", "error": str(exc)}
+                measured.append((spec, result))
+        finally:
+            server.stop()
+    return measured
 
 
 def _summary(record: dict[str, Any]) -> str:
@@ -375,17 +500,27 @@ def _summary(record: dict[str, Any]) -> str:
     if mode == "echo":
         return (
             f"  {name:24} echo@{record['connections']:<5} {record['replies_per_s']:9.0f}/s  "
-            f"p50 {record['p50']:.2f} p99 {record['p99']:.2f} ms  cpu srv {record.get('server_cpu', 0):.2f} "
+            f"p50 {record['p50']:.2f} p99 {record['p99']:.2f} ms errors {record['errors']}  "
+            f"cpu srv {record.get('server_cpu', 0):.2f} "
             f"gen {record['loadgen_cpu']:.2f}"
+        )
+    if mode == "workers":
+        per_reply = record.get("server_cpu", 0) / record["replies_per_s"] * 1e6 if record["replies_per_s"] else 0
+        return (
+            f"  {name:24} echo@{record['connections']:<5} {record['replies_per_s']:9.0f}/s  "
+            f"cpu srv {record.get('server_cpu', 0):.2f} gen {record['loadgen_cpu']:.2f}  {per_reply:.1f} µs/reply"
         )
     if mode == "rate":
         return (
             f"  {name:24} rate@{record['connections']:<5} {record['offered_per_s']:7.0f} offered "
-            f"{record['replies_per_s']:7.0f}/s p99 {record['p99']:.2f} ms"
+            f"{record['replies_per_s']:7.0f}/s p99 {record['p99']:.2f} ms errors {record['errors']}"
         )
     if mode == "churn":
         rate = record["cycles_per_s"]
-        return f"  {name:24} churn@{record['concurrency']} {rate:8.0f} cycles/s errors {record['errors']}"
+        return (
+            f"  {name:24} churn@{record['concurrency']} {rate:8.0f} cycles/s errors {record['errors']}"
+            f"  cpu srv {record.get('server_cpu', 0):.2f} gen {record['loadgen_cpu']:.2f}"
+        )
     if mode == "gc":
         return (
             f"  {name:24} gc: collections {record['collections']} longest full "

@@ -1,0 +1,71 @@
+"""benchmarks.cbuild: the C programs build once per source version; a missing compiler or a rejected source is
+one clear exception, not a traceback from deep inside subprocess."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from benchmarks import cbuild
+
+pytestmark = pytest.mark.skipif(shutil.which("gcc") is None and shutil.which("cc") is None, reason="no C compiler")
+
+HELLO = '#include <stdio.h>\nint main(void) { puts("%s"); return 0; }\n'
+
+
+def test_the_benchmark_programs_build_once_and_are_reused(tmp_path: Path) -> None:
+    for name in ("loadgen", "echo_server"):
+        binary = cbuild.build(name, cache=tmp_path)
+        assert binary.is_file() and os.access(binary, os.X_OK), binary
+        built_at = binary.stat().st_mtime_ns
+
+        again = cbuild.build(name, cache=tmp_path)
+
+        assert again == binary
+        assert again.stat().st_mtime_ns == built_at  # not compiled a second time
+    assert not list(tmp_path.glob("*.tmp"))  # no half-written binary left behind
+
+
+def test_an_edited_source_is_rebuilt_under_a_new_name(tmp_path: Path) -> None:
+    sources, cache = tmp_path / "src", tmp_path / "cache"
+    sources.mkdir()
+    (sources / "hello.c").write_text(HELLO % "one")
+    first = cbuild.build("hello", cache=cache, sources=sources)
+
+    (sources / "hello.c").write_text(HELLO % "two")
+    second = cbuild.build("hello", cache=cache, sources=sources)
+
+    assert first.exists() and second.exists()
+    assert second != first
+
+
+def test_no_compiler_is_one_clear_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CC", raising=False)
+    monkeypatch.setenv("PATH", str(tmp_path))  # an empty directory: no cc, no gcc
+    assert shutil.which("gcc") is None and shutil.which("cc") is None
+
+    with pytest.raises(cbuild.CompilerMissing) as caught:
+        cbuild.build("loadgen", cache=tmp_path / "cache")
+
+    message = str(caught.value)
+    assert "no C compiler found" in message
+    assert "\n" not in message
+    assert not (tmp_path / "cache").exists() or not list((tmp_path / "cache").iterdir())
+
+
+def test_a_rejected_source_raises_build_failed_with_the_compilers_error_lines(tmp_path: Path) -> None:
+    sources, cache = tmp_path / "src", tmp_path / "cache"
+    sources.mkdir()
+    (sources / "broken.c").write_text("int main(void) { return undeclared_name; }\n")
+
+    with pytest.raises(cbuild.BuildFailed) as caught:
+        cbuild.build("broken", cache=cache, sources=sources)
+
+    message = str(caught.value)
+    assert message.startswith("compiling broken.c failed:")
+    assert "undeclared_name" in message and "error" in message
+    assert len(message.splitlines()) <= 6  # the first error lines, not the whole output
+    assert not list(cache.iterdir())  # nothing cached for a failed build
