@@ -20,6 +20,11 @@ What is used, why, and what dropping it would cost (figures from docs/performanc
   0.96x of the minimal gevent server. Dropping only the direct switch for ``hub.wait(watcher)`` (public): a
   ``Waiter`` and more C frames in the stack greenlet saves for every idle client. Dropping only the borrowed
   watcher: one more ``loop.io`` watcher per client (made here when a socket has no ``_read_event``).
+- :func:`plain_socket`: the non-blocking stdlib socket inside a gevent socket (its private ``_sock``). After
+  :func:`wait_readable` said input is there, the server calls its ``recv()`` and ``send()`` directly and skips
+  gevent's Python-level ``recv()``/``send()`` wrappers (a frame, a ``try`` and a timeout lookup each); a send the
+  kernel will not take whole, and a spurious wake-up (``BlockingIOError``), fall back to the gevent socket,
+  which waits. Dropping it: see docs/performance.md for the figure (echo CPU per reply).
 - :func:`call_soon` and :func:`throw`: run a callback on the hub's next loop turn (``loop.run_callback``), and
   from such a callback throw an exception into a suspended greenlet (``greenlet.throw``), as ``gevent.kill`` does.
   The server's graceful shutdown interrupts a connection that waits for input, but only if it still waits when
@@ -42,6 +47,7 @@ What is used, why, and what dropping it would cost (figures from docs/performanc
 
 from __future__ import annotations
 
+import _socket
 from collections.abc import Callable
 from typing import Any
 
@@ -56,6 +62,7 @@ __all__ = [
     "RepeatingTimer",
     "call_soon",
     "pause_accepting",
+    "plain_socket",
     "read_watcher",
     "spawn_connection",
     "throw",
@@ -101,12 +108,20 @@ def read_watcher(sock: GeventSocket) -> tuple[Any, bool]:
     return gevent.get_hub().loop.io(sock.fileno(), _READ), True
 
 
-def wait_readable(watcher: Any, current: RawGreenlet, hub: Any) -> None:
-    """Block ``current`` (the calling greenlet) until ``watcher`` fires: ``hub.wait(watcher)`` without its Waiter
-    and ``Hub.switch``. Timers and kills thrown into ``current`` arrive as exceptions from here. A stray switch into
-    ``current`` also returns (``hub.wait`` would raise): read with a gevent socket's ``recv()``, which waits again by
-    itself when nothing is there."""
-    watcher.start(current.switch)
+def plain_socket(sock: GeventSocket) -> _socket.socket:
+    """The non-blocking stdlib socket a gevent socket wraps (same file descriptor). Its ``recv()`` and ``send()``
+    never wait: they raise ``BlockingIOError`` instead. Use it only while ``sock`` is open; close ``sock``, not it."""
+    plain: _socket.socket = sock._sock
+    return plain
+
+
+def wait_readable(watcher: Any, wake: Callable[[], object], hub: Any) -> None:
+    """Block the calling greenlet until ``watcher`` fires: ``hub.wait(watcher)`` without its Waiter and
+    ``Hub.switch``. ``wake`` is the calling greenlet's ``switch`` (taken once by a caller that waits in a loop, so
+    no bound method is made per wait). Timers and kills thrown into the greenlet arrive as exceptions from here. A
+    stray switch into it also returns (``hub.wait`` would raise): read with a gevent socket's ``recv()``, which
+    waits again by itself when nothing is there, or expect ``BlockingIOError`` from a :func:`plain_socket`."""
+    watcher.start(wake)
     try:
         _switch(hub)
     finally:

@@ -4,6 +4,7 @@ that it still does what the module's docstring says it is used for."""
 
 from __future__ import annotations
 
+import _socket
 import socket
 from collections.abc import Iterator
 from typing import Any
@@ -20,6 +21,7 @@ from geventchat._gevent_fast import (
     RepeatingTimer,
     call_soon,
     pause_accepting,
+    plain_socket,
     read_watcher,
     spawn_connection,
     throw,
@@ -80,7 +82,7 @@ def test_a_socket_without_a_read_watcher_gets_one_of_its_own(pair: tuple[GeventS
     assert owned and watcher is not reader._read_event
     try:
         writer.sendall(b"x")
-        waiter = gevent.spawn(lambda: wait_readable(watcher, gevent.getcurrent(), gevent.get_hub()))
+        waiter = gevent.spawn(lambda: wait_readable(watcher, gevent.getcurrent().switch, gevent.get_hub()))
         waiter.get(timeout=5)  # returned: our own watcher fired for the byte waiting on the socket
         assert waiter.successful() and not watcher.active
     finally:
@@ -93,7 +95,7 @@ def test_wait_readable_returns_once_input_arrives_by_a_direct_hub_switch(pair: t
     woken = gevent.event.Event()
 
     def wait() -> bytes:
-        wait_readable(watcher, gevent.getcurrent(), gevent.get_hub())
+        wait_readable(watcher, gevent.getcurrent().switch, gevent.get_hub())
         woken.set()
         data: bytes = reader.recv(16)
         return data
@@ -112,13 +114,29 @@ def test_a_timeout_arrives_in_wait_readable_as_our_exception(pair: tuple[GeventS
 
     def wait() -> None:
         with gevent.Timeout(0.01, Interrupted):
-            wait_readable(watcher, gevent.getcurrent(), gevent.get_hub())
+            wait_readable(watcher, gevent.getcurrent().switch, gevent.get_hub())
 
     waiter = gevent.spawn(wait)
     waiter.join(timeout=5)
     assert waiter.dead
     assert isinstance(waiter.exception, Interrupted)
     assert not watcher.active
+
+
+def test_plain_socket_is_the_non_blocking_stdlib_socket_on_the_same_descriptor(
+    pair: tuple[GeventSocket, ...],
+) -> None:
+    reader, writer = pair
+    plain = plain_socket(reader)
+    assert type(plain) is not GeventSocket and isinstance(plain, _socket.socket)  # gevent's private _sock
+    assert plain.fileno() == reader.fileno() and plain.gettimeout() == 0.0  # the same fd, never waiting
+    with pytest.raises(BlockingIOError):
+        plain.recv(16)  # nothing there: it raises rather than waits (the server falls back to waiting)
+    writer.sendall(b"hello")
+    watcher, _owned = read_watcher(reader)
+    wait_readable(watcher, gevent.getcurrent().switch, gevent.get_hub())
+    assert plain.recv(16) == b"hello"
+    assert plain_socket(writer).send(b"back") == 4 and reader.recv(16) == b"back"
 
 
 def test_spawn_connection_runs_a_raw_greenlet_under_the_hub_on_the_next_loop_turn() -> None:

@@ -61,6 +61,7 @@ _CHATTING = _State.CHATTING
 _CLOSED = _State.CLOSED
 _LINE = Framing.LINE
 _NOT_UTF8 = "message is not valid UTF-8"
+_COLON = ord(":")
 
 
 @functools.lru_cache(maxsize=16)
@@ -240,6 +241,30 @@ class ServerConversation:
         else:
             self._receive_undecided(data, events)
         return events
+
+    def answer_line(self, data: bytes) -> bytes | None:
+        """The common case without events: if ``data`` is one whole plain line that needs nothing but its echo,
+        returns the reply (the prefix and the line as received) and counts the message; the caller sends it.
+        Otherwise returns ``None`` and changes nothing: feed ``data`` to :meth:`receive_data`.
+
+        A plain line: after the handshake, in line framing, nothing pending, ASCII, a ``\n`` ending and no
+        ``\r``, within the limit, not starting with ``:`` (commands and ``:q``), and not in a chat room. Such a
+        line gives :meth:`receive_data` exactly one :class:`MessageReceived` and this reply, so a shell that does
+        not look at the event may take this path (and save the event and the list it comes in)."""
+        if (
+            self._state is _CHATTING
+            and self._framing is _LINE
+            and data.find(NEWLINE) == len(data) - 1 > 0
+            and len(data) <= self._max_line + 1
+            and data[0] != _COLON
+            and not self._buffer
+            and data.isascii()
+            and data[-2] != 13  # '\r': the reply would keep it, the message would not
+            and (self.chat is None or not self.chat.in_room)
+        ):
+            self.messages_received += 1
+            return self._prefix + data
+        return None
 
     def settle_framing(self) -> list[ServerEvent]:
         """Decide ``auto`` framing for a client whose pending bytes carried no newline within the detection window:

@@ -19,7 +19,15 @@ import gevent
 from gevent.lock import Semaphore
 from gevent.socket import socket as GeventSocket
 
-from .._gevent_fast import IdleTimeout, RawGreenlet, call_soon, read_watcher, throw, wait_readable
+from .._gevent_fast import (
+    IdleTimeout,
+    RawGreenlet,
+    call_soon,
+    plain_socket,
+    read_watcher,
+    throw,
+    wait_readable,
+)
 from .._net import IdleExpired, linger_close, unread_bytes
 from ..chat.rooms import RoomService
 from ..config import ServerConfig
@@ -223,10 +231,12 @@ class Connection:
     def _converse(self, watcher: Any) -> None:
         """Read → feed → write until the conversation closes (a ``:q``, a line too long, the peer's EOF, a shutdown
         seen between reads). Raises what ends it early (see :data:`_ENDINGS`)."""
-        conversation = self.conversation
         stats = self.server.stats
-        config = self.server.config
-        recv_size = config.recv_size
+        if watcher is not None and stats.reply_latency is None and not self.debug:
+            self._converse_plain(watcher)
+            return
+        conversation = self.conversation
+        recv_size = self.server.config.recv_size
         reply_latency = stats.reply_latency
         received_at = 0.0
         hub = gevent.get_hub()
@@ -237,26 +247,82 @@ class Connection:
             data = self._recv(recv_size, hub, watcher)
             if reply_latency is not None:
                 received_at = time.perf_counter()
-            before = conversation.messages_received
-            events = conversation.receive_data(data)
-            # Only a chunk that completed nothing can leave auto framing undecided: skip the check otherwise.
-            if not events and (window := conversation.framing_window) is not None:
-                events += self._detect_framing(window)
-            if events:
-                self._lines_arrived(events, before)
+            if self._take(data) and reply_latency is not None:
+                reply_latency.observe(time.perf_counter() - received_at)
+            del data  # before blocking again: an idle client should not pin its last chunk
+
+    def _converse_plain(self, watcher: Any) -> None:
+        """:meth:`_converse` for plain TCP (no TLS, no debug log, no latency histogram), where most clients are:
+        wait on the socket's watcher, ``recv()`` and ``send()`` on the stdlib socket (no gevent wrapper), and a
+        plain line is answered by :meth:`ServerConversation.answer_line` (no event, no list). Anything else, and a
+        send the kernel does not take whole, goes the general way."""
+        conversation = self.conversation
+        stats = self.server.stats
+        recv_size = self.server.config.recv_size
+        hub = gevent.get_hub()
+        plain = plain_socket(self.sock)
+        wake = self.greenlet.switch  # taken once: wait_readable hands it to the watcher on every wait
+        while not conversation.closed:  # bounded by the idle timeout: each wait for input is
+            if self._stop_reason is not None:
+                conversation.close(self._stop_reason)
+                break
+            self._reading = True
+            try:
+                wait_readable(watcher, wake, hub)
+                data = plain.recv(recv_size)
+            except IdleAlarm:
+                self._check_deadline()
+                continue
+            except BlockingIOError:
+                continue  # a spurious wake-up: nothing to read yet
+            finally:
+                self._reading = False
+            reply = conversation.answer_line(data)
+            if reply is None:
+                self._take(data)
+                del data  # before blocking again: an idle client should not pin its last chunk
+                continue
+            # Activity: the deadline moves, the Timeout stays (see _arm). Only a plain line after the handshake
+            # comes here, so the idle timeout is the one in force.
+            self._deadline = time.monotonic() + conversation.idle_timeout
+            if self.member is None:
+                try:
+                    sent = plain.send(reply)
+                except BlockingIOError:
+                    sent = 0
+                if sent != len(reply):
+                    self._write_rest(reply, sent)
+                stats.bytes_out += len(reply)
+            else:
+                self._write(reply)  # the chat writer may be sending too: under the member's lock
             stats.bytes_in += len(data)
-            out = conversation.data_to_send()
-            if out:
-                self._write(out)
-                # Counted after the write: one that raised (cut short, reset) sent these replies to no one.
-                stats.replies += conversation.messages_received - before
-                if conversation.notices_queued != self._notices_counted:
-                    stats.notices += conversation.notices_queued - self._notices_counted
-                    self._notices_counted = conversation.notices_queued
-                if reply_latency is not None:
-                    reply_latency.observe(time.perf_counter() - received_at)
-            # Drop this chunk's bytes and events before blocking again: an idle client should not pin them.
-            del data, events, out
+            stats.messages += 1
+            stats.replies += 1
+            del data, reply
+
+    def _take(self, data: bytes) -> bool:
+        """Feed one received chunk to the conversation, act on its events and send what it queued. Returns True if
+        something was sent."""
+        conversation = self.conversation
+        stats = self.server.stats
+        before = conversation.messages_received
+        events = conversation.receive_data(data)
+        # Only a chunk that completed nothing can leave auto framing undecided: skip the check otherwise.
+        if not events and (window := conversation.framing_window) is not None:
+            events += self._detect_framing(window)
+        if events:
+            self._lines_arrived(events, before)
+        stats.bytes_in += len(data)
+        out = conversation.data_to_send()
+        if not out:
+            return False
+        self._write(out)
+        # Counted after the write: one that raised (cut short, reset) sent these replies to no one.
+        stats.replies += conversation.messages_received - before
+        if conversation.notices_queued != self._notices_counted:
+            stats.notices += conversation.notices_queued - self._notices_counted
+            self._notices_counted = conversation.notices_queued
+        return True
 
     def _close(self, rest: bytes = b"") -> tuple[str, str]:
         """After the conversation closed: unless the peer did, send what is queued (the reply to ``:q`` or a
@@ -325,7 +391,7 @@ class Connection:
             while True:  # bounded by the idle deadline: _check_deadline raises once it has passed
                 try:
                     if watcher is not None:
-                        wait_readable(watcher, self.greenlet, hub)
+                        wait_readable(watcher, self.greenlet.switch, hub)
                         watcher = None
                     data: bytes = self.sock.recv(size)
                     return data
