@@ -12,6 +12,10 @@ What is used, why, and what dropping it would cost (figures from docs/performanc
   ``loop`` stored in a per-greenlet dict). Dropping it for ``gevent.spawn_raw``: about 0.15 KB more per idle
   client (tracemalloc, 20,000 waiting greenlets); for ``gevent.spawn``: about 0.7 KB (links, a result slot, the
   captured spawning stack).
+- :func:`spawn_handler`: a StreamServer's ``do_handle`` for :func:`spawn_connection`, calling the server's private
+  ``_handle`` and its ``do_close`` from a function of ours instead of gevent's ``_handle_and_close_when_done``,
+  whose ``handle(*args)`` (a call Python 3.11 cannot inline) adds a C-level interpreter frame to the stack
+  greenlet saves for every idle client. Dropping it: see docs/performance.md (idle memory per connection).
 - :func:`read_watcher` and :func:`wait_readable`: wait for input on the socket's own read watcher
   (``gevent.socket.socket._read_event``, private), by starting it with the greenlet's ``switch`` and switching to
   the hub directly (``greenlet.switch(hub)``, skipping ``Hub.switch``). The server waits *before* ``recv()``,
@@ -65,6 +69,7 @@ __all__ = [
     "plain_socket",
     "read_watcher",
     "spawn_connection",
+    "spawn_handler",
     "throw",
     "wait_readable",
 ]
@@ -96,6 +101,26 @@ def spawn_connection(function: Callable[..., object], *args: object) -> RawGreen
     glet = RawGreenlet(function, hub)
     hub.loop.run_callback(glet.switch, *args)
     return glet
+
+
+def _serve_then_close(
+    handle: Callable[[GeventSocket, Any], object],
+    close: Callable[[GeventSocket, Any], object],
+    sock: GeventSocket,
+    address: Any,
+) -> None:
+    # Plain positional calls: Python 3.11 runs them in the caller's interpreter loop, not a nested C one.
+    try:
+        handle(sock, address)
+    finally:
+        close(sock, address)
+
+
+def spawn_handler(server: StreamServer, sock: GeventSocket, address: Any) -> RawGreenlet:
+    """What ``StreamServer.do_handle(sock, address)`` does when its spawn is :func:`spawn_connection`: run the
+    server's handle in a new raw greenlet, then its ``do_close`` (which closes ``sock``), with one C frame less
+    in the greenlet's stack than gevent's own wrapper."""
+    return spawn_connection(_serve_then_close, server._handle, server.do_close, sock, address)
 
 
 def read_watcher(sock: GeventSocket) -> tuple[Any, bool]:

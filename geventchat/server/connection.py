@@ -201,7 +201,10 @@ class Connection:
             watcher, owned = read_watcher(self.sock)
         try:
             self._open()
-            self._converse(watcher)
+            if watcher is not None and self.server.stats.reply_latency is None and not self.debug:
+                self._converse_plain(watcher)  # called from here, not _converse: one frame less per idle client
+            else:
+                self._converse(watcher)
         except _ENDED_BY as exc:
             ending = _ending(self, exc)
             if not isinstance(ending, CloseReason):
@@ -232,9 +235,6 @@ class Connection:
         """Read → feed → write until the conversation closes (a ``:q``, a line too long, the peer's EOF, a shutdown
         seen between reads). Raises what ends it early (see :data:`_ENDINGS`)."""
         stats = self.server.stats
-        if watcher is not None and stats.reply_latency is None and not self.debug:
-            self._converse_plain(watcher)
-            return
         conversation = self.conversation
         recv_size = self.server.config.recv_size
         reply_latency = stats.reply_latency
