@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import socket
 import ssl
+import sys
 import time
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -44,6 +45,9 @@ log = logging.getLogger("geventchat.server")
 # Connection._armed_for while the handshake timeout runs: differs from every idle timeout, so the first events
 # after the handshake re-arm the connection's Timeout for the negotiated idle timeout.
 _IN_HANDSHAKE = -1.0
+
+# Elsewhere than Linux an accepted socket may not inherit the listener's TCP_NODELAY: set it per connection there.
+_NODELAY_PER_SOCKET = not sys.platform.startswith("linux")
 
 
 class Host(Protocol):
@@ -222,8 +226,10 @@ class Connection:
     # -- the three phases
 
     def _open(self) -> None:
-        """Under the handshake timeout: the TLS handshake (if any), then the greeting."""
-        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        """Under the handshake timeout: the TLS handshake (if any), then the greeting. (``TCP_NODELAY`` comes from
+        the listener: :meth:`ChatServer.start` sets it there, and Linux copies it to every accepted socket.)"""
+        if _NODELAY_PER_SOCKET:
+            self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         # Until the timeout line arrives the (shorter) handshake timeout applies; see _handshake_over.
         self._arm(self.conversation.current_timeout)
         self._armed_for = _IN_HANDSHAKE
@@ -357,7 +363,14 @@ class Connection:
         if timeout != self._armed_for:
             if self._armed_for == _IN_HANDSHAKE:
                 self._handshake_over()
-            self._arm(timeout)
+            pending = self._timeout
+            if self._armed_for == _IN_HANDSHAKE and pending is not None and pending.seconds <= timeout:
+                # The handshake's Timeout fires before the new deadline, and _check_deadline then re-arms it for
+                # what is left, as after any message: a client that leaves within the handshake timeout (most
+                # short connections) never needs a second Timeout.
+                self._armed_for = timeout
+            else:
+                self._arm(timeout)
         if self.debug:
             for event in events:
                 log.debug("%s: %s", format_peer(self.address), describe_event(event))
