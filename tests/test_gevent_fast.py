@@ -25,6 +25,7 @@ from geventchat._gevent_fast import (
     read_watcher,
     spawn_connection,
     spawn_handler,
+    switch_to_hub,
     throw,
     wait_readable,
 )
@@ -231,3 +232,30 @@ def test_spawn_handler_runs_the_servers_handle_then_its_close_in_a_raw_greenlet(
     assert handled.get(timeout=5) == (reader, ("127.0.0.1", 1), glet)  # the situation: handle ran, in glet
     wait_until(lambda: glet.dead, timeout=5, what="the handler greenlet to finish")
     assert reader.closed  # then StreamServer.do_close closed the socket, as gevent's wrapper does
+
+
+def test_a_watcher_kept_started_wakes_switch_to_hub_once_per_readiness(pair: tuple[GeventSocket, ...]) -> None:
+    """The plain-TCP loop's wait: the watcher started once with the greenlet's switch, then a bare switch to the
+    hub per message; each readiness wakes it, and it stays active in between."""
+    reader, writer = pair
+    watcher, _owned = read_watcher(reader)
+    got: list[bytes] = []
+
+    def serve() -> None:
+        watcher.start(gevent.getcurrent().switch)
+        try:
+            while len(got) < 2:  # bounded: two messages
+                switch_to_hub(gevent.get_hub())
+                got.append(plain_socket(reader).recv(16))
+        finally:
+            watcher.stop()
+
+    server = gevent.spawn(serve)
+    gevent.sleep(0)
+    assert watcher.active and not got  # the situation: waiting in the hub, the watcher started once
+    writer.sendall(b"one")
+    wait_until(lambda: got == [b"one"], timeout=5, what="the first wake-up")
+    assert watcher.active  # still started between messages
+    writer.sendall(b"two")
+    server.join(timeout=5)
+    assert got == [b"one", b"two"] and not watcher.active

@@ -26,6 +26,7 @@ from .._gevent_fast import (
     call_soon,
     plain_socket,
     read_watcher,
+    switch_to_hub,
     throw,
     wait_readable,
 )
@@ -267,44 +268,62 @@ class Connection:
         recv_size = self.server.config.recv_size
         hub = gevent.get_hub()
         plain = plain_socket(self.sock)
-        wake = self.greenlet.switch  # taken once: wait_readable hands it to the watcher on every wait
-        while not conversation.closed:  # bounded by the idle timeout: each wait for input is
-            if self._stop_reason is not None:
-                conversation.close(self._stop_reason)
-                break
-            self._reading = True
-            try:
-                wait_readable(watcher, wake, hub)
-                data = plain.recv(recv_size)
-            except IdleAlarm:
-                self._check_deadline()
-                continue
-            except BlockingIOError:
-                continue  # a spurious wake-up: nothing to read yet
-            finally:
-                self._reading = False
-            reply = conversation.answer_line(data)
-            if reply is None:
-                self._take(data)
-                del data  # before blocking again: an idle client should not pin its last chunk
-                continue
-            # Activity: the deadline moves, the Timeout stays (see _arm). Only a plain line after the handshake
-            # comes here, so the idle timeout is the one in force.
-            self._deadline = time.monotonic() + conversation.idle_timeout
-            if self.member is None:
+        wake = self.greenlet.switch
+        # The watcher stays started with our switch while the loop only waits, reads and sends what the kernel
+        # takes at once: no start and stop per message. It is stopped before anything that may block in another
+        # way (the general path, a short send), where its firing would be a stray switch into that other wait.
+        watcher.start(wake)
+        try:
+            while True:  # bounded by the idle timeout: each wait for input is
+                if self._stop_reason is not None:
+                    conversation.close(self._stop_reason)
+                    return
+                self._reading = True
                 try:
-                    sent = plain.send(reply)
+                    switch_to_hub(hub)
+                    data = plain.recv(recv_size)
+                except IdleAlarm:
+                    self._check_deadline()
+                    continue
                 except BlockingIOError:
-                    sent = 0
-                if sent != len(reply):
-                    self._write_rest(reply, sent)
-                stats.bytes_out += len(reply)
-            else:
-                self._write(reply)  # the chat writer may be sending too: under the member's lock
-            stats.bytes_in += len(data)
-            stats.messages += 1
-            stats.replies += 1
-            del data, reply
+                    continue  # a spurious wake-up: nothing to read yet
+                finally:
+                    self._reading = False
+                reply = conversation.answer_line(data)
+                if reply is None:
+                    watcher.stop()
+                    self._take(data)
+                    if conversation.closed:
+                        return
+                    watcher.start(wake)
+                    del data  # before blocking again: an idle client should not pin its last chunk
+                    continue
+                # Activity: the deadline moves, the Timeout stays (see _arm). Only a plain line after the handshake
+                # comes here, so the idle timeout is the one in force.
+                self._deadline = time.monotonic() + conversation.idle_timeout
+                if self.member is None:
+                    try:
+                        sent = plain.send(reply)
+                    except BlockingIOError:
+                        sent = 0  # the kernel takes nothing now: the general way below waits
+                else:
+                    sent = 0  # the chat writer may be sending too: _write below takes the member's lock
+                if sent == len(reply):
+                    stats.bytes_out += sent
+                else:
+                    watcher.stop()
+                    if self.member is None:
+                        self._write_rest(reply, sent)
+                        stats.bytes_out += len(reply)
+                    else:
+                        self._write(reply)
+                    watcher.start(wake)
+                stats.bytes_in += len(data)
+                stats.messages += 1
+                stats.replies += 1
+                del data, reply
+        finally:
+            watcher.stop()
 
     def _take(self, data: bytes) -> bool:
         """Feed one received chunk to the conversation, act on its events and send what it queued. Returns True if
