@@ -12,14 +12,25 @@ What is used, why, and what dropping it would cost (figures from docs/performanc
   ``loop`` stored in a per-greenlet dict). Dropping it for ``gevent.spawn_raw``: about 0.15 KB more per idle
   client (tracemalloc, 20,000 waiting greenlets); for ``gevent.spawn``: about 0.7 KB (links, a result slot, the
   captured spawning stack).
+- :func:`spawn_handler`: a StreamServer's ``do_handle`` for :func:`spawn_connection`, calling the server's private
+  ``_handle`` and its ``do_close`` from a function of ours instead of gevent's ``_handle_and_close_when_done``,
+  whose ``handle(*args)`` (a call Python 3.11 cannot inline) adds a C-level interpreter frame to the stack
+  greenlet saves for every idle client. Dropping it: see docs/performance.md (idle memory per connection).
 - :func:`read_watcher` and :func:`wait_readable`: wait for input on the socket's own read watcher
   (``gevent.socket.socket._read_event``, private), by starting it with the greenlet's ``switch`` and switching to
   the hub directly (``greenlet.switch(hub)``, skipping ``Hub.switch``). The server waits *before* ``recv()``,
   which spares the ``recv()`` that would fail with ``EAGAIN`` (and the exception gevent raises and catches for it)
-  on every message of a request/reply client. Dropping the wait-first: echo at 100 connections fell from 1.49x to
+  on every message of a request/reply client. The server's plain-TCP loop goes one step further: it starts the
+  watcher once and waits with :data:`switch_to_hub` alone per message, stopping the watcher only around anything
+  else that may block. Dropping the wait-first: echo at 100 connections fell from 1.49x to
   0.96x of the minimal gevent server. Dropping only the direct switch for ``hub.wait(watcher)`` (public): a
   ``Waiter`` and more C frames in the stack greenlet saves for every idle client. Dropping only the borrowed
   watcher: one more ``loop.io`` watcher per client (made here when a socket has no ``_read_event``).
+- :func:`plain_socket`: the non-blocking stdlib socket inside a gevent socket (its private ``_sock``). After
+  :func:`wait_readable` said input is there, the server calls its ``recv()`` and ``send()`` directly and skips
+  gevent's Python-level ``recv()``/``send()`` wrappers (a frame, a ``try`` and a timeout lookup each); a send the
+  kernel will not take whole, and a spurious wake-up (``BlockingIOError``), fall back to the gevent socket,
+  which waits. Dropping it: see docs/performance.md for the figure (echo CPU per reply).
 - :func:`call_soon` and :func:`throw`: run a callback on the hub's next loop turn (``loop.run_callback``), and
   from such a callback throw an exception into a suspended greenlet (``greenlet.throw``), as ``gevent.kill`` does.
   The server's graceful shutdown interrupts a connection that waits for input, but only if it still waits when
@@ -42,6 +53,7 @@ What is used, why, and what dropping it would cost (figures from docs/performanc
 
 from __future__ import annotations
 
+import _socket
 from collections.abc import Callable
 from typing import Any
 
@@ -56,15 +68,20 @@ __all__ = [
     "RepeatingTimer",
     "call_soon",
     "pause_accepting",
+    "plain_socket",
     "read_watcher",
     "spawn_connection",
+    "spawn_handler",
+    "switch_to_hub",
     "throw",
     "wait_readable",
 ]
 
-# greenlet's own switch, looked up once: called on the hub (a greenlet subclass), it skips gevent's Python-level
-# Hub.switch and so adds no frame to the stack greenlet saves while a client is idle.
-_switch = RawGreenlet.switch
+#: greenlet's own switch, looked up once: ``switch_to_hub(hub)`` skips gevent's Python-level ``Hub.switch`` and so
+#: adds no frame to the stack greenlet saves while a client is idle. A caller that keeps a read watcher started
+#: with its greenlet's ``switch`` (see :func:`wait_readable`) waits for input with it alone, per message.
+switch_to_hub: Callable[[Any], Any] = RawGreenlet.switch
+_switch = switch_to_hub
 # libev/libuv's event mask for "readable".
 _READ = 1
 
@@ -91,6 +108,26 @@ def spawn_connection(function: Callable[..., object], *args: object) -> RawGreen
     return glet
 
 
+def _serve_then_close(
+    handle: Callable[[GeventSocket, Any], object],
+    close: Callable[[GeventSocket, Any], object],
+    sock: GeventSocket,
+    address: Any,
+) -> None:
+    # Plain positional calls: Python 3.11 runs them in the caller's interpreter loop, not a nested C one.
+    try:
+        handle(sock, address)
+    finally:
+        close(sock, address)
+
+
+def spawn_handler(server: StreamServer, sock: GeventSocket, address: Any) -> RawGreenlet:
+    """What ``StreamServer.do_handle(sock, address)`` does when its spawn is :func:`spawn_connection`: run the
+    server's handle in a new raw greenlet, then its ``do_close`` (which closes ``sock``), with one C frame less
+    in the greenlet's stack than gevent's own wrapper."""
+    return spawn_connection(_serve_then_close, server._handle, server.do_close, sock, address)
+
+
 def read_watcher(sock: GeventSocket) -> tuple[Any, bool]:
     """A read watcher for :func:`wait_readable` on ``sock``: the socket's own (idle whenever no ``recv()`` of
     ``sock`` waits), or a new one if this gevent has none. Returns ``(watcher, owned)``: close an owned one when
@@ -101,12 +138,20 @@ def read_watcher(sock: GeventSocket) -> tuple[Any, bool]:
     return gevent.get_hub().loop.io(sock.fileno(), _READ), True
 
 
-def wait_readable(watcher: Any, current: RawGreenlet, hub: Any) -> None:
-    """Block ``current`` (the calling greenlet) until ``watcher`` fires: ``hub.wait(watcher)`` without its Waiter
-    and ``Hub.switch``. Timers and kills thrown into ``current`` arrive as exceptions from here. A stray switch into
-    ``current`` also returns (``hub.wait`` would raise): read with a gevent socket's ``recv()``, which waits again by
-    itself when nothing is there."""
-    watcher.start(current.switch)
+def plain_socket(sock: GeventSocket) -> _socket.socket:
+    """The non-blocking stdlib socket a gevent socket wraps (same file descriptor). Its ``recv()`` and ``send()``
+    never wait: they raise ``BlockingIOError`` instead. Use it only while ``sock`` is open; close ``sock``, not it."""
+    plain: _socket.socket = sock._sock
+    return plain
+
+
+def wait_readable(watcher: Any, wake: Callable[[], object], hub: Any) -> None:
+    """Block the calling greenlet until ``watcher`` fires: ``hub.wait(watcher)`` without its Waiter and
+    ``Hub.switch``. ``wake`` is the calling greenlet's ``switch`` (taken once by a caller that waits in a loop, so
+    no bound method is made per wait). Timers and kills thrown into the greenlet arrive as exceptions from here. A
+    stray switch into it also returns (``hub.wait`` would raise): read with a gevent socket's ``recv()``, which
+    waits again by itself when nothing is there, or expect ``BlockingIOError`` from a :func:`plain_socket`."""
+    watcher.start(wake)
     try:
         _switch(hub)
     finally:

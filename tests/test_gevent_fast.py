@@ -4,6 +4,7 @@ that it still does what the module's docstring says it is used for."""
 
 from __future__ import annotations
 
+import _socket
 import socket
 from collections.abc import Iterator
 from typing import Any
@@ -20,11 +21,15 @@ from geventchat._gevent_fast import (
     RepeatingTimer,
     call_soon,
     pause_accepting,
+    plain_socket,
     read_watcher,
     spawn_connection,
+    spawn_handler,
+    switch_to_hub,
     throw,
     wait_readable,
 )
+from geventchat.testing import wait_until
 
 
 class Interrupted(Exception):
@@ -80,7 +85,7 @@ def test_a_socket_without_a_read_watcher_gets_one_of_its_own(pair: tuple[GeventS
     assert owned and watcher is not reader._read_event
     try:
         writer.sendall(b"x")
-        waiter = gevent.spawn(lambda: wait_readable(watcher, gevent.getcurrent(), gevent.get_hub()))
+        waiter = gevent.spawn(lambda: wait_readable(watcher, gevent.getcurrent().switch, gevent.get_hub()))
         waiter.get(timeout=5)  # returned: our own watcher fired for the byte waiting on the socket
         assert waiter.successful() and not watcher.active
     finally:
@@ -93,7 +98,7 @@ def test_wait_readable_returns_once_input_arrives_by_a_direct_hub_switch(pair: t
     woken = gevent.event.Event()
 
     def wait() -> bytes:
-        wait_readable(watcher, gevent.getcurrent(), gevent.get_hub())
+        wait_readable(watcher, gevent.getcurrent().switch, gevent.get_hub())
         woken.set()
         data: bytes = reader.recv(16)
         return data
@@ -112,13 +117,29 @@ def test_a_timeout_arrives_in_wait_readable_as_our_exception(pair: tuple[GeventS
 
     def wait() -> None:
         with gevent.Timeout(0.01, Interrupted):
-            wait_readable(watcher, gevent.getcurrent(), gevent.get_hub())
+            wait_readable(watcher, gevent.getcurrent().switch, gevent.get_hub())
 
     waiter = gevent.spawn(wait)
     waiter.join(timeout=5)
     assert waiter.dead
     assert isinstance(waiter.exception, Interrupted)
     assert not watcher.active
+
+
+def test_plain_socket_is_the_non_blocking_stdlib_socket_on_the_same_descriptor(
+    pair: tuple[GeventSocket, ...],
+) -> None:
+    reader, writer = pair
+    plain = plain_socket(reader)
+    assert type(plain) is not GeventSocket and isinstance(plain, _socket.socket)  # gevent's private _sock
+    assert plain.fileno() == reader.fileno() and plain.gettimeout() == 0.0  # the same fd, never waiting
+    with pytest.raises(BlockingIOError):
+        plain.recv(16)  # nothing there: it raises rather than waits (the server falls back to waiting)
+    writer.sendall(b"hello")
+    watcher, _owned = read_watcher(reader)
+    wait_readable(watcher, gevent.getcurrent().switch, gevent.get_hub())
+    assert plain.recv(16) == b"hello"
+    assert plain_socket(writer).send(b"back") == 4 and reader.recv(16) == b"back"
 
 
 def test_spawn_connection_runs_a_raw_greenlet_under_the_hub_on_the_next_loop_turn() -> None:
@@ -197,3 +218,44 @@ def test_idle_timeout_keeps_no_dict_and_raises_what_it_was_given() -> None:
         with IdleTimeout(0.01, TookTooLong) as timeout:
             assert vars(timeout) == {}  # every attribute gevent.Timeout set went to a slot
             gevent.sleep(5)
+
+
+def test_spawn_handler_runs_the_servers_handle_then_its_close_in_a_raw_greenlet(
+    pair: tuple[GeventSocket, ...],
+) -> None:
+    reader, _writer = pair
+    handled = gevent.event.AsyncResult()
+    server = StreamServer(("127.0.0.1", 0), lambda sock, address: handled.set((sock, address, gevent.getcurrent())))
+    assert callable(server._handle) and callable(server.do_close)  # the private handle slot and the close hook
+    glet = spawn_handler(server, reader, ("127.0.0.1", 1))
+    assert type(glet) is RawGreenlet
+    assert handled.get(timeout=5) == (reader, ("127.0.0.1", 1), glet)  # the situation: handle ran, in glet
+    wait_until(lambda: glet.dead, timeout=5, what="the handler greenlet to finish")
+    assert reader.closed  # then StreamServer.do_close closed the socket, as gevent's wrapper does
+
+
+def test_a_watcher_kept_started_wakes_switch_to_hub_once_per_readiness(pair: tuple[GeventSocket, ...]) -> None:
+    """The plain-TCP loop's wait: the watcher started once with the greenlet's switch, then a bare switch to the
+    hub per message; each readiness wakes it, and it stays active in between."""
+    reader, writer = pair
+    watcher, _owned = read_watcher(reader)
+    got: list[bytes] = []
+
+    def serve() -> None:
+        watcher.start(gevent.getcurrent().switch)
+        try:
+            while len(got) < 2:  # bounded: two messages
+                switch_to_hub(gevent.get_hub())
+                got.append(plain_socket(reader).recv(16))
+        finally:
+            watcher.stop()
+
+    server = gevent.spawn(serve)
+    gevent.sleep(0)
+    assert watcher.active and not got  # the situation: waiting in the hub, the watcher started once
+    writer.sendall(b"one")
+    wait_until(lambda: got == [b"one"], timeout=5, what="the first wake-up")
+    assert watcher.active  # still started between messages
+    writer.sendall(b"two")
+    server.join(timeout=5)
+    assert got == [b"one", b"two"] and not watcher.active

@@ -491,3 +491,20 @@ def test_client_refuses_an_oversize_line_arriving_whole_in_one_chunk() -> None:
     split.receive_data(b"a")
     with pytest.raises(RemoteProtocolError, match="longer than"):
         split.receive_data(b"a:q:q:q:q\xe4\xbd\xa0\xe4\xbd\xa0\n")
+
+
+def has_buffer(conversation: ServerConversation) -> bool:
+    return conversation._buffer is not None
+
+
+def test_a_buffer_is_made_only_while_part_of_a_line_waits() -> None:
+    """Whole-line chunks (the usual ones) need no receive buffer: an idle client keeps none."""
+    conv = ServerConversation(ProtocolConfig(max_line=100, framing=Framing.LINE, prefix=""))
+    conv.receive_data(b"5\n")
+    conv.receive_data(b"one\ntwo\n")
+    assert not has_buffer(conv) and conv.messages_received == 2  # the situation: lines answered, nothing held
+    conv.receive_data(b"thr")
+    assert has_buffer(conv) and conv.pending_bytes == 3  # part of a line waits: now there is one
+    conv.receive_data(b"ee\n")
+    assert not has_buffer(conv) and conv.messages_received == 3
+    assert conv.data_to_send().endswith(b"three\n")

@@ -132,3 +132,73 @@ def test_client_raw_framing_never_raises(chunks: list[bytes]) -> None:
         if chunk:
             conversation.receive_data(chunk)
     assert isinstance(conversation.receive_data(b"")[-1], ConnectionClosed)
+
+
+def feed_server_answering_first(conversation: ServerConversation, chunks: list[bytes]) -> tuple[bytes, int]:
+    """As the server's plain-TCP loop does: try :meth:`ServerConversation.answer_line`, else ``receive_data``.
+    Returns the output and how many chunks the fast path answered."""
+    out = conversation.data_to_send()
+    answered = 0
+    for chunk in [*chunks, b""]:
+        if conversation.closed:
+            break
+        reply = conversation.answer_line(chunk)
+        if reply is not None:
+            answered += 1
+            out += reply
+            continue
+        conversation.receive_data(chunk)
+        out += conversation.data_to_send()
+    return out, answered
+
+
+@PROPERTY_SETTINGS
+@given(
+    stream=streams,
+    cuts=st.lists(st.integers(min_value=0, max_value=10_000), max_size=12),
+    framing=st.sampled_from([Framing.LINE, Framing.AUTO]),
+)
+def test_answering_plain_lines_first_changes_nothing_the_peer_sees(
+    stream: bytes, cuts: list[int], framing: Framing
+) -> None:
+    config = ProtocolConfig(max_line=MAX_LINE, framing=framing, prefix="> ")
+    chunks = split(b"5\n" + stream, cuts)  # after a timeout line, so that plain lines can take the fast path
+    plain = ServerConversation(config)
+    expected = feed_server(plain, chunks)[1]
+    fast = ServerConversation(config)
+    out, _answered = feed_server_answering_first(fast, chunks)
+    assert out == expected
+    assert fast.messages_received == plain.messages_received
+    assert fast.close_reason == plain.close_reason
+
+
+def test_answer_line_takes_plain_lines_and_leaves_everything_else() -> None:
+    conversation = ServerConversation(ProtocolConfig(max_line=MAX_LINE, framing=Framing.AUTO, prefix="> "))
+    conversation.data_to_send()
+    assert conversation.answer_line(b"5\n") is None  # the timeout line: the handshake is receive_data's
+    conversation.receive_data(b"5\n")
+    conversation.data_to_send()
+    assert conversation.answer_line(b"hello\n") == b"> hello\n"  # the situation: the fast path answered
+    assert conversation.messages_received == 1 and conversation.data_to_send() == b""  # counted, nothing queued
+    declined = [b":q\n", b":nick x\n", b"a\r\n", b"\n", b"two\nlines\n", b"open", "你\n".encode(), b"x" * 13 + b"\n"]
+    for chunk in declined:
+        assert conversation.answer_line(chunk) is None, chunk
+    assert conversation.messages_received == 1 and conversation.pending_bytes == 0  # declining changed nothing
+    conversation.receive_data(b"par")
+    assert conversation.answer_line(b"t\n") is None  # something pending: the buffer must join it
+
+
+class InRoom:
+    in_room = True
+
+    def on_message(self, message: bytes) -> bytes | None:
+        return None
+
+
+def test_answer_line_leaves_a_member_in_a_room_to_the_chat_hook() -> None:
+    conversation = ServerConversation(ProtocolConfig(max_line=MAX_LINE, framing=Framing.LINE, prefix=""))
+    conversation.receive_data(b"5\n")
+    conversation.chat = hook = InRoom()
+    assert conversation.answer_line(b"hello\n") is None  # fanned out: receive_data's job
+    hook.in_room = False
+    assert conversation.answer_line(b"hello\n") == b"hello\n"

@@ -539,3 +539,27 @@ def test_idle_timeout_slots_hold_every_attribute_gevent_timeout_sets() -> None:
         plain.close()
     assert stored  # gevent.Timeout does keep its state in the instance dict
     assert stored <= set(IdleTimeout.__slots__)
+
+
+def test_an_accepted_socket_has_tcp_nodelay_from_the_listener(start_server: StartServer) -> None:
+    """The server sets TCP_NODELAY once on its listener, not per connection: Linux copies it to accepted sockets."""
+    server = start_server()
+    with connect(server, idle_timeout=5) as client:
+        assert client.request("hi").message == "hi"
+        (connection,) = server._connections  # the situation: one accepted connection, past its handshake
+        assert connection.sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+
+
+@pytest.mark.parametrize(("idle_timeout", "armed_seconds"), [(30.0, 10.0), (1.0, 1.0)])
+def test_the_handshake_timeout_stays_armed_unless_the_idle_timeout_is_shorter(
+    start_server: StartServer, idle_timeout: float, armed_seconds: float
+) -> None:
+    """A timeout line longer than the handshake timeout leaves the handshake's Timeout pending (it fires first,
+    then is re-armed for what is left); a shorter one replaces it at once, so the idle timeout is never late."""
+    server = start_server(handshake_timeout=10.0)
+    with connect(server, idle_timeout=idle_timeout) as client:
+        assert client.request("hi").message == "hi"
+        (connection,) = server._connections
+        assert connection.conversation.handshake_done  # the situation: the timeout line was read
+        assert connection._timeout is not None and connection._timeout.pending
+        assert connection._timeout.seconds == armed_seconds

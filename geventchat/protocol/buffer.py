@@ -9,9 +9,19 @@ from typing import NoReturn
 from .errors import LineTooLong
 from .text import NEWLINE
 
-__all__ = ["ReceiveBuffer"]
+__all__ = ["ReceiveBuffer", "whole_line"]
 
 _CRLF = b"\r\n"
+
+
+def whole_line(data: bytes, max_line: int) -> bytes | None:
+    """``data`` without its line ending if it is exactly one line holding at most ``max_line`` bytes before its
+    ``\\n`` (as :class:`ReceiveBuffer` counts), else ``None``: what an empty buffer's :meth:`ReceiveBuffer.lines`
+    would give for it, with no buffer (a caller with nothing held need not make one)."""
+    end = data.find(NEWLINE)
+    if 0 <= end == len(data) - 1 and end <= max_line:
+        return data[: end - 1] if data[end - 1 : end] == b"\r" else data[:end]
+    return None
 
 
 def _drop_cr(line: bytes) -> bytes:
@@ -48,10 +58,7 @@ class ReceiveBuffer(bytearray):
         """``data`` without its line ending if nothing is held and ``data`` is exactly one line within the cap: the
         usual chunk, taken without copying it into the buffer. Otherwise ``None``: add it with ``+=`` and iterate
         :meth:`lines`, which gives the same lines, or the same error, whatever the chunking."""
-        end = data.find(NEWLINE)
-        if 0 <= end == len(data) - 1 and end <= self.max_line and not self:
-            return data[: end - 1] if data[end - 1 : end] == b"\r" else data[:end]
-        return None
+        return None if self else whole_line(data, self.max_line)
 
     def lines(self) -> Iterator[bytes]:
         """Take the complete lines held, in order, each without its line ending; the unfinished rest stays. Raises

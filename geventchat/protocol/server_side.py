@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import enum
 import functools
+from collections.abc import Iterable
 from typing import Protocol
 
 from ..config import Framing, ProtocolConfig, ServerConfig
-from .buffer import ReceiveBuffer
+from .buffer import ReceiveBuffer, whole_line
 from .errors import InvalidTimeout, LineTooLong, LocalProtocolError
 from .events import (
     CloseReason,
@@ -61,6 +62,7 @@ _CHATTING = _State.CHATTING
 _CLOSED = _State.CLOSED
 _LINE = Framing.LINE
 _NOT_UTF8 = "message is not valid UTF-8"
+_COLON = ord(":")
 
 
 @functools.lru_cache(maxsize=16)
@@ -68,6 +70,12 @@ def _buffer_cap(max_line: int) -> int:
     """What a line may hold before its ``\\n``: the limit and a ``\\r``. One int per configuration, shared, rather
     than one more object per idle connection."""
     return max_line + 1
+
+
+@functools.lru_cache(maxsize=16)
+def _greeting(text: str, raw: bool) -> bytes:
+    """The greeting's bytes, shared per configuration rather than encoded per connection."""
+    return text.encode() if raw else text.encode() + NEWLINE
 
 
 def _is_utf8(data: bytes) -> bool:
@@ -130,7 +138,9 @@ class ServerConversation:
         self._max_line = config.max_line
         self._prefix = _encoded(config.prefix)
         self._state = _State.HANDSHAKE
-        self._buffer = ReceiveBuffer(_buffer_cap(config.max_line))
+        # Made when part of a line must wait for the rest (and dropped once empty again): a client whose chunks are
+        # whole lines never needs one.
+        self._buffer: ReceiveBuffer | None = None
         #: The idle timeout in force, in seconds (the default until the client negotiates one).
         self.idle_timeout: float = config.default_timeout
         #: Why the conversation ended, once it has.
@@ -143,8 +153,7 @@ class ServerConversation:
         #: while :attr:`ChatHook.in_room`) go to it, and what it returns follows their echo reply. ``None``: echo
         #: only. Costs a message one attribute test (and a first-byte check with a hook).
         self.chat: ChatHook | None = None
-        greeting = config.greeting.encode()
-        self._out: list[bytes] = [greeting if self._framing is Framing.RAW else greeting + NEWLINE]
+        self._out: list[bytes] = [_greeting(config.greeting, self._framing is Framing.RAW)]
 
     # -- state the shell asks about
 
@@ -192,7 +201,7 @@ class ServerConversation:
     @property
     def pending_bytes(self) -> int:
         """Bytes of an incomplete message held (never more than ``max_line + 1``)."""
-        return len(self._buffer)
+        return 0 if self._buffer is None else len(self._buffer)
 
     def data_to_send(self) -> bytes:
         """Everything queued for the peer since the last call, as one buffer (``b""`` if nothing)."""
@@ -241,6 +250,30 @@ class ServerConversation:
             self._receive_undecided(data, events)
         return events
 
+    def answer_line(self, data: bytes) -> bytes | None:
+        """The common case without events: if ``data`` is one whole plain line that needs nothing but its echo,
+        returns the reply (the prefix and the line as received) and counts the message; the caller sends it.
+        Otherwise returns ``None`` and changes nothing: feed ``data`` to :meth:`receive_data`.
+
+        A plain line: after the handshake, in line framing, nothing pending, ASCII, a ``\n`` ending and no
+        ``\r``, within the limit, not starting with ``:`` (commands and ``:q``), and not in a chat room. Such a
+        line gives :meth:`receive_data` exactly one :class:`MessageReceived` and this reply, so a shell that does
+        not look at the event may take this path (and save the event and the list it comes in)."""
+        if (
+            self._state is _CHATTING
+            and self._framing is _LINE
+            and data.find(NEWLINE) == len(data) - 1 > 0
+            and len(data) <= self._max_line + 1
+            and data[0] != _COLON
+            and not self._buffer
+            and data.isascii()
+            and data[-2] != 13  # '\r': the reply would keep it, the message would not
+            and (self.chat is None or not self.chat.in_room)
+        ):
+            self.messages_received += 1
+            return self._prefix + data
+        return None
+
     def settle_framing(self) -> list[ServerEvent]:
         """Decide ``auto`` framing for a client whose pending bytes carried no newline within the detection window:
         it is an unframed (raw) client. Returns the events of its first chunk. No-op in any other situation."""
@@ -248,7 +281,10 @@ class ServerConversation:
             return []
         self._framing = Framing.RAW
         events: list[ServerEvent] = [FramingChosen(Framing.RAW)]
-        self._receive_chunk(self._buffer.take(), events)
+        buffer = self._buffer
+        assert buffer is not None  # awaiting a decision: bytes are held
+        self._buffer = None
+        self._receive_chunk(buffer.take(), events)
         return events
 
     def close(self, reason: CloseReason) -> list[ServerEvent]:
@@ -300,11 +336,21 @@ class ServerConversation:
         """Line framing: a line of valid UTF-8 is a message; any other gets an ``error:`` and the conversation goes
         on; one over the limit closes it."""
         buffer = self._buffer
-        buffer += data
         max_line = self._max_line
+        lines: Iterable[bytes]
+        if buffer is None:
+            line = whole_line(data, _buffer_cap(max_line))
+            if line is not None:
+                lines = (line,)  # the usual chunk: no buffer to make, copy into and split
+            else:
+                buffer = self._buffer = ReceiveBuffer(_buffer_cap(max_line))
+        if buffer is not None:
+            buffer += data
         prefix = self._prefix
         try:
-            for line in buffer.lines():
+            if buffer is not None:
+                lines = buffer.lines()  # may raise LineTooLong (an unfinished line over the cap)
+            for line in lines:
                 if len(line) > max_line:  # the buffer's cap counts a '\r'; the limit is on the line without it
                     raise LineTooLong(max_line)
                 if self._state is not _CHATTING:
@@ -318,6 +364,8 @@ class ServerConversation:
                     return
         except LineTooLong:
             self._finish(events, CloseReason.LINE_TOO_LONG, f"line too long (limit {max_line} bytes)")
+        if not self._buffer:
+            self._buffer = None  # nothing held: an idle client keeps no buffer
 
     def _handshake_line(self, line: bytes, events: list[ServerEvent]) -> None:
         self._state = _State.CHATTING
@@ -371,8 +419,11 @@ class ServerConversation:
             events.append(FramingChosen(Framing.LINE))
             self._receive_lines(data, events)
             return
-        self._buffer += data
-        if len(self._buffer) > self._max_line:
+        buffer = self._buffer
+        if buffer is None:
+            buffer = self._buffer = ReceiveBuffer(_buffer_cap(self._max_line))
+        buffer += data
+        if len(buffer) > self._max_line:
             # Too much for a line that has no newline yet: cannot be a line client within the limits, and
             # waiting longer would buffer past the cap. It is a raw client sending a big first chunk.
             events.extend(self.settle_framing())
@@ -389,7 +440,7 @@ class ServerConversation:
     def _finish(self, events: list[ServerEvent], reason: CloseReason, bye: str | None) -> None:
         self._state = _State.CLOSED
         self.close_reason = reason
-        self._buffer.clear()
+        self._buffer = None
         if bye is not None and self._framing is not Framing.RAW:
             self._out.append(f"{BYE_PREFIX}{bye}\n".encode())
             self.notices_queued += 1

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from gevent.socket import socket as GeventSocket
 
 from .._accept import QuietAcceptServer
-from .._gevent_fast import spawn_connection
+from .._gevent_fast import spawn_connection, spawn_handler
 from .._net import bind_tcp
 
 __all__ = ["Acceptor", "create_listener"]
@@ -31,3 +31,11 @@ class Acceptor(QuietAcceptServer):
 
     def __init__(self, listener: GeventSocket, handle: Callable[[GeventSocket, tuple[str, int]], None]) -> None:
         super().__init__(listener, handle, spawn=spawn_connection)
+
+    def do_handle(self, sock: GeventSocket, address: tuple[str, int]) -> None:
+        # gevent's do_handle spawns its own wrapper, one C frame deeper (see _gevent_fast.spawn_handler).
+        try:
+            spawn_handler(self, sock, address)
+        except Exception:
+            sock.close()  # as gevent's do_handle: a client we could not start a greenlet for is not left open
+            raise

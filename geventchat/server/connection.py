@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import socket
 import ssl
+import sys
 import time
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -19,7 +20,16 @@ import gevent
 from gevent.lock import Semaphore
 from gevent.socket import socket as GeventSocket
 
-from .._gevent_fast import IdleTimeout, RawGreenlet, call_soon, read_watcher, throw, wait_readable
+from .._gevent_fast import (
+    IdleTimeout,
+    RawGreenlet,
+    call_soon,
+    plain_socket,
+    read_watcher,
+    switch_to_hub,
+    throw,
+    wait_readable,
+)
 from .._net import IdleExpired, linger_close, unread_bytes
 from ..chat.rooms import RoomService
 from ..config import ServerConfig
@@ -36,6 +46,9 @@ log = logging.getLogger("geventchat.server")
 # Connection._armed_for while the handshake timeout runs: differs from every idle timeout, so the first events
 # after the handshake re-arm the connection's Timeout for the negotiated idle timeout.
 _IN_HANDSHAKE = -1.0
+
+# Elsewhere than Linux an accepted socket may not inherit the listener's TCP_NODELAY: set it per connection there.
+_NODELAY_PER_SOCKET = not sys.platform.startswith("linux")
 
 
 class Host(Protocol):
@@ -201,7 +214,10 @@ class Connection:
             watcher, owned = read_watcher(self.sock)
         try:
             self._open()
-            self._converse(watcher)
+            if watcher is not None and self.server.stats.reply_latency is None and not self.debug:
+                self._converse_plain(watcher)  # called from here, not _converse: one frame less per idle client
+            else:
+                self._converse(watcher)
         except _ENDED_BY as exc:
             ending = _ending(self, exc)
             if not isinstance(ending, CloseReason):
@@ -219,8 +235,10 @@ class Connection:
     # -- the three phases
 
     def _open(self) -> None:
-        """Under the handshake timeout: the TLS handshake (if any), then the greeting."""
-        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        """Under the handshake timeout: the TLS handshake (if any), then the greeting. (``TCP_NODELAY`` comes from
+        the listener: :meth:`ChatServer.start` sets it there, and Linux copies it to every accepted socket.)"""
+        if _NODELAY_PER_SOCKET:
+            self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         # Until the timeout line arrives the (shorter) handshake timeout applies; see _handshake_over.
         self._arm(self.conversation.current_timeout)
         self._armed_for = _IN_HANDSHAKE
@@ -231,10 +249,9 @@ class Connection:
     def _converse(self, watcher: Any) -> None:
         """Read → feed → write until the conversation closes (a ``:q``, a line too long, the peer's EOF, a shutdown
         seen between reads). Raises what ends it early (see :data:`_ENDINGS`)."""
-        conversation = self.conversation
         stats = self.server.stats
-        config = self.server.config
-        recv_size = config.recv_size
+        conversation = self.conversation
+        recv_size = self.server.config.recv_size
         reply_latency = stats.reply_latency
         received_at = 0.0
         hub = gevent.get_hub()
@@ -245,26 +262,100 @@ class Connection:
             data = self._recv(recv_size, hub, watcher)
             if reply_latency is not None:
                 received_at = time.perf_counter()
-            before = conversation.messages_received
-            events = conversation.receive_data(data)
-            # Only a chunk that completed nothing can leave auto framing undecided: skip the check otherwise.
-            if not events and (window := conversation.framing_window) is not None:
-                events += self._detect_framing(window)
-            if events:
-                self._lines_arrived(events, before)
-            stats.bytes_in += len(data)
-            out = conversation.data_to_send()
-            if out:
-                self._write(out)
-                # Counted after the write: one that raised (cut short, reset) sent these replies to no one.
-                stats.replies += conversation.messages_received - before
-                if conversation.notices_queued != self._notices_counted:
-                    stats.notices += conversation.notices_queued - self._notices_counted
-                    self._notices_counted = conversation.notices_queued
-                if reply_latency is not None:
-                    reply_latency.observe(time.perf_counter() - received_at)
-            # Drop this chunk's bytes and events before blocking again: an idle client should not pin them.
-            del data, events, out
+            if self._take(data) and reply_latency is not None:
+                reply_latency.observe(time.perf_counter() - received_at)
+            del data  # before blocking again: an idle client should not pin its last chunk
+
+    def _converse_plain(self, watcher: Any) -> None:
+        """:meth:`_converse` for plain TCP (no TLS, no debug log, no latency histogram), where most clients are:
+        wait on the socket's watcher, ``recv()`` and ``send()`` on the stdlib socket (no gevent wrapper), and a
+        plain line is answered by :meth:`ServerConversation.answer_line` (no event, no list). Anything else, and a
+        send the kernel does not take whole, goes the general way."""
+        conversation = self.conversation
+        stats = self.server.stats
+        recv_size = self.server.config.recv_size
+        hub = gevent.get_hub()
+        plain = plain_socket(self.sock)
+        wake = self.greenlet.switch
+        # The watcher stays started with our switch while the loop only waits, reads and sends what the kernel
+        # takes at once: no start and stop per message. It is stopped before anything that may block in another
+        # way (the general path, a short send), where its firing would be a stray switch into that other wait.
+        watcher.start(wake)
+        try:
+            while True:  # bounded by the idle timeout: each wait for input is
+                if self._stop_reason is not None:
+                    conversation.close(self._stop_reason)
+                    return
+                self._reading = True
+                try:
+                    switch_to_hub(hub)
+                    data = plain.recv(recv_size)
+                except IdleAlarm:
+                    self._check_deadline()
+                    continue
+                except BlockingIOError:
+                    continue  # a spurious wake-up: nothing to read yet
+                finally:
+                    self._reading = False
+                reply = conversation.answer_line(data)
+                if reply is None:
+                    watcher.stop()
+                    self._take(data)
+                    if conversation.closed:
+                        return
+                    watcher.start(wake)
+                    del data  # before blocking again: an idle client should not pin its last chunk
+                    continue
+                # Activity: the deadline moves, the Timeout stays (see _arm). Only a plain line after the handshake
+                # comes here, so the idle timeout is the one in force.
+                self._deadline = time.monotonic() + conversation.idle_timeout
+                if self.member is None:
+                    try:
+                        sent = plain.send(reply)
+                    except BlockingIOError:
+                        sent = 0  # the kernel takes nothing now: the general way below waits
+                else:
+                    sent = 0  # the chat writer may be sending too: _write below takes the member's lock
+                if sent == len(reply):
+                    stats.bytes_out += sent
+                else:
+                    watcher.stop()
+                    if self.member is None:
+                        self._write_rest(reply, sent)
+                        stats.bytes_out += len(reply)
+                    else:
+                        self._write(reply)
+                    watcher.start(wake)
+                stats.bytes_in += len(data)
+                stats.messages += 1
+                stats.replies += 1
+                del data, reply
+        finally:
+            watcher.stop()
+
+    def _take(self, data: bytes) -> bool:
+        """Feed one received chunk to the conversation, act on its events and send what it queued. Returns True if
+        something was sent."""
+        conversation = self.conversation
+        stats = self.server.stats
+        before = conversation.messages_received
+        events = conversation.receive_data(data)
+        # Only a chunk that completed nothing can leave auto framing undecided: skip the check otherwise.
+        if not events and (window := conversation.framing_window) is not None:
+            events += self._detect_framing(window)
+        if events:
+            self._lines_arrived(events, before)
+        stats.bytes_in += len(data)
+        out = conversation.data_to_send()
+        if not out:
+            return False
+        self._write(out)
+        # Counted after the write: one that raised (cut short, reset) sent these replies to no one.
+        stats.replies += conversation.messages_received - before
+        if conversation.notices_queued != self._notices_counted:
+            stats.notices += conversation.notices_queued - self._notices_counted
+            self._notices_counted = conversation.notices_queued
+        return True
 
     def _close(self, rest: bytes = b"") -> tuple[str, str]:
         """After the conversation closed: unless the peer did, send what is queued (the reply to ``:q`` or a
@@ -299,7 +390,14 @@ class Connection:
         if timeout != self._armed_for:
             if self._armed_for == _IN_HANDSHAKE:
                 self._handshake_over()
-            self._arm(timeout)
+            pending = self._timeout
+            if self._armed_for == _IN_HANDSHAKE and pending is not None and pending.seconds <= timeout:
+                # The handshake's Timeout fires before the new deadline, and _check_deadline then re-arms it for
+                # what is left, as after any message: a client that leaves within the handshake timeout (most
+                # short connections) never needs a second Timeout.
+                self._armed_for = timeout
+            else:
+                self._arm(timeout)
         if self.debug:
             for event in events:
                 log.debug("%s: %s", format_peer(self.address), describe_event(event))
@@ -333,7 +431,7 @@ class Connection:
             while True:  # bounded by the idle deadline: _check_deadline raises once it has passed
                 try:
                     if watcher is not None:
-                        wait_readable(watcher, self.greenlet, hub)
+                        wait_readable(watcher, self.greenlet.switch, hub)
                         watcher = None
                     data: bytes = self.sock.recv(size)
                     return data

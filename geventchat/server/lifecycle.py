@@ -121,6 +121,9 @@ class ChatServer:
         if self._listener is None:
             self._listener = create_listener(self.config.host, self.config.port, backlog=self.config.backlog)
         host, port = self._listener.getsockname()[:2]
+        # Linux copies TCP_NODELAY from a listener to the sockets it accepts: set once here rather than with one
+        # setsockopt() per connection (tests/test_server.py checks an accepted socket has it).
+        self._listener.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._address = (host, port)
         self._acceptor = Acceptor(self._listener, self._handle)
         self._acceptor.start()
