@@ -8,6 +8,7 @@ import json
 import sys
 from pathlib import Path
 
+from . import fanout, fanout_report
 from .report import plot, render
 from .runner import Settings, default_servers, run_matrix, save
 
@@ -50,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     preset.add_argument("--tiny", dest="preset", action="store_const", const="tiny", help="smoke-test size")
     run.set_defaults(preset="quick")
     run.add_argument("--servers", nargs="+", help="only these servers (names as in the report)")
-    run.add_argument("--phases", nargs="+", choices=["echo", "churn", "rate", "hold", "gc"])
+    run.add_argument("--phases", nargs="+", choices=["echo", "churn", "rate", "hold", "gc", "fanout"])
     run.add_argument("--connections", nargs="+", type=int, help="connection counts for the echo phase")
     run.add_argument("--duration", type=float)
     run.add_argument("--repeats", type=int)
@@ -58,10 +59,13 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--hold-many", type=int, help="connections for the multi-worker hold (0 = skip)")
     run.add_argument("--out", type=Path, default=RESULTS, help="directory for the report")
     run.add_argument("--name", help="report file stem (default: today's date)")
+    fanout.add_arguments(sub.add_parser("fanout", help="the chat fan-out phase alone: <date>-fanout.md"))
     report = sub.add_parser("report", help="re-render a report from its JSON")
     report.add_argument("json", type=Path)
     args = parser.parse_args(argv)
 
+    if args.command == "fanout":
+        return fanout.run_command(args, fanout_report.plot, fanout_report.render)
     if args.command == "report":
         data = json.loads(args.json.read_text())
         directory, stem = args.json.parent, args.json.stem
@@ -70,6 +74,9 @@ def main(argv: list[str] | None = None) -> int:
         stem = args.name or datetime.date.today().isoformat()
         print(f"benchmark ({args.preset}): servers {', '.join(s.name for s in settings.servers)}", flush=True)
         data = run_matrix(settings, log=lambda line: print(line, flush=True))
+        # fan-out: asked for by --phases, or by default except in the smoke-test size (it needs redis-server)
+        if "fanout" in (args.phases or ([] if args.preset == "tiny" else ["fanout"])):
+            data["fanout"] = fanout.run_fanout(fanout.settings_for(args.preset), log=lambda s: print(s, flush=True))
         directory = args.out
         save(data, directory, stem)
     plots = plot(data, directory, stem)
