@@ -76,7 +76,9 @@ def main(argv: list[str] | None = None) -> int:
         data = run_matrix(settings, log=lambda line: print(line, flush=True))
         # fan-out: asked for by --phases, or by default except in the smoke-test size (it needs redis-server)
         if "fanout" in (args.phases or ([] if args.preset == "tiny" else ["fanout"])):
-            data["fanout"] = fanout.run_fanout(fanout.settings_for(args.preset), log=lambda s: print(s, flush=True))
+            fanout_data = fanout.run_phase(args.preset, log=lambda line: print(line, flush=True))
+            if fanout_data is not None:
+                data["fanout"] = fanout_data
         directory = args.out
         save(data, directory, stem)
     plots = plot(data, directory, stem)

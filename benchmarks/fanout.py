@@ -267,6 +267,16 @@ def run_fanout(settings: FanoutSettings, log: Callable[[str], None] = print) -> 
     return {"settings": asdict(settings), "loadavg": _loadavg(), "results": results}
 
 
+def run_phase(preset: str, log: Callable[[str], None] = print) -> dict[str, Any] | None:
+    """The fan-out phase of a matrix run (``python -m benchmarks run``): its data, or None, said in one line, when
+    the generator cannot be built here."""
+    try:
+        return run_fanout(settings_for(preset), log=log)
+    except cbuild.CompilerMissing as exc:
+        log(f"  fan-out phase skipped: {exc}")
+        return None
+
+
 @contextmanager
 def _maybe_redis(settings: FanoutSettings, log: Callable[[str], None]) -> Iterator[Redis | None]:
     if REDIS_MODE not in settings.servers:

@@ -73,7 +73,7 @@ def section(data: dict[str, Any], plots: list[str], *, level: str = "##") -> lis
     for record in data["results"]:
         if record["mode"] == "error":
             lines.append(f"\n{record['server']} (run {record.get('repeat', 0)}) failed: {record['error']}")
-    lines += [f"\n![{name}]({name})" for name in plots if "fanout" in name]
+    lines += [f"\n![{name}]({name})" for name in plots if name.endswith("-fanout.png")]
     return lines
 
 

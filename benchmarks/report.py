@@ -201,7 +201,7 @@ def render(data: dict[str, Any], title: str, plots: list[str]) -> str:
     if "fanout" in data:  # the fan-out phase renders itself (benchmarks/fanout_report.py)
         lines += ["", *fanout_report.section(data["fanout"], plots)]
     if plots:
-        lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in plots if "fanout" not in p]
+        lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in plots if not p.endswith("-fanout.png")]
     return "\n".join(lines) + "\n"
 
 

@@ -145,3 +145,21 @@ def test_target_check_gives_per_core_figure_and_ratio_to_the_gevent_reference() 
     assert check["ratio"] == pytest.approx(2.0) and check["ratio_hit"] is True
     assert check["per_core_ratio"] == pytest.approx(2.0)
     assert target_check({"settings": settings, "results": [ours]}) is None  # no reference, no verdict
+
+
+def test_matrix_report_carries_the_fanout_section_and_its_plot_once() -> None:
+    from benchmarks import report
+
+    matrix = {"duration": 1.0, "warmup": 0.1, "repeats": 1, "connections": [10], "churn_concurrency": 50}
+    matrix |= {"hold": 10, "rate_connections": 10, "rate_fraction": 0.5, "servers": []}
+    fanout = {"sizes": [100], "members": 100, "window": 16, "duration": 1.0, "warmup": 0.1, "repeats": 1}
+    fanout |= {"rate_fraction": 0.5, "servers": [GEVENTCHAT, GEVENT_REFERENCE]}
+    results = [_record(GEVENTCHAT, 100), _record(GEVENT_REFERENCE, 100, deliveries_per_s=100_000.0)]
+    data = {"settings": matrix, "results": [], "fanout": {"settings": fanout, "results": results}}
+
+    markdown = report.render(data, "t", ["t-throughput.png", "t-fanout.png"])
+
+    assert "## Chat fan-out" in markdown
+    assert f"| {GEVENTCHAT} | 100 | 500,000 |" in markdown
+    assert "**hit** (5.00x" in markdown  # 500,000 against the reference's 100,000 deliveries/s
+    assert markdown.count("![t-fanout.png]") == 1 and markdown.count("![t-throughput.png]") == 1

@@ -40,7 +40,7 @@
 #define MAX_PIDS 64
 #define READ_BUF (256 * 1024)
 #define LINE_MAX_SETUP 1024
-#define OUT_MAX 65536
+#define OUT_MAX 16384
 #define HIST_BUCKETS (64 + 40 * 32)
 #define TIMER_TAG UINT64_MAX
 
@@ -58,6 +58,7 @@ struct conn {
     int tail_len;
     char out[OUT_MAX];     /* bytes the socket did not take yet */
     int out_len;
+    int watching_out;      /* EPOLLOUT is registered (changed only when needed: one epoll_ctl less per send) */
 };
 
 struct room {
@@ -165,13 +166,14 @@ static double percentile(double q) {
 }
 
 static void watch(struct conn *c, int index, int want_out) {
+    if (c->watching_out == want_out) return;
+    c->watching_out = want_out;
     struct epoll_event ev = {.events = EPOLLIN | (want_out ? EPOLLOUT : 0), .data.u64 = (uint64_t)index};
     if (epoll_ctl(epfd, EPOLL_CTL_MOD, c->fd, &ev) < 0) fail("epoll_ctl MOD failed (our bug)");
 }
 
 static void flush_out(int index) {
     struct conn *c = &conns[index];
-    int had = c->out_len;
     while (c->out_len > 0) {
         ssize_t n = send(c->fd, c->out, (size_t)c->out_len, MSG_NOSIGNAL);
         if (n < 0) {
@@ -183,7 +185,7 @@ static void flush_out(int index) {
         memmove(c->out, c->out + n, (size_t)(c->out_len - n));
         c->out_len -= (int)n;
     }
-    if ((had > 0) != (c->out_len > 0) || c->out_len > 0) watch(c, index, c->out_len > 0);
+    watch(c, index, c->out_len > 0);
 }
 
 static int queue_out(int index, const char *data, int len) {
