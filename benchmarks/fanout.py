@@ -64,6 +64,9 @@ class FanoutSettings:
     repeats: int = 1
     #: Messages in flight per room in the closed loop.
     window: int = 16
+    #: Room sizes that also get a closed loop with one message in flight per room ("single" mode): how chat
+    #: traffic usually arrives, and where a server gets nothing to batch.
+    single_sizes: tuple[int, ...] = (100,)
     rate_fraction: float = 0.5
     drain: float = 3.0
     #: Seconds for every member to connect and join before the run is given up.
@@ -75,7 +78,9 @@ def settings_for(preset: str) -> FanoutSettings:
     if preset == "full":
         return FanoutSettings(duration=5.0, warmup=1.0, repeats=3)
     if preset == "tiny":  # the smoke test's: seconds, not minutes
-        return FanoutSettings(sizes=(3, 5), members=10, duration=0.5, warmup=0.2, drain=5.0, setup_timeout=20.0)
+        return FanoutSettings(
+            sizes=(3, 5), single_sizes=(5,), members=10, duration=0.5, warmup=0.2, drain=5.0, setup_timeout=20.0
+        )
     return FanoutSettings(duration=1.5)
 
 
@@ -194,13 +199,15 @@ def generate(
     settings: FanoutSettings,
     *,
     rate_per_room: float | None = None,
+    window: int | None = None,
     broker_pid: int | None = None,
 ) -> dict[str, Any]:
-    """One run of the C fan-out generator against ``server``; its JSON record."""
+    """One run of the C fan-out generator against ``server``; its JSON record (closed loop with ``window``
+    messages in flight per room, by default the settings'; open loop at ``rate_per_room`` if given)."""
     rooms = max(1, settings.members // size)
     command = [str(binary), "--port", str(server.port), "--rooms", str(rooms), "--size", str(size)]
     command += ["--duration", str(settings.duration), "--warmup", str(settings.warmup)]
-    command += ["--window", str(settings.window), "--drain", str(settings.drain)]
+    command += ["--window", str(window or settings.window), "--drain", str(settings.drain)]
     command += ["--setup-timeout", str(settings.setup_timeout)]
     if rate_per_room is not None:
         command += ["--rate", f"{rate_per_room:.3f}"]
@@ -252,7 +259,7 @@ def run_fanout(settings: FanoutSettings, log: Callable[[str], None] = print) -> 
             for size in settings.sizes:
                 best: dict[str, float] = {}
                 for name in settings.servers:
-                    record = _measure(binary, name, size, settings, redis=redis, rate_per_room=None, log=log)
+                    record = _measure(binary, name, size, settings, redis=redis, log=log)
                     record["repeat"] = repeat
                     results.append(record)
                     if record["mode"] == "closed" and record["messages_per_s"] > 0:
@@ -263,6 +270,12 @@ def run_fanout(settings: FanoutSettings, log: Callable[[str], None] = print) -> 
                     rate = best[name] * settings.rate_fraction / max(1, settings.members // size)
                     record = _measure(binary, name, size, settings, redis=redis, rate_per_room=rate, log=log)
                     record["repeat"] = repeat
+                    results.append(record)
+                if size not in settings.single_sizes:
+                    continue
+                for name in settings.servers:
+                    record = _measure(binary, name, size, settings, redis=redis, window=1, log=log)
+                    record.update(repeat=repeat, mode="single" if record["mode"] == "closed" else record["mode"])
                     results.append(record)
     return {"settings": asdict(settings), "loadavg": _loadavg(), "results": results}
 
@@ -297,7 +310,8 @@ def _measure(
     settings: FanoutSettings,
     *,
     redis: Redis | None,
-    rate_per_room: float | None,
+    rate_per_room: float | None = None,
+    window: int | None = None,
     log: Callable[[str], None],
 ) -> dict[str, Any]:
     """Start server ``name``, run the generator against it once, stop it; the record (mode "error" on failure)."""
@@ -306,7 +320,9 @@ def _measure(
         try:
             wait_rooms_ready(server.port)
             broker = redis.process.pid if redis is not None and name == REDIS_MODE else None
-            record = generate(binary, server, size, settings, rate_per_room=rate_per_room, broker_pid=broker)
+            record = generate(
+                binary, server, size, settings, rate_per_room=rate_per_room, window=window, broker_pid=broker
+            )
         finally:
             server.stop()
     except BenchmarkError as exc:
@@ -329,7 +345,7 @@ def _summary(record: dict[str, Any]) -> str:
     if record["mode"] == "error":
         return f"  {name:28} size {record.get('size')}: {record['error']}"
     head = f"  {name:28} {record['mode']:6} size {record['size']:<4}"
-    if record["mode"] == "closed":
+    if record["mode"] in ("closed", "single"):
         return (
             f"{head} {record['deliveries_per_s']:10.0f} deliveries/s  {per_delivery_us(record):5.2f} us/delivery  "
             f"cpu srv {record['server_cpu']:.2f} gen {record['loadgen_cpu']:.2f} redis {record['broker_cpu']:.2f}  "
@@ -345,7 +361,7 @@ def medians(data: dict[str, Any]) -> dict[tuple[str, int, str], dict[str, float]
     """Median figures per (server, size, mode) over the repeats."""
     groups: dict[tuple[str, int, str], list[dict[str, Any]]] = {}
     for record in data["results"]:
-        if record["mode"] in ("closed", "open"):
+        if record["mode"] in ("closed", "open", "single"):
             groups.setdefault((record["server"], record["size"], record["mode"]), []).append(record)
     keys = ("deliveries_per_s", "server_cpu", "loadgen_cpu", "broker_cpu", "p50", "p99", "p999", "offered_per_s")
     out: dict[tuple[str, int, str], dict[str, float]] = {}
@@ -360,11 +376,12 @@ def medians(data: dict[str, Any]) -> dict[tuple[str, int, str], dict[str, float]
     return out
 
 
-def target_check(data: dict[str, Any]) -> dict[str, Any] | None:
-    """The issue's target at room size 100 (medians), or None if geventchat or the gevent reference is missing."""
+def target_check(data: dict[str, Any], mode: str = "closed") -> dict[str, Any] | None:
+    """The issue's target at room size 100 (medians) in ``mode`` ("closed": the settings' window; "single": one
+    message in flight per room), or None if geventchat or the gevent reference is missing."""
     table = medians(data)
-    ours = table.get((GEVENTCHAT, TARGET_SIZE, "closed"))
-    reference = table.get((GEVENT_REFERENCE, TARGET_SIZE, "closed"))
+    ours = table.get((GEVENTCHAT, TARGET_SIZE, mode))
+    reference = table.get((GEVENT_REFERENCE, TARGET_SIZE, mode))
     if ours is None or reference is None or not ours["us_per_delivery"] or not reference["deliveries_per_s"]:
         return None
     per_core = 1e6 / ours["us_per_delivery"]
@@ -372,12 +389,12 @@ def target_check(data: dict[str, Any]) -> dict[str, Any] | None:
     reference_by_repeat = {
         r["repeat"]: r["deliveries_per_s"]
         for r in data["results"]
-        if (r["server"], r.get("size"), r["mode"]) == (GEVENT_REFERENCE, TARGET_SIZE, "closed")
+        if (r["server"], r.get("size"), r["mode"]) == (GEVENT_REFERENCE, TARGET_SIZE, mode)
     }
     ratios = [
         r["deliveries_per_s"] / reference_by_repeat[r["repeat"]]
         for r in data["results"]
-        if (r["server"], r.get("size"), r["mode"]) == (GEVENTCHAT, TARGET_SIZE, "closed")
+        if (r["server"], r.get("size"), r["mode"]) == (GEVENTCHAT, TARGET_SIZE, mode)
         and reference_by_repeat.get(r["repeat"])
     ]
     if not ratios:

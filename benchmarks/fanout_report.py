@@ -23,11 +23,9 @@ from .fanout import (
 )
 
 
-def _who_saturated(data: dict[str, Any], server: str, size: int) -> str:
+def _who_saturated(data: dict[str, Any], server: str, size: int, mode: str = "closed") -> str:
     sides = {
-        saturated_side(r)
-        for r in data["results"]
-        if r["mode"] == "closed" and r["server"] == server and r["size"] == size
+        saturated_side(r) for r in data["results"] if r["mode"] == mode and r["server"] == server and r["size"] == size
     }
     return ", ".join(sorted(sides)) or "-"
 
@@ -70,6 +68,7 @@ def section(data: dict[str, Any], plots: list[str], *, level: str = "##") -> lis
                 f"{closed['us_per_delivery']:.2f} | {per_core:,.0f} | {closed['loadgen_cpu']:.0%} | {redis} | "
                 f"{p99} | {cost_at_half} | {closed['loss']:.0f} | {_who_saturated(data, server, size)} |"
             )
+    lines += _single_lines(data, servers)
     for record in data["results"]:
         if record["mode"] == "error":
             lines.append(f"\n{record['server']} (run {record.get('repeat', 0)}) failed: {record['error']}")
@@ -77,14 +76,50 @@ def section(data: dict[str, Any], plots: list[str], *, level: str = "##") -> lis
     return lines
 
 
-def _target_lines(data: dict[str, Any]) -> list[str]:
-    check = target_check(data)
+def _single_lines(data: dict[str, Any], servers: list[str]) -> list[str]:
+    """The closed loop with one message in flight per room: nothing queues, so nothing batches."""
+    table = medians(data)
+    sizes = data["settings"].get("single_sizes", [])
+    if not any((server, size, "single") in table for server in servers for size in sizes):
+        return []
+    lines = [
+        "",
+        "One message in flight per room (closed loop): how chat traffic usually arrives; no member's queue holds"
+        " more than one line, so there is nothing to batch.",
+        "",
+    ]
+    lines += _target_lines(data, "single")
+    lines += [
+        "",
+        "| server | room size | deliveries/s | server CPU | µs server CPU / delivery | deliveries/s per core"
+        " | generator CPU | Redis µs / delivery | loss | who saturated |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for size in sizes:
+        for server in servers:
+            single = table.get((server, size, "single"))
+            if single is None:
+                continue
+            per_core = 1e6 / single["us_per_delivery"] if single["us_per_delivery"] else 0.0
+            redis = f"{single['broker_us_per_delivery']:.2f}" if server == REDIS_MODE else "-"
+            lines.append(
+                f"| {server} | {size} | {single['deliveries_per_s']:,.0f} | {single['server_cpu']:.0%} | "
+                f"{single['us_per_delivery']:.2f} | {per_core:,.0f} | {single['loadgen_cpu']:.0%} | {redis} | "
+                f"{single['loss']:.0f} | {_who_saturated(data, server, size, 'single')} |"
+            )
+    return lines
+
+
+def _target_lines(data: dict[str, Any], mode: str = "closed") -> list[str]:
+    check = target_check(data, mode)
     if check is None:
         return [f"Target (room size {TARGET_SIZE}): not measured in this run."]
     per_core = "hit" if check["per_core_hit"] else "missed"
     ratio = "hit" if check["ratio_hit"] else "missed"
+    window = "one message" if mode == "single" else f"{data['settings']['window']} messages"
     return [
-        f"Target at room size {TARGET_SIZE}, memory mode: ≥{TARGET_PER_CORE:,} deliveries/s per server core —"
+        f"Target at room size {TARGET_SIZE}, memory mode, {window} in flight per room:"
+        f" ≥{TARGET_PER_CORE:,} deliveries/s per server core —"
         f" **{per_core}** ({check['per_core']:,.0f}, {check['per_core'] / TARGET_PER_CORE:.2f}x the target);"
         f" ≥{TARGET_RATIO:.1f}x `{GEVENT_REFERENCE}`'s deliveries/s — **{ratio}** ({check['ratio']:.2f}x;"
         f" per server core {check['per_core_ratio']:.2f}x)."

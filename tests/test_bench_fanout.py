@@ -68,11 +68,15 @@ def test_tiny_fanout_run_delivers_everything_to_every_member(tmp_path: Path) -> 
             assert closed[0]["join_notices_missing"] == 0, closed[0]  # one process: no notice may be lost
             _assert_complete(opened[0])
             assert opened[0]["latency_samples"] > 0 and 0 < opened[0]["p50"] <= opened[0]["p99"], opened[0]
+        single = [r for r in records if (r["server"], r["mode"]) == (server, "single")]
+        assert [(r["size"], r["window"]) for r in single] == [(5, 1)], records  # the tiny preset's single size
+        _assert_complete(single[0])
 
     report = (tmp_path / "smoke.md").read_text()
     for server in servers:
         assert f"| {server} | 5 | " in report, report
     assert "who saturated" in report
+    assert "One message in flight per room" in report
     assert (tmp_path / "smoke-fanout.png").stat().st_size > 1000
 
 
@@ -145,6 +149,7 @@ def test_target_check_gives_per_core_figure_and_ratio_to_the_gevent_reference() 
     assert check["ratio"] == pytest.approx(2.0) and check["ratio_hit"] is True
     assert check["per_core_ratio"] == pytest.approx(2.0)
     assert target_check({"settings": settings, "results": [ours]}) is None  # no reference, no verdict
+    assert target_check({"settings": settings, "results": [ours, reference]}, "single") is None  # not measured
 
 
 def test_matrix_report_carries_the_fanout_section_and_its_plot_once() -> None:
