@@ -275,7 +275,7 @@ def run_fanout(settings: FanoutSettings, log: Callable[[str], None] = print) -> 
                     continue
                 for name in settings.servers:
                     record = _measure(binary, name, size, settings, redis=redis, window=1, log=log)
-                    record.update(repeat=repeat, mode="single" if record["mode"] == "closed" else record["mode"])
+                    record["repeat"] = repeat
                     results.append(record)
     return {"settings": asdict(settings), "loadavg": _loadavg(), "results": results}
 
@@ -327,6 +327,8 @@ def _measure(
             server.stop()
     except BenchmarkError as exc:
         record = {"mode": "error", "size": size, "error": str(exc)}
+    if window == 1 and record["mode"] == "closed":
+        record["mode"] = "single"
     record["server"] = name
     log(_summary(record))
     return record
