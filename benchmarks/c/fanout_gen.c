@@ -495,8 +495,9 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "--broker-pid") && n_broker_pids < MAX_PIDS) broker_pids[n_broker_pids++] = atoi(v);
         else usage();
     }
-    if (port <= 0 || n_rooms < 1 || room_size < 2 || senders < 1 || senders > room_size - 1 || window < 1 ||
-        sources < 1 || sources > 250 || join_concurrency < 1 || (open_mode && !(rate_per_room > 0)))
+    /* senders: at most 64, the batch that send_messages() flushes at once */
+    if (port <= 0 || n_rooms < 1 || room_size < 2 || senders < 1 || senders > 64 || senders > room_size - 1 ||
+        window < 1 || sources < 1 || sources > 250 || join_concurrency < 1 || (open_mode && !(rate_per_room > 0)))
         usage();
     if (cpu >= 0) {
         cpu_set_t set;
