@@ -69,6 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "report":
         data = json.loads(args.json.read_text())
         directory, stem = args.json.parent, args.json.stem
+        if "sizes" in data["settings"]:  # a stand-alone fan-out run's JSON
+            return fanout.write_report(data, directory, stem, fanout_report.plot, fanout_report.render)
     else:
         settings = settings_for(args)
         stem = args.name or datetime.date.today().isoformat()

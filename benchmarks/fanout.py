@@ -462,8 +462,19 @@ def run_command(
         print(f"fan-out benchmark: {exc}", file=sys.stderr)
         return 1
     save(data, args.out, stem)
-    plots = plot(data, args.out, stem)
-    path = args.out / f"{stem}.md"
+    return write_report(data, args.out, stem, plot, render)
+
+
+def write_report(
+    data: dict[str, Any],
+    directory: Path,
+    stem: str,
+    plot: Callable[[dict[str, Any], Path, str], list[str]],
+    render: Callable[[dict[str, Any], str, list[str]], str],
+) -> int:
+    """Write ``<stem>.md`` and its plot from a fan-out run's data (also ``python -m benchmarks report X.json``)."""
+    plots = plot(data, directory, stem)
+    path = directory / f"{stem}.md"
     path.write_text(render(data, stem, plots))
     print(f"wrote {path}")
     return 0

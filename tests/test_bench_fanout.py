@@ -79,6 +79,12 @@ def test_tiny_fanout_run_delivers_everything_to_every_member(tmp_path: Path) -> 
     assert "One message in flight per room" in report
     assert (tmp_path / "smoke-fanout.png").stat().st_size > 1000
 
+    (tmp_path / "smoke.md").unlink()
+    rerender = [sys.executable, "-m", "benchmarks", "report", str(tmp_path / "smoke.json")]
+    again = subprocess.run(rerender, capture_output=True, text=True, timeout=120, check=False, cwd=ROOT)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert (tmp_path / "smoke.md").read_text() == report  # the JSON holds everything the report says
+
 
 def test_tiny_fanout_run_in_redis_mode(tmp_path: Path) -> None:
     # 1.5 s windows: Redis's CPU is read in 10 ms clock ticks, and a tiny room costs it only a few per second.
