@@ -9,41 +9,15 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-#: A side saturated when it used at least this share of its CPU: the generator of its one core (it is
-#: single-threaded), the server of the cores it may use (1 when pinned). When both did, the larger share is named.
-SATURATED = 0.85
+from . import fanout_report
+from .saturation import SATURATED, WAITED, saturation
+
 GENERATOR_BOUND = SATURATED  # the round-1 name
-#: Neither side saturated, but one of them waited at least this share of the time for a core (a run queue wait
-#: from /proc/PID/schedstat): other work on the machine had it, so the figure is the machine's, not a latency bound.
-WAITED = 0.10
 
 BASELINE = "gevent-minimal"
 GEVENTCHAT = "geventchat"
 UVLOOP = "uvloop-protocol"
 C_ECHO = "c-epoll"
-
-
-def saturation(
-    server_cpu: float | None,
-    server_cores: float,
-    generator_cpu: float | None,
-    server_wait: float | None = None,
-    generator_wait: float | None = None,
-) -> str:
-    """Which side was the limit: ``server saturated``, ``generator saturated``, ``neither (waited for a core)``
-    (other work had the cores) or ``neither (latency-bound)`` (each waited on the other). CPU and wait figures are
-    fractions of one core over the window; the server's are divided by ``server_cores``."""
-    server = (server_cpu or 0.0) / server_cores
-    generator = generator_cpu or 0.0
-    if server >= SATURATED and server >= generator:
-        return "server saturated"
-    if generator >= SATURATED:
-        return "generator saturated"
-    if server >= SATURATED:
-        return "server saturated"
-    if (server_wait or 0.0) / server_cores >= WAITED or (generator_wait or 0.0) >= WAITED:
-        return "neither (waited for a core)"
-    return "neither (latency-bound)"
 
 
 def machine() -> str:
@@ -266,8 +240,10 @@ def render(data: dict[str, Any], title: str, plots: list[str]) -> str:
     lines += _hold_many(r)
     for error in r.errors():
         lines.append(f"\nRun {error['repeat']} of {error['server']} failed: {error['error']}")
+    if "fanout" in data:  # the fan-out phase renders itself (benchmarks/fanout_report.py)
+        lines += ["", *fanout_report.section(data["fanout"], plots)]
     if plots:
-        lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in plots]
+        lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in plots if not p.endswith("-fanout.png")]
     return "\n".join(lines) + "\n"
 
 
@@ -503,4 +479,6 @@ def plot(data: dict[str, Any], directory: Path, stem: str) -> list[str]:
     fig.savefig(directory / name, dpi=90)
     plt.close(fig)
     names.append(name)
+    if "fanout" in data:
+        names += fanout_report.plot(data["fanout"], directory, stem)
     return names

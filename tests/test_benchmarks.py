@@ -307,6 +307,6 @@ def test_the_report_names_the_side_that_saturated(
     generator_wait: float | None,
     label: str,
 ) -> None:
-    from benchmarks.report import saturation
+    from benchmarks.saturation import saturation
 
     assert saturation(server_cpu, cores, generator_cpu, server_wait, generator_wait) == label
