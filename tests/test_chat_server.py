@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import signal
+import socket
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -388,3 +389,20 @@ def test_a_worker_added_by_sigttin_states_no_stale_worker_count(server_process: 
     finally:
         for peer in peers:
             peer.close()
+
+
+def test_a_member_whose_queue_overflows_in_its_own_turn_is_closed_before_its_blocked_write(
+    start_server: StartServer, peers: Callable[..., Peer]
+) -> None:
+    """Its queue overflows while its own greenlet is busy (here: its ':msg' to itself), when no wait is there to
+    interrupt; the write of its (long) echo that follows would block on a client that never reads. It must be
+    closed 'too slow' then, not at its idle timeout an hour away."""
+    server = start_server(max_line=64 << 20, chat=ChatConfig(send_queue=64 * 1024, room_rate=0), linger=1.0)
+    slow = peers(server, timeout_line=b"3600\n")
+    slow.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    assert slow.command(":nick slow") == "ok: you are slow"
+    # Relayed to itself it is 16 MiB over a 64 KiB queue; its echo is as long and can never go out whole.
+    slow.sock.sendall(b":msg slow " + b"x" * (16 << 20) + b"\n")
+    wait_until(lambda: server.stats.chat_overflows == 1, timeout=30, what="the member's queue to overflow")
+    wait_until(lambda: server.stats.closed.get("too slow") == 1, timeout=15, what="the member to be closed too slow")
+    assert server.stats.closed.get("idle timeout") is None

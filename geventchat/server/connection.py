@@ -309,6 +309,9 @@ class Connection:
                 # Activity: the deadline moves, the Timeout stays (see _arm). Only a plain line after the handshake
                 # comes here, so the idle timeout is the one in force.
                 self._deadline = time.monotonic() + conversation.idle_timeout
+                # Received and taken, whatever becomes of the reply (as the general path counts).
+                stats.bytes_in += len(data)
+                stats.messages += 1
                 if self.member is None:
                     try:
                         sent = plain.send(reply)
@@ -326,9 +329,7 @@ class Connection:
                     else:
                         self._write(reply)
                     watcher.start(wake)
-                stats.bytes_in += len(data)
-                stats.messages += 1
-                stats.replies += 1
+                stats.replies += 1  # counted after the write: one that raised sent this reply to no one
                 del data, reply
         finally:
             watcher.stop()
@@ -448,6 +449,9 @@ class Connection:
             # blocked here its queue may overflow: request_too_slow() then interrupts the wait (_interrupt_wait).
             self._writing = True
             try:
+                # Its queue may have overflowed while this greenlet was busy elsewhere (a Redis round trip, or its
+                # own ':msg' to itself), when there was no wait to interrupt: nothing of this write is out yet.
+                self._raise_if_too_slow(cut=False)
                 self._acquire(member.write_lock)
             except BaseException:
                 self._writing = False
@@ -474,6 +478,14 @@ class Connection:
                 return
             except IdleAlarm:
                 self._check_deadline()
+                self._raise_if_too_slow(cut=False)
+
+    def _raise_if_too_slow(self, *, cut: bool) -> None:
+        """Raise :class:`TooSlow` if the member's queue overflowed (``cut``: part of this write went out, so no
+        ``bye:`` may follow). Only a member's own writes call it: a stop for any other reason waits for them."""
+        if self._stop_reason is CloseReason.TOO_SLOW:
+            self._write_cut = cut
+            raise TooSlow()
 
     def _write_rest(self, data: bytes, offset: int) -> None:
         view = memoryview(data)[offset:]
@@ -493,6 +505,10 @@ class Connection:
                     self._write_cut = len(view) != len(data)  # likewise
                     raise
                 view = view[sent:]
+                if view and self._writing:
+                    # A member's own write that the socket does not take whole: stop at once if its queue
+                    # overflowed meanwhile, when no wait was there to interrupt.
+                    self._raise_if_too_slow(cut=len(view) != len(data))
         finally:
             view.release()
 
