@@ -451,3 +451,49 @@ def test_parts_during_an_outage_are_capped_then_reconciled(
     finally:
         probe.close()
         rooms.stop()
+
+
+def test_concurrent_joins_across_servers_announce_exactly_who_came_after(pair: Pair) -> None:
+    """Many members join the same rooms at once, spread over two servers: each member that got ``ok: joined #ROOM
+    (N members)`` hears ``info: NICK joined`` for exactly the members that joined after it (none of those counted in
+    its N, none missed), and a line said once every join is answered reaches every other member. No timing margin:
+    the joins run concurrently (their Redis round trips overlap), and the checks wait for both listeners."""
+    rooms, per_room = 6, 16
+    members: dict[str, tuple[Fake, RedisRooms, str]] = {}
+    for index in range(rooms * per_room):
+        nick, room = f"m{index}", f"r{index % rooms}"
+        member = fake(pair)
+        pair.connect(member)
+        assert pair.nick(member, nick) == f"ok: you are {nick}\n".encode()
+        members[nick] = (member, pair.home(member), room)
+    joins = {nick: gevent.spawn(home.join, member, room) for nick, (member, home, room) in members.items()}
+    gevent.joinall(list(joins.values()), timeout=60, raise_error=True)
+    counts: dict[str, int] = {}
+    for nick, (_, _, room) in members.items():
+        reply = joins[nick].value
+        assert isinstance(reply, bytes) and reply.startswith(f"ok: joined #{room} (".encode()), reply
+        counts[nick] = int(reply.split(b"(")[1].split()[0])
+    for room_index in range(rooms):  # the situation: every member joined, each with its own place in the order
+        in_room = [nick for nick, (_, _, room) in members.items() if room == f"r{room_index}"]
+        assert sorted(counts[nick] for nick in in_room) == list(range(1, per_room + 1))
+    pair.settle()
+    missing = extra = 0
+    for nick, (member, _, room) in members.items():
+        got = member.take()
+        joined_after = {
+            other for other, (_, _, there) in members.items() if there == room and counts[other] > counts[nick]
+        }
+        heard = {line.decode().split()[1] for line in got if line.endswith(f" joined #{room}\n".encode())}
+        assert len(got) == len(heard)  # nothing but join notices, none twice
+        missing += len(joined_after - heard)
+        extra += len(heard - joined_after)
+    assert (missing, extra) == (0, 0)
+    for room_index in range(rooms):
+        speaker = next(nick for nick, (_, _, room) in members.items() if room == f"r{room_index}")
+        member, home, room = members[speaker]
+        assert home.say(member, "after the joins") is None
+    pair.settle()
+    for nick, (member, _, room) in members.items():
+        speaker = next(other for other, (_, _, there) in members.items() if there == room)
+        expected = [] if nick == speaker else [f"#{room} {speaker}: after the joins\n".encode()]
+        assert member.take() == expected, nick
