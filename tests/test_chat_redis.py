@@ -497,3 +497,107 @@ def test_concurrent_joins_across_servers_announce_exactly_who_came_after(pair: P
         speaker = next(other for other, (_, _, there) in members.items() if there == room)
         expected = [] if nick == speaker else [f"#{room} {speaker}: after the joins\n".encode()]
         assert member.take() == expected, nick
+
+
+def test_a_join_racing_the_last_leave_on_one_server_keeps_the_room_subscribed(
+    pair: Pair, redis_server: RedisServer
+) -> None:
+    """On one server, a member joins a room while that server's last member in it leaves (both calls in flight at
+    once, in turn each way): the server stays subscribed for the one still in the room, which hears a line said from
+    the other server."""
+    one, two = pair.servers
+    first, _, second, _ = (fake(pair) for _ in range(4))
+    members = [first, second]
+    for index, member in enumerate(members):
+        one.connect(member)
+        assert one.nick(member, f"m{index}") == f"ok: you are m{index}\n".encode()
+    speaker = Fake(pair.settle)
+    two.connect(speaker)
+    assert two.nick(speaker, "speaker") == b"ok: you are speaker\n"
+    assert two.join(speaker, "r").startswith(b"ok: joined #r")
+    assert one.join(first, "r") == b"ok: joined #r (2 members)\n"
+    probe = redis.Redis.from_url(redis_server.url)
+    try:
+        rounds = 20
+        inside, outside = first, second
+        for round_ in range(rounds):
+            leaving = gevent.spawn(one.leave, inside)
+            joining = gevent.spawn(one.join, outside, "r")
+            gevent.joinall([leaving, joining], timeout=30, raise_error=True)
+            assert leaving.value == b"ok: left #r\n"
+            assert joining.value == b"ok: joined #r (2 members)\n"  # the situation: one out, one in, at once
+            pair.settle()
+            assert probe.pubsub_numsub("geventchat:room:r") == [(b"geventchat:room:r", 2)], round_
+            inside.take(), outside.take(), speaker.take()
+            assert two.say(speaker, f"round {round_}") is None
+            assert outside.take() == [f"#r speaker: round {round_}\n".encode()], round_
+            assert inside.take() == [], round_
+            inside, outside = outside, inside
+    finally:
+        probe.close()
+
+
+class PartedOnDelivery(Fake):
+    """A member whose first delivery overflows its queue: its server parts it (``too slow``) from inside the call
+    that delivers, as ChatMember.deliver() does."""
+
+    def __init__(self, settle: Any, service: RedisRooms) -> None:
+        super().__init__(settle)
+        self._service = service
+
+    def deliver(self, line: bytes) -> None:
+        super().deliver(line)
+        self._service.part(self, "too slow")
+
+
+def test_the_last_local_member_parted_by_a_join_notice_leaves_the_joiner_subscribed(
+    pair: Pair, redis_server: RedisServer
+) -> None:
+    """The joiner's own notice makes its server's only other member in the room overflow and go: that part must not
+    unsubscribe the room under the joiner, who then hears a line from the other server."""
+    one, two = pair.servers
+    slow = PartedOnDelivery(pair.settle, one)
+    joiner = fake(pair)
+    speaker = fake(pair)
+    for service, member, nick in [(one, slow, "slow"), (one, joiner, "joiner"), (two, speaker, "speaker")]:
+        service.connect(member)
+        assert service.nick(member, nick) == f"ok: you are {nick}\n".encode()
+        pair._home[member] = service
+    assert run(pair, speaker, ":join r") == b"ok: joined #r (1 member)\n"
+    assert run(pair, slow, ":join r") == b"ok: joined #r (2 members)\n"
+    assert run(pair, joiner, ":join r") == b"ok: joined #r (3 members)\n"
+    assert slow.take() == [b"info: joiner joined #r\n"]  # the situation: slow was parted by that delivery
+    assert speaker.take() == [
+        b"info: slow joined #r\n",
+        b"info: joiner joined #r\n",
+        b"info: slow left #r (too slow)\n",
+    ]
+    probe = redis.Redis.from_url(redis_server.url)
+    try:
+        assert probe.pubsub_numsub("geventchat:room:r") == [(b"geventchat:room:r", 2)]
+    finally:
+        probe.close()
+    assert pair.say(speaker, "still there?") is None
+    assert joiner.take() == [b"info: slow left #r (too slow)\n", b"#r speaker: still there?\n"]
+
+
+def test_concurrent_first_joins_on_one_server_send_one_subscribe(pair: Pair, redis_server: RedisServer) -> None:
+    one = pair.servers[0]
+    members = [fake(pair) for _ in range(8)]
+    for member in members:
+        one.connect(member)
+    probe = redis.Redis.from_url(redis_server.url)
+    try:
+
+        def subscribes() -> int:
+            return int(probe.info("commandstats").get("cmdstat_subscribe", {}).get("calls", 0))
+
+        before = subscribes()
+        joins = [gevent.spawn(one.join, member, "fresh") for member in members]
+        gevent.joinall(joins, timeout=30, raise_error=True)
+        counts = sorted(int(join.value.split(b"(")[1].split()[0]) for join in joins)
+        assert counts == list(range(1, len(members) + 1))  # the situation: all joined the new room
+        assert subscribes() - before == 1
+        assert probe.pubsub_numsub("geventchat:room:fresh") == [(b"geventchat:room:fresh", 1)]
+    finally:
+        probe.close()
