@@ -65,7 +65,9 @@ class Pair:
         return result
 
     def connect(self, member: Member) -> str:
-        server = self.servers[len(self._home) % 2]
+        return self.connect_on(self.servers[len(self._home) % 2], member)
+
+    def connect_on(self, server: RedisRooms, member: Member) -> str:
         self._home[member] = server
         return str(server.connect(member))
 
@@ -506,7 +508,7 @@ def test_a_join_racing_the_last_leave_on_one_server_keeps_the_room_subscribed(
     once, in turn each way): the server stays subscribed for the one still in the room, which hears a line said from
     the other server."""
     one, two = pair.servers
-    first, _, second, _ = (fake(pair) for _ in range(4))
+    first, second = fake(pair), fake(pair)
     members = [first, second]
     for index, member in enumerate(members):
         one.connect(member)
@@ -528,7 +530,8 @@ def test_a_join_racing_the_last_leave_on_one_server_keeps_the_room_subscribed(
             assert joining.value == b"ok: joined #r (2 members)\n"  # the situation: one out, one in, at once
             pair.settle()
             assert probe.pubsub_numsub("geventchat:room:r") == [(b"geventchat:room:r", 2)], round_
-            inside.take(), outside.take(), speaker.take()
+            for member in (inside, outside, speaker):
+                member.take()
             assert two.say(speaker, f"round {round_}") is None
             assert outside.take() == [f"#r speaker: round {round_}\n".encode()], round_
             assert inside.take() == [], round_
@@ -560,9 +563,8 @@ def test_the_last_local_member_parted_by_a_join_notice_leaves_the_joiner_subscri
     joiner = fake(pair)
     speaker = fake(pair)
     for service, member, nick in [(one, slow, "slow"), (one, joiner, "joiner"), (two, speaker, "speaker")]:
-        service.connect(member)
-        assert service.nick(member, nick) == f"ok: you are {nick}\n".encode()
-        pair._home[member] = service
+        pair.connect_on(service, member)
+        assert pair.nick(member, nick) == f"ok: you are {nick}\n".encode()
     assert run(pair, speaker, ":join r") == b"ok: joined #r (1 member)\n"
     assert run(pair, slow, ":join r") == b"ok: joined #r (2 members)\n"
     assert run(pair, joiner, ":join r") == b"ok: joined #r (3 members)\n"
@@ -582,6 +584,8 @@ def test_the_last_local_member_parted_by_a_join_notice_leaves_the_joiner_subscri
 
 
 def test_concurrent_first_joins_on_one_server_send_one_subscribe(pair: Pair, redis_server: RedisServer) -> None:
+    """Joins to a new room started together on one server (each waits on Redis, so all are in flight at once) share
+    one SUBSCRIBE, counted by Redis itself."""
     one = pair.servers[0]
     members = [fake(pair) for _ in range(8)]
     for member in members:
