@@ -65,7 +65,9 @@ class Pair:
         return result
 
     def connect(self, member: Member) -> str:
-        server = self.servers[len(self._home) % 2]
+        return self.connect_on(self.servers[len(self._home) % 2], member)
+
+    def connect_on(self, server: RedisRooms, member: Member) -> str:
         self._home[member] = server
         return str(server.connect(member))
 
@@ -451,3 +453,155 @@ def test_parts_during_an_outage_are_capped_then_reconciled(
     finally:
         probe.close()
         rooms.stop()
+
+
+def test_concurrent_joins_across_servers_announce_exactly_who_came_after(pair: Pair) -> None:
+    """Many members join the same rooms at once, spread over two servers: each member that got ``ok: joined #ROOM
+    (N members)`` hears ``info: NICK joined`` for exactly the members that joined after it (none of those counted in
+    its N, none missed), and a line said once every join is answered reaches every other member. No timing margin:
+    the joins run concurrently (their Redis round trips overlap), and the checks wait for both listeners."""
+    rooms, per_room = 6, 16
+    members: dict[str, tuple[Fake, RedisRooms, str]] = {}
+    for index in range(rooms * per_room):
+        nick, room = f"m{index}", f"r{index % rooms}"
+        member = fake(pair)
+        pair.connect(member)
+        assert pair.nick(member, nick) == f"ok: you are {nick}\n".encode()
+        members[nick] = (member, pair.home(member), room)
+    joins = {nick: gevent.spawn(home.join, member, room) for nick, (member, home, room) in members.items()}
+    gevent.joinall(list(joins.values()), timeout=60, raise_error=True)
+    counts: dict[str, int] = {}
+    for nick, (_, _, room) in members.items():
+        reply = joins[nick].value
+        assert isinstance(reply, bytes) and reply.startswith(f"ok: joined #{room} (".encode()), reply
+        counts[nick] = int(reply.split(b"(")[1].split()[0])
+    for room_index in range(rooms):  # the situation: every member joined, each with its own place in the order
+        in_room = [nick for nick, (_, _, room) in members.items() if room == f"r{room_index}"]
+        assert sorted(counts[nick] for nick in in_room) == list(range(1, per_room + 1))
+    pair.settle()
+    missing = extra = 0
+    for nick, (member, _, room) in members.items():
+        got = member.take()
+        joined_after = {
+            other for other, (_, _, there) in members.items() if there == room and counts[other] > counts[nick]
+        }
+        heard = {line.decode().split()[1] for line in got if line.endswith(f" joined #{room}\n".encode())}
+        assert len(got) == len(heard)  # nothing but join notices, none twice
+        missing += len(joined_after - heard)
+        extra += len(heard - joined_after)
+    assert (missing, extra) == (0, 0)
+    for room_index in range(rooms):
+        speaker = next(nick for nick, (_, _, room) in members.items() if room == f"r{room_index}")
+        member, home, room = members[speaker]
+        assert home.say(member, "after the joins") is None
+    pair.settle()
+    for nick, (member, _, room) in members.items():
+        speaker = next(other for other, (_, _, there) in members.items() if there == room)
+        expected = [] if nick == speaker else [f"#{room} {speaker}: after the joins\n".encode()]
+        assert member.take() == expected, nick
+
+
+def test_a_join_racing_the_last_leave_on_one_server_keeps_the_room_subscribed(
+    pair: Pair, redis_server: RedisServer
+) -> None:
+    """On one server, a member joins a room while that server's last member in it leaves (both calls in flight at
+    once, in turn each way): the server stays subscribed for the one still in the room, which hears a line said from
+    the other server."""
+    one, two = pair.servers
+    first, second = fake(pair), fake(pair)
+    members = [first, second]
+    for index, member in enumerate(members):
+        one.connect(member)
+        assert one.nick(member, f"m{index}") == f"ok: you are m{index}\n".encode()
+    speaker = Fake(pair.settle)
+    two.connect(speaker)
+    assert two.nick(speaker, "speaker") == b"ok: you are speaker\n"
+    assert two.join(speaker, "r").startswith(b"ok: joined #r")
+    assert one.join(first, "r") == b"ok: joined #r (2 members)\n"
+    probe = redis.Redis.from_url(redis_server.url)
+    try:
+        rounds = 20
+        inside, outside = first, second
+        for round_ in range(rounds):
+            leaving = gevent.spawn(one.leave, inside)
+            joining = gevent.spawn(one.join, outside, "r")
+            gevent.joinall([leaving, joining], timeout=30, raise_error=True)
+            assert leaving.value == b"ok: left #r\n"
+            assert joining.value == b"ok: joined #r (2 members)\n"  # the situation: one out, one in, at once
+            pair.settle()
+            assert probe.pubsub_numsub("geventchat:room:r") == [(b"geventchat:room:r", 2)], round_
+            for member in (inside, outside, speaker):
+                member.take()
+            assert two.say(speaker, f"round {round_}") is None
+            assert outside.take() == [f"#r speaker: round {round_}\n".encode()], round_
+            assert inside.take() == [], round_
+            inside, outside = outside, inside
+    finally:
+        probe.close()
+
+
+class PartedOnDelivery(Fake):
+    """A member whose first delivery overflows its queue: its server parts it (``too slow``) from inside the call
+    that delivers, as ChatMember.deliver() does."""
+
+    def __init__(self, settle: Any, service: RedisRooms) -> None:
+        super().__init__(settle)
+        self._service = service
+
+    def deliver(self, line: bytes) -> None:
+        super().deliver(line)
+        self._service.part(self, "too slow")
+
+
+def test_the_last_local_member_parted_by_a_join_notice_leaves_the_joiner_subscribed(
+    pair: Pair, redis_server: RedisServer
+) -> None:
+    """The joiner's own notice makes its server's only other member in the room overflow and go: that part must not
+    unsubscribe the room under the joiner, who then hears a line from the other server."""
+    one, two = pair.servers
+    slow = PartedOnDelivery(pair.settle, one)
+    joiner = fake(pair)
+    speaker = fake(pair)
+    for service, member, nick in [(one, slow, "slow"), (one, joiner, "joiner"), (two, speaker, "speaker")]:
+        pair.connect_on(service, member)
+        assert pair.nick(member, nick) == f"ok: you are {nick}\n".encode()
+    assert run(pair, speaker, ":join r") == b"ok: joined #r (1 member)\n"
+    assert run(pair, slow, ":join r") == b"ok: joined #r (2 members)\n"
+    assert run(pair, joiner, ":join r") == b"ok: joined #r (3 members)\n"
+    assert slow.take() == [b"info: joiner joined #r\n"]  # the situation: slow was parted by that delivery
+    assert speaker.take() == [
+        b"info: slow joined #r\n",
+        b"info: joiner joined #r\n",
+        b"info: slow left #r (too slow)\n",
+    ]
+    probe = redis.Redis.from_url(redis_server.url)
+    try:
+        assert probe.pubsub_numsub("geventchat:room:r") == [(b"geventchat:room:r", 2)]
+    finally:
+        probe.close()
+    assert pair.say(speaker, "still there?") is None
+    assert joiner.take() == [b"info: slow left #r (too slow)\n", b"#r speaker: still there?\n"]
+
+
+def test_concurrent_first_joins_on_one_server_send_one_subscribe(pair: Pair, redis_server: RedisServer) -> None:
+    """Joins to a new room started together on one server (each waits on Redis, so all are in flight at once) share
+    one SUBSCRIBE, counted by Redis itself."""
+    one = pair.servers[0]
+    members = [fake(pair) for _ in range(8)]
+    for member in members:
+        one.connect(member)
+    probe = redis.Redis.from_url(redis_server.url)
+    try:
+
+        def subscribes() -> int:
+            return int(probe.info("commandstats").get("cmdstat_subscribe", {}).get("calls", 0))
+
+        before = subscribes()
+        joins = [gevent.spawn(one.join, member, "fresh") for member in members]
+        gevent.joinall(joins, timeout=30, raise_error=True)
+        counts = sorted(int(join.value.split(b"(")[1].split()[0]) for join in joins)
+        assert counts == list(range(1, len(members) + 1))  # the situation: all joined the new room
+        assert subscribes() - before == 1
+        assert probe.pubsub_numsub("geventchat:room:fresh") == [(b"geventchat:room:fresh", 1)]
+    finally:
+        probe.close()

@@ -11,6 +11,7 @@ import contextlib
 import itertools
 import logging
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 import gevent
@@ -57,6 +58,29 @@ class _Seat:
         self.room_name = ""  # display form
 
 
+class _Entry:
+    """A member joining a room on this server: delivered the room's lines from its join notice on (see JOIN)."""
+
+    __slots__ = ("key", "member", "old", "scripted")
+
+    def __init__(self, member: Member, key: str, old: str | None) -> None:
+        self.member = member
+        self.key = key
+        self.old = old  # the room it leaves by joining (room key), if any
+        self.scripted = False  # its JOIN script ran: its notice was published
+
+
+#: Stands for the room name in a notice whose room name only the JOIN, LEAVE or PART script knows (a room keeps the
+#: spelling of the member who opened it); no nick, room name or reason contains it.
+_ROOM_SLOT = "\x00"
+
+
+def _around_room(notice: Callable[[str], bytes]) -> tuple[bytes, bytes]:
+    """``notice`` (a function of the room's display name) cut around that name: what the scripts join it with."""
+    head, _, tail = notice(_ROOM_SLOT).partition(_ROOM_SLOT.encode())
+    return head, tail
+
+
 class RedisBackbone:
     """Redis connections, subscriptions, the listener and presence for one server (see the module docstring);
     :class:`~geventchat.chat.redis_rooms.RedisRooms` adds the room service on top."""
@@ -99,7 +123,11 @@ class RedisBackbone:
         self._seats: dict[Member, _Seat] = {}
         self._by_id: dict[str, Member] = {}
         self._local_rooms: dict[str, dict[Member, None]] = {}  # room key -> this server's members in it
-        self._joining: Counter[str] = Counter()  # room key -> joins in flight on this server
+        # Members joining, by id, until their join notice comes back through the listener; and how many per room
+        # key (the room's subscription stays while any is in flight).
+        self._entering: dict[str, _Entry] = {}
+        self._joining: Counter[str] = Counter()
+        self._epoch = 0  # subscription connections opened: a join notice read by an older one is lost with it
         self._ids = itertools.count(1)
         self._server_channel = f"{prefix}srv:{server_id}".encode()
         # The subscription connection: only the listener reads it; writers (SUBSCRIBE from connection greenlets)
@@ -160,7 +188,7 @@ class RedisBackbone:
     def _key(self, name: str) -> str:
         return self._prefix + name
 
-    def _call(self, script: str, *args: str | int) -> Any:
+    def _call(self, script: str, *args: str | int | bytes) -> Any:
         if not self._available:
             raise BrokerUnavailable("broker lost; the listener is reconnecting")
         try:
@@ -188,20 +216,23 @@ class RedisBackbone:
     def _room_channel(self, key: str) -> bytes:
         return f"{self._prefix}room:{key}".encode()
 
-    def _broadcast(self, room: str, sender: Member | None, line: bytes) -> bool:
-        """``line`` to every member of ``room`` but ``sender``: this server's at once, the others' through one
-        publish. Returns False if the publish failed (the local members got it)."""
-        self._deliver_local(room, sender, line)
+    def _publish(self, room: str, origin: str, line: bytes) -> bool:
+        """``line`` into ``room``: every server's listener, this one's too, delivers it to its members in the room but
+        ``origin`` (a member id, or a server id for nobody). Through Redis even for this server's members, so that
+        each server delivers a room's lines, notices and joins in the one order Redis published them. Returns False
+        if it was not published (nobody got it)."""
         if not self._available:
             return False
         try:
-            self._redis.publish(self._room_channel(room), self.server_id.encode() + b" " + line)
+            self._redis.publish(self._room_channel(room), origin.encode() + b" " + line)
         except RedisError as error:
             self._lost(error)
             return False
         return True
 
     def _deliver_local(self, room: str, sender: Member | None, line: bytes) -> None:
+        """``line`` to this server's members in ``room`` but ``sender``: from the listener, in the order Redis
+        published the room's lines (and from :meth:`part` while the broker is down)."""
         members = self._local_rooms.get(room)
         if not members:
             return
@@ -216,11 +247,42 @@ class RedisBackbone:
         self._maybe_unsubscribe(room)
 
     def _need_room(self, key: str) -> None:
-        """Subscribe to the room's channel unless already subscribed; returns once Redis confirmed it."""
+        """Subscribe to the room's channel unless already subscribed; returns once Redis confirmed it. Joins to one
+        room at once on this server share one SUBSCRIBE: the first sends it, the others wait for its confirmation."""
         channel = self._room_channel(key)
         if channel in self._subscribed:
             return
-        self._send_subscription(b"SUBSCRIBE", channel)
+        pending = self._confirmed.get((b"subscribe", channel))
+        if pending is None:
+            self._send_subscription(b"SUBSCRIBE", channel)
+        else:
+            self._await_subscription(pending, channel)
+
+    def _enter(self, member_id: str, entry: _Entry) -> None:
+        """Note a join in flight (replacing one not yet seen back: its room is left by this one)."""
+        self._abandon(member_id)
+        self._entering[member_id] = entry
+        self._joining[entry.key] += 1
+
+    def _abandon(self, member_id: str) -> _Entry | None:
+        """Forget a join in flight (it failed, the member left or went, or it is in place). Returns it, if any."""
+        entry = self._entering.pop(member_id, None)
+        if entry is not None:
+            self._joining[entry.key] -= 1
+            if not self._joining[entry.key]:
+                del self._joining[entry.key]
+        return entry
+
+    def _entered(self, member_id: str, key: str) -> None:
+        """The member's join notice came back (or the connection that carried it was lost): from now on this server
+        delivers it the room's lines, and no longer its old room's."""
+        entry = self._entering.get(member_id)
+        if entry is None or entry.key != key:
+            return  # not ours, or the member left (or joined elsewhere) meanwhile
+        self._abandon(member_id)
+        self._local_rooms.setdefault(key, {})[entry.member] = None
+        if entry.old is not None and entry.old != key:
+            self._drop_local(entry.member, entry.old)
 
     def _maybe_unsubscribe(self, key: str) -> None:
         if self._local_rooms.get(key) or self._joining.get(key):
@@ -239,20 +301,29 @@ class RedisBackbone:
         if sub is None or not self._available:
             raise BrokerUnavailable("no subscription connection")
         event = self._confirmed.setdefault((command.lower(), channel), gevent.event.Event())
-        event.clear()
         try:
             with self._sub_write:
                 sub.send_command(command, channel, check_health=False)
         except (RedisError, OSError) as error:
             self._lost(error)
             raise BrokerUnavailable(str(error)) from error
-        if wait and not event.wait(self.timeout):
+        if wait:
+            self._await_subscription(event, channel)
+
+    def _await_subscription(self, event: gevent.event.Event, channel: bytes) -> None:
+        """Wait for the listener to read the SUBSCRIBE confirmation (or to lose the connection it was sent on)."""
+        if not event.wait(self.timeout):
             self._lost("no subscription confirmation")
-            raise BrokerUnavailable(f"{command.decode()} not confirmed within {self.timeout}s")
+            raise BrokerUnavailable(f"SUBSCRIBE not confirmed within {self.timeout}s")
+        if channel not in self._subscribed:
+            raise BrokerUnavailable("the subscription connection was lost before SUBSCRIBE was confirmed")
 
     def _drop_subscription(self) -> None:
         sub, self._sub = self._sub, None
         self._subscribed.clear()
+        confirmed, self._confirmed = self._confirmed, {}
+        for event in confirmed.values():  # no confirmation will come on a new connection: wake who waits for one
+            event.set()
         if sub is not None:
             sub.disconnect()
 
@@ -277,13 +348,18 @@ class RedisBackbone:
     def _open_subscription(self) -> None:
         sub = GeventConnection(**self._pool.connection_kwargs)
         sub.connect()
-        channels = [self._server_channel, *(self._room_channel(key) for key in self._local_rooms)]
+        rooms = {*self._local_rooms, *self._joining}
+        channels = [self._server_channel, *(self._room_channel(key) for key in rooms)]
         sub.send_command(b"SUBSCRIBE", *channels, check_health=False)
         for _ in channels:
             reply = sub.read_response(disconnect_on_error=False)
             self._subscribed.add(reply[1])
         was_lost = self._lost_logged
         self._sub = sub
+        self._epoch += 1
+        for member_id, entry in list(self._entering.items()):  # their notices may have gone with the old connection
+            if entry.scripted:
+                self._entered(member_id, entry.key)
         # Before rooms are available again: parts meanwhile are recorded (not sent), so none slips past the replay.
         self._replay_parts()
         self._available = True
@@ -326,10 +402,12 @@ class RedisBackbone:
             if member is not None:
                 member.deliver(line)
             return
-        if origin == self.server_id.encode():
-            return  # delivered locally when it was sent
         key = channel.decode()[len(self._prefix) + len("room:") :]
-        self._deliver_local(key, None, line)
+        joiner = origin[:1] == b"+"
+        sender_id = (origin[1:] if joiner else origin).decode()
+        self._deliver_local(key, self._by_id.get(sender_id), line)
+        if joiner:
+            self._entered(sender_id, key)
 
     def _remember_part(self, member_id: str) -> None:
         """A member parted while the broker is down: keep its id for :meth:`_replay_parts`, up to
@@ -408,7 +486,7 @@ class RedisBackbone:
             gone = self._call("SWEEP", dead)
             for i in range(0, len(gone), 3):
                 nick, display, key = (part.decode() for part in gone[i : i + 3])
-                self._broadcast(key, None, info_left(nick, display, "server lost"))
+                self._publish(key, self.server_id, info_left(nick, display, "server lost"))
             log.warning("server %s lost: %d members in rooms announced as left", dead, len(gone) // 3)
 
 

@@ -13,6 +13,8 @@ Key layout (P is the prefix):
 - ``P names``            hash: room key -> display name (as its first member typed it).
 - ``P s:<server id>``    set of the member ids connected to that server (what a sweep frees).
 - ``P servers``          set of server ids that registered (where survivors look for the dead).
+- ``P room:<room key>``  pub/sub channel of the room: ``<origin> <line>``, origin a member id, a server id, or
+  ``+<member id>`` for the notice of that member's join (see JOIN).
 - ``P alive:<server id>``  heartbeat, expires after the presence TTL.
 - ``P sweep:<server id>``  lock (SET NX PX): the one survivor announcing a dead server's members.
 
@@ -63,8 +65,12 @@ redis.call('HSET', p .. 'm:' .. mid, 'nick', display, 'key', key)
 return 1
 """
 
-#: ARGV: prefix, member id, room key, room display, max rooms.
-#: Returns {-1} (too many rooms) or {members now, room display, left room display or false}.
+#: ARGV: prefix, member id, room key, room display, max rooms, then the two notices cut around their room name:
+#: joined head and tail, left head and tail (``info: NICK joined #`` + display + newline). Publishes them here, in the
+#: same atomic step as the change: a server delivers room lines in the order Redis published them, so whoever is in
+#: the room when a notice is published is exactly who hears it. The joined notice's origin is ``+<member id>``: the
+#: member's server starts delivering the room to it from that line on. Returns {-1} (too many rooms) or
+#: {members now, room display, left room display or false}.
 JOIN = (
     _LEAVE
     + """
@@ -79,31 +85,44 @@ if redis.call('EXISTS', p .. 'r:' .. key) == 0 then
   if redis.call('ZCARD', p .. 'rooms') - freed + 1 > max then return {-1} end
 end
 local old = false
-if current then old = leave(p, mid) end
+if current then
+  old = leave(p, mid)
+  if old then redis.call('PUBLISH', p .. 'room:' .. current, mid .. ' ' .. ARGV[8] .. old .. ARGV[9]) end
+end
 redis.call('SADD', p .. 'r:' .. key, mid)
 local count = redis.call('SCARD', p .. 'r:' .. key)
 redis.call('ZADD', p .. 'rooms', count, key)
 redis.call('HSETNX', p .. 'names', key, display)
 redis.call('HSET', p .. 'm:' .. mid, 'room', key)
-return {count, redis.call('HGET', p .. 'names', key), old}
+local shown = redis.call('HGET', p .. 'names', key)
+redis.call('PUBLISH', p .. 'room:' .. key, '+' .. mid .. ' ' .. ARGV[6] .. shown .. ARGV[7])
+return {count, shown, old}
 """
 )
 
-#: ARGV: prefix, member id. Returns the left room's display name (or nil).
+#: ARGV: prefix, member id, left notice head and tail (as for JOIN). Publishes the notice (origin: the member id)
+#: in the same step. Returns the left room's display name (or nil).
 LEAVE = (
     _LEAVE
     + """
-local display = leave(ARGV[1], ARGV[2])
+local p, mid = ARGV[1], ARGV[2]
+local room = redis.call('HGET', p .. 'm:' .. mid, 'room')
+local display = leave(p, mid)
+if display then redis.call('PUBLISH', p .. 'room:' .. room, mid .. ' ' .. ARGV[3] .. display .. ARGV[4]) end
 return display
 """
 )
 
-#: ARGV: prefix, server id, member id. Frees the member's nick, room seat and record.
+#: ARGV: prefix, server id, member id, and optionally the left notice's head and tail (as for JOIN; published in
+#: the same step, origin the member id; a replay after an outage passes none). Frees the member's nick, room seat
+#: and record.
 PART = (
     _LEAVE
     + """
-local p, sid, mid = ARGV[1], ARGV[2], ARGV[3]
-leave(p, mid)
+local p, sid, mid, head, tail = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local room = redis.call('HGET', p .. 'm:' .. mid, 'room')
+local display = leave(p, mid)
+if display and head then redis.call('PUBLISH', p .. 'room:' .. room, mid .. ' ' .. head .. display .. tail) end
 local key = redis.call('HGET', p .. 'm:' .. mid, 'key')
 if key and redis.call('HGET', p .. 'nicks', key) == mid then redis.call('HDEL', p .. 'nicks', key) end
 redis.call('DEL', p .. 'm:' .. mid)

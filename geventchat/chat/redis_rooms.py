@@ -9,9 +9,15 @@ Where things live
     (nick, room): what it delivers to, and what it puts back if Redis restarts empty.
 
 Fan-out: once per server and room, not per member
-    A server subscribes to a room's channel ``<prefix>room:<key>`` when its first local member joins and
-    unsubscribes when its last leaves. A room line is delivered at once to the sender's local room-mates and
-    published once (tagged with the origin server); every other subscribed server delivers it to its local members.
+    A server subscribes to a room's channel ``<prefix>room:<key>`` when its first local member joins (one
+    ``SUBSCRIBE`` for any number of joins at once, confirmed before the join goes on) and unsubscribes when its last
+    leaves. Every room line is published once, tagged with its sender's member id, and every subscribed server, the
+    sender's too, delivers it to its local members but the sender: so each server delivers a room's lines in the one
+    order Redis published them. Join and leave notices are published by the JOIN, LEAVE and PART scripts, in the
+    same atomic step as the change, and a joining member is delivered the room from its own join notice on (its
+    server's listener reads that notice, tagged ``+<member id>``, and adds it there). So a member that got
+    ``ok: joined #ROOM (N members)`` hears every line published into the room after it, exactly the joins of
+    members not counted in its N, and nothing from before. (Renames are published after the NICK script, not in it.)
     Private messages are published to the owning server's channel ``<prefix>srv:<server id>``. One listener
     greenlet per server reads the subscription connection. Delivery is at most once, live: nothing is stored for a
     member that is not connected, and a line published while a server's subscription is down is lost to it.
@@ -70,7 +76,7 @@ from ..protocol.chat import (
     validate_name,
 )
 from ..protocol.errors import LocalProtocolError
-from ._redis_backbone import BrokerUnavailable, RedisBackbone, _Seat, _text
+from ._redis_backbone import BrokerUnavailable, RedisBackbone, _around_room, _Entry, _Seat, _text
 from .rooms import Member
 
 __all__ = ["BrokerUnavailable", "RedisRooms"]
@@ -153,7 +159,7 @@ class RedisRooms(RedisBackbone):
             return ok_you_are(name)
         seat.nick = name
         if seat.room is not None:
-            self._broadcast(seat.room, member, info_renamed(old, name))
+            self._publish(seat.room, seat.id, info_renamed(old, name))
         return ok_you_are(name)
 
     def join(self, member: Member, room: str) -> bytes:
@@ -161,31 +167,44 @@ class RedisRooms(RedisBackbone):
         if validate_name(room) is None:
             raise LocalProtocolError(f"join() of an invalid room name {room!r}: parse_command() refuses those")
         key = name_key(room)
-        # While joining, the room's subscription must stay even if its last local member leaves meanwhile.
-        self._joining[key] += 1
+        old = seat.room
+        joined = _around_room(lambda shown: info_joined(seat.nick, shown))
+        left = _around_room(lambda shown: info_left(seat.nick, shown))
+        if old == key:  # the script answers the count and tells nobody
+            try:
+                result = self._call("JOIN", seat.id, key, room, self.max_rooms, *joined, *left)
+            except BrokerUnavailable:
+                return ROOMS_UNAVAILABLE
+            return ok_joined(result[1].decode(), int(result[0]))
+        if seat.id in self._entering:
+            # Its previous join is not seen back yet: the listener takes it first, so that joining this room (or
+            # failing to) cannot lose the member's place in that one.
+            try:
+                self.barrier(self.timeout)
+            except BrokerUnavailable:
+                return ROOMS_UNAVAILABLE
+        # The room's subscription stays from here until the member's join notice comes back through it (or the join
+        # fails), even if its last other local member leaves meanwhile.
+        self._enter(seat.id, _Entry(member, key, old))
         try:
-            # Subscribe before joining so no line published after our ok: is missed.
+            # Subscribed (confirmed) before the JOIN script publishes the notice from which the member is delivered
+            # the room: every line published after it, so after our ok:, reaches this server.
             self._need_room(key)
-            result = self._call("JOIN", seat.id, key, room, self.max_rooms)
+            epoch = self._epoch
+            result = self._call("JOIN", seat.id, key, room, self.max_rooms, *joined, *left)
         except BrokerUnavailable:
             result = None
-        finally:
-            self._joining[key] -= 1
-            if not self._joining[key]:
-                del self._joining[key]
         if result is None or result[0] == -1:
+            self._abandon(seat.id)  # nothing was published
             self._maybe_unsubscribe(key)
             return ROOMS_UNAVAILABLE if result is None else TOO_MANY_ROOMS
         count, display = int(result[0]), result[1].decode()
-        old = seat.room
-        if old == key:
-            return ok_joined(display, count)
-        if old is not None:
-            self._drop_local(member, old)
-            self._broadcast(old, member, info_left(seat.nick, seat.room_name))
         seat.room, seat.room_name = key, display
-        self._broadcast(key, member, info_joined(seat.nick, display))
-        self._local_rooms.setdefault(key, {})[member] = None
+        entry = self._entering.get(seat.id)
+        if entry is not None:
+            entry.scripted = True
+            if epoch != self._epoch:  # reconnected since: the notice went with the old subscription connection
+                self._entered(seat.id, key)
         return ok_joined(display, count)
 
     def leave(self, member: Member) -> bytes:
@@ -194,14 +213,13 @@ class RedisRooms(RedisBackbone):
         if room is None:
             return NOT_IN_A_ROOM
         try:
-            self._call("LEAVE", seat.id)
+            self._call("LEAVE", seat.id, *_around_room(lambda shown: info_left(seat.nick, shown)))
         except BrokerUnavailable:
             return ROOMS_UNAVAILABLE
-        name = seat.room_name
         seat.room = None
+        self._abandon(seat.id)
         self._drop_local(member, room)
-        self._broadcast(room, member, info_left(seat.nick, name))
-        return ok_left(name)
+        return ok_left(seat.room_name)
 
     def who(self, member: Member) -> bytes:
         seat = self._seat(member)
@@ -262,7 +280,7 @@ class RedisRooms(RedisBackbone):
             return refusal
         if not self._available:
             return ROOMS_UNAVAILABLE
-        if not self._broadcast(seat.room, member, line):
+        if not self._publish(seat.room, seat.id, line):
             return ROOMS_UNAVAILABLE
         return None
 
@@ -271,12 +289,17 @@ class RedisRooms(RedisBackbone):
         if seat is None:
             return
         del self._by_id[seat.id]
+        self._abandon(seat.id)
         if seat.room is not None:
             self._drop_local(member, seat.room)
-            self._broadcast(seat.room, member, info_left(seat.nick, seat.room_name, reason))
+        notice = _around_room(lambda shown: info_left(seat.nick, shown, reason))
         try:
-            self._call("PART", self.server_id, seat.id)
+            self._call("PART", self.server_id, seat.id, *notice)
         except BrokerUnavailable:
             self._remember_part(seat.id)  # replayed once the broker is back
+            if seat.room is not None:
+                # The listener is down with the broker: this server's room-mates hear it from here (the others'
+                # servers sweep the member later if the replay does not reach Redis first).
+                self._deliver_local(seat.room, member, info_left(seat.nick, seat.room_name, reason))
 
     # -- test and operations helpers
