@@ -605,3 +605,33 @@ def test_concurrent_first_joins_on_one_server_send_one_subscribe(pair: Pair, red
         assert probe.pubsub_numsub("geventchat:room:fresh") == [(b"geventchat:room:fresh", 1)]
     finally:
         probe.close()
+
+
+@pytest.mark.parametrize("cap", [10, 1])
+def test_a_part_during_the_replay_is_replayed_too(redis_server: RedisServer, cap: int) -> None:
+    """The replay's PART calls yield; a member parted meanwhile is recorded in the same list. It must be parted too
+    (not popped in place of the one just sent), and passing the cap meanwhile must hand over to the scan, not raise."""
+    rooms = RedisRooms(redis_server.url, server_id="replay", presence_ttl=1.0, timeout=0.5)
+    rooms.max_pending_parts = cap
+    rooms.start(wait=10)
+    try:
+        real = rooms._scripts["PART"]
+        sent: list[str] = []
+
+        def part(*, keys: list[str], args: list[str | int]) -> Any:
+            sent.append(str(args[2]))
+            if len(sent) == 1:
+                rooms._remember_part("c")  # as a member parting while this call waits on Redis
+            return real(keys=keys, args=args)
+
+        rooms._scripts["PART"] = part  # type: ignore[assignment]
+        rooms._pending_parts.extend(["a", "b"])
+        rooms._replay_parts()
+        assert sent[:1] == ["b"]  # the situation: a part was recorded while the first PART was in flight
+        if cap > 1:
+            assert sorted(sent) == ["a", "b", "c"]  # each sent once, none lost
+        else:
+            assert sent == ["b"]  # past the cap the list was given up: the scan covers this server's ids
+        assert rooms._pending_parts == [] and not rooms._parts_overflowed
+    finally:
+        rooms.stop()

@@ -442,9 +442,16 @@ class RedisBackbone:
                     self._parts_overflowed = True  # not done: the next reconnection scans again
                     raise
             pending = self._pending_parts
-            while pending:  # an id is dropped only once its PART went through
-                part(keys=[], args=[self._prefix, self.server_id, pending[-1]])
-                pending.pop()
+            # Taken off before its PART: the call yields, and members parted meanwhile are appended to this list
+            # (or, past the cap, it is cleared and the scan above takes over). Put back only if the PART failed.
+            while pending and not self._parts_overflowed:
+                member_id = pending.pop()
+                try:
+                    part(keys=[], args=[self._prefix, self.server_id, member_id])
+                except BaseException:
+                    if not self._parts_overflowed:
+                        pending.append(member_id)
+                    raise
 
     def _restore(self) -> None:
         """Put back in Redis what a restart may have lost."""
