@@ -635,3 +635,23 @@ def test_a_part_during_the_replay_is_replayed_too(redis_server: RedisServer, cap
         assert rooms._pending_parts == [] and not rooms._parts_overflowed
     finally:
         rooms.stop()
+
+
+def test_a_burst_of_commands_past_the_pool_waits_its_turn(redis_server: RedisServer) -> None:
+    """More commands in flight at once than the pool has connections (a thousand members joining at once): they
+    wait for a connection, cooperatively, instead of failing with redis-py's 'Too many connections' (which the
+    room service took for a lost broker). Blocking pops hold their connections until the probe pushes."""
+    pool = connection_pool(redis_server.url, timeout=10, limit=8)
+    client = redis.Redis(connection_pool=pool)
+    probe = redis.Redis.from_url(redis_server.url)
+    try:
+        burst = 150  # past redis-py's default cap of 100 as well as ours
+        pops = [gevent.spawn(client.blpop, ["burst"], 10) for _ in range(burst)]
+        wait_until(lambda: probe.info("clients")["blocked_clients"] == 8, timeout=10, what="8 pops to block")
+        assert probe.info("clients")["connected_clients"] <= 8 + 1  # the situation: the pool is full, 142 wait
+        probe.rpush("burst", *range(burst))
+        gevent.joinall(pops, timeout=30, raise_error=True)
+        assert all(pop.successful() and pop.value is not None for pop in pops)  # every one served, none failed
+    finally:
+        probe.close()
+        pool.disconnect()

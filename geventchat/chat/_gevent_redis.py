@@ -12,7 +12,10 @@ would block the whole process, each replaced or avoided for a reason.
   subscribed, which blocks the hub. The room service drives a plain connection (``SUBSCRIBE`` with
   ``send_command``, messages with ``read_response``) from its one listener greenlet.
 - :class:`redis.ConnectionPool` holds a :class:`threading.RLock` only around list operations (never across I/O),
-  so greenlets of one thread never wait on it.
+  so greenlets of one thread never wait on it. Its own cap (``max_connections``) raises at once when reached, and
+  redis-py's :class:`redis.BlockingConnectionPool` waits on a :class:`queue.Queue` (a blocking lock): so
+  :class:`GeventConnectionPool` caps the connections with a gevent semaphore instead, and a burst of room
+  operations (a thousand members joining at once) waits its turn rather than failing as "broker unreachable".
 """
 
 from __future__ import annotations
@@ -20,14 +23,19 @@ from __future__ import annotations
 import socket
 from typing import Any
 
+import gevent.lock
 import gevent.socket
 from redis import ConnectionPool
 from redis._parsers import _HiredisParser
 from redis.backoff import NoBackoff
-from redis.connection import Connection
+from redis.connection import Connection, ConnectionInterface
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.retry import Retry
 
-__all__ = ["GeventConnection", "connection_pool"]
+__all__ = ["MAX_CONNECTIONS", "GeventConnection", "GeventConnectionPool", "connection_pool"]
+
+#: Connections to Redis one server process opens at most for commands (the pub/sub listener has its own).
+MAX_CONNECTIONS = 64
 
 
 class _GeventHiredisParser(_HiredisParser):
@@ -63,11 +71,45 @@ class GeventConnection(Connection):
         return sock
 
 
-def connection_pool(url: str, *, timeout: float) -> ConnectionPool:
-    """A pool of :class:`GeventConnection` for ``redis://HOST:PORT/DB``; every connect and every reply is bounded
-    by ``timeout`` seconds (a broker that stops answering is an error, not a hang)."""
-    return ConnectionPool.from_url(
+class GeventConnectionPool(ConnectionPool):
+    """A :class:`redis.ConnectionPool` whose callers, past ``limit`` connections in use, wait (cooperatively, up to
+    ``wait`` seconds) for one to be released."""
+
+    def __init__(self, *, limit: int, wait: float, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.limit = limit
+        self._wait = wait
+        self._slots = gevent.lock.BoundedSemaphore(limit)
+        self._lent: set[int] = set()  # ids of the connections holding a slot
+
+    def get_connection(self, *args: Any, **options: Any) -> Connection:
+        # Arguments (a command name: deprecated since redis-py 5.3, unused by the pool) are not passed on.
+        if not self._slots.acquire(timeout=self._wait):
+            raise RedisConnectionError(f"all {self.limit} redis connections of this server busy for {self._wait}s")
+        try:
+            connection: Connection = super().get_connection()
+        except BaseException:
+            self._slots.release()
+            raise
+        self._lent.add(id(connection))
+        return connection
+
+    def release(self, connection: ConnectionInterface) -> None:
+        super().release(connection)  # type: ignore[arg-type]  # redis-py types the interface and the class apart
+        if id(connection) in self._lent:  # a connection not lent by get_connection() holds no slot
+            self._lent.discard(id(connection))
+            self._slots.release()
+
+
+def connection_pool(url: str, *, timeout: float, limit: int = MAX_CONNECTIONS) -> GeventConnectionPool:
+    """A pool of at most ``limit`` :class:`GeventConnection` for ``redis://HOST:PORT/DB``; every connect and every
+    reply is bounded by ``timeout`` seconds (a broker that stops answering is an error, not a hang), and so is the
+    wait for a free connection."""
+    return GeventConnectionPool.from_url(
         url,
+        limit=limit,
+        wait=timeout,
+        max_connections=limit,  # never reached: the semaphore lends at most this many
         connection_class=GeventConnection,
         socket_timeout=timeout,
         socket_connect_timeout=timeout,
