@@ -655,3 +655,28 @@ def test_a_burst_of_commands_past_the_pool_waits_its_turn(redis_server: RedisSer
     finally:
         probe.close()
         pool.disconnect()
+
+
+def test_a_server_accepts_clients_only_once_its_broker_answered(redis_server: RedisServer) -> None:
+    """The listening line follows start(): a server on a broker that is slow to answer at start-up waits for it
+    (briefly), so rooms work from the first client on instead of answering 'rooms unavailable'."""
+    from geventchat.config import ChatConfig, ServerConfig
+    from geventchat.server import ChatServer
+
+    server = ChatServer(
+        ServerConfig(host="127.0.0.1", port=0, stats_interval=0, chat=ChatConfig(redis=redis_server.url))
+    )
+    assert redis_server.proc is not None
+    os.kill(redis_server.proc.pid, signal.SIGSTOP)  # it keeps the connection pending, unanswered
+    try:
+        starter = gevent.spawn(server.start)
+        starter.join(timeout=1.0)
+        assert not starter.ready()  # the situation: start() is waiting for the frozen broker
+    finally:
+        os.kill(redis_server.proc.pid, signal.SIGCONT)
+    try:
+        starter.join(timeout=10)
+        assert starter.successful()
+        assert isinstance(server.rooms, RedisRooms) and server.rooms.available  # from the first client on
+    finally:
+        server.stop()

@@ -27,11 +27,10 @@ def pair(
 
 
 def connected(process: ServerProcess, nick: str) -> Peer:
-    """A client on ``process`` named ``nick`` (retried while that server's broker connection comes up)."""
+    """A client on ``process`` named ``nick``. No retry: a server prints its listening line only once its broker
+    answered, so rooms work from the first client on."""
     peer = Peer((process.host, process.port))
-    wait_until(
-        lambda: peer.command(f":nick {nick}") == f"ok: you are {nick}", what=f"{nick} to get its nick", interval=0.05
-    )
+    assert peer.command(f":nick {nick}") == f"ok: you are {nick}"
     return peer
 
 

@@ -4,6 +4,7 @@ statistics. Accepting is :mod:`.acceptor`'s, deciding whom to serve :mod:`.admis
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import secrets
@@ -39,6 +40,9 @@ def _server_id() -> str:
 
 # The gevent shell logs under one name, whichever of its modules speaks (operators filter on it).
 log = logging.getLogger("geventchat.server")
+
+#: Seconds ``start()`` waits for the Redis broker's first answer before accepting clients (``--redis``).
+BROKER_WAIT = 5.0
 
 
 class ChatServer:
@@ -125,6 +129,14 @@ class ChatServer:
         # setsockopt() per connection (tests/test_server.py checks an accepted socket has it).
         self._listener.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._address = (host, port)
+        if self._redis_rooms is not None:
+            # Before accepting: with the broker up, rooms work from the first client on (the listening line
+            # follows this). A broker that does not answer does not stop the server: echo works, room commands
+            # answer 'rooms unavailable' until it does, and the backbone logs that once ('redis broker lost').
+            from ..chat.redis_rooms import BrokerUnavailable
+
+            with contextlib.suppress(BrokerUnavailable):
+                self._redis_rooms.start(wait=BROKER_WAIT)
         self._acceptor = Acceptor(self._listener, self._handle)
         self._acceptor.start()
         if self.config.metrics_port is not None:
@@ -134,9 +146,6 @@ class ChatServer:
                 self.stats, self.config.metrics_host, self.config.metrics_port, self._metrics_labels
             )
             self.metrics.start()
-        if self._redis_rooms is not None:
-            # Not waiting for the broker: until it answers, room commands say it is unreachable, echo works.
-            self._redis_rooms.start()
         if self.config.stats_interval > 0:
             self._stats_greenlet = gevent.spawn(self._report_stats, self.config.stats_interval)
 
