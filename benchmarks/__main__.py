@@ -8,6 +8,7 @@ import json
 import sys
 from pathlib import Path
 
+from . import fanout, fanout_report
 from .report import plot, render
 from .runner import BenchmarkError, Generator, Settings, choose_generator, default_servers, run_matrix, save
 
@@ -59,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     preset.add_argument("--tiny", dest="preset", action="store_const", const="tiny", help="smoke-test size")
     run.set_defaults(preset="quick")
     run.add_argument("--servers", nargs="+", help="only these servers (names as in the report)")
-    run.add_argument("--phases", nargs="+", choices=["echo", "churn", "rate", "hold", "gc", "workers"])
+    run.add_argument("--phases", nargs="+", choices=["echo", "churn", "rate", "hold", "gc", "workers", "fanout"])
     run.add_argument(
         "--generator",
         choices=["c", "python"],
@@ -73,10 +74,13 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--hold-many", type=int, help="connections for the multi-worker hold (0 = skip)")
     run.add_argument("--out", type=Path, default=RESULTS, help="directory for the report")
     run.add_argument("--name", help="report file stem (default: today's date)")
+    fanout.add_arguments(sub.add_parser("fanout", help="the chat fan-out phase alone: <date>-fanout.md"))
     report = sub.add_parser("report", help="re-render a report from its JSON")
     report.add_argument("json", type=Path)
     args = parser.parse_args(argv)
 
+    if args.command == "fanout":
+        return fanout.run_command(args, fanout_report.plot, fanout_report.render)
     if args.command == "report":
         data = json.loads(args.json.read_text())
         directory, stem = args.json.parent, args.json.stem
@@ -91,6 +95,11 @@ def main(argv: list[str] | None = None) -> int:
         servers = ", ".join(s.name for s in settings.servers)
         print(f"benchmark ({args.preset}, {generator.name} load generator): servers {servers}", flush=True)
         data = run_matrix(settings, log=lambda line: print(line, flush=True))
+        # fan-out: asked for by --phases, or by default except in the smoke-test size (it needs redis-server)
+        if "fanout" in (args.phases or ([] if args.preset == "tiny" else ["fanout"])):
+            fanout_data = fanout.run_phase(args.preset, log=lambda line: print(line, flush=True))
+            if fanout_data is not None:
+                data["fanout"] = fanout_data
         directory = args.out
         save(data, directory, stem)
     plots = plot(data, directory, stem)

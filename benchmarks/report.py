@@ -9,6 +9,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from . import fanout_report
+
 #: A side saturated when it used at least this share of its CPU: the generator of its one core (it is
 #: single-threaded), the server of the cores it may use (1 when pinned). When both did, the larger share is named.
 SATURATED = 0.85
@@ -266,8 +268,10 @@ def render(data: dict[str, Any], title: str, plots: list[str]) -> str:
     lines += _hold_many(r)
     for error in r.errors():
         lines.append(f"\nRun {error['repeat']} of {error['server']} failed: {error['error']}")
+    if "fanout" in data:  # the fan-out phase renders itself (benchmarks/fanout_report.py)
+        lines += ["", *fanout_report.section(data["fanout"], plots)]
     if plots:
-        lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in plots]
+        lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in plots if not p.endswith("-fanout.png")]
     return "\n".join(lines) + "\n"
 
 
@@ -503,4 +507,6 @@ def plot(data: dict[str, Any], directory: Path, stem: str) -> list[str]:
     fig.savefig(directory / name, dpi=90)
     plt.close(fig)
     names.append(name)
+    if "fanout" in data:
+        names += fanout_report.plot(data["fanout"], directory, stem)
     return names
