@@ -6,18 +6,25 @@ import re
 import signal
 import socket
 from collections.abc import Callable, Iterator
-from typing import Any
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, Any, cast
 
 import gevent
+import gevent.socket
 import pytest
 from gevent.socket import create_connection
 
 from geventchat.chat import LocalRooms
 from geventchat.client import ChatClient
-from geventchat.config import ChatConfig
+from geventchat.config import ChatConfig, ServerConfig
 from geventchat.protocol import Reply
 from geventchat.server import ChatServer
+from geventchat.server.chat import ChatMember
+from geventchat.stats import ServerStats
 from geventchat.testing import ServerProcess, wait_until
+
+if TYPE_CHECKING:
+    from geventchat.server.connection import Connection
 
 PREFIX = "我收到了你的信息:"
 StartServer = Callable[..., ChatServer]
@@ -30,8 +37,13 @@ class NoLine(Exception):
 class Peer:
     """A line client on a gevent socket that reads whole lines under a timeout."""
 
-    def __init__(self, address: tuple[str, int], timeout_line: bytes = b"30\n") -> None:
-        self.sock = create_connection(address)
+    def __init__(self, address: tuple[str, int], timeout_line: bytes = b"30\n", rcvbuf: int = 0) -> None:
+        if rcvbuf:  # set before connecting: the window the client offers follows it from the handshake on
+            self.sock = gevent.socket.socket()
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+            self.sock.connect(address)
+        else:
+            self.sock = create_connection(address)
         self._buffer = b""
         self._lines: list[bytes] = []  # complete lines received and not yet read (no quadratic re-splitting)
         self.greeting = self.line()
@@ -78,8 +90,8 @@ class Peer:
 def peers() -> Iterator[Callable[..., Peer]]:
     made: list[Peer] = []
 
-    def make(server: ChatServer, timeout_line: bytes = b"30\n") -> Peer:
-        peer = Peer(server.address, timeout_line)
+    def make(server: ChatServer, timeout_line: bytes = b"30\n", rcvbuf: int = 0) -> Peer:
+        peer = Peer(server.address, timeout_line, rcvbuf)
         made.append(peer)
         return peer
 
@@ -349,6 +361,132 @@ def test_a_slow_member_blocked_on_its_own_write_is_closed_when_its_queue_overflo
     finally:
         flooder.kill()
     assert slow_connection not in server._connections
+
+
+def _record_calls(monkeypatch: pytest.MonkeyPatch, method: str) -> list[tuple[ChatMember, bool]]:
+    """Spy on ``ChatMember.<method>``: every call's member, and whether the write lock had been taken for it."""
+    calls: list[tuple[ChatMember, bool]] = []
+    original = getattr(ChatMember, method)
+
+    def recording(self: ChatMember) -> None:
+        calls.append((self, self._lock_handed))
+        original(self)
+
+    monkeypatch.setattr(ChatMember, method, recording)
+    return calls
+
+
+def test_room_lines_go_out_from_the_hub_in_one_send_per_member_without_a_writer(
+    start_server: StartServer, peers: Callable[..., Peer], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server = start_server(chat=ChatConfig(room_rate=0))
+    talker, reader, other = named(peers, server, "talker", "reader", "other", room="r")
+    writers = _record_calls(monkeypatch, "_write_queued")
+    flushes = _record_calls(monkeypatch, "_flush")
+    deliveries, bytes_out = server.stats.deliveries, server.stats.bytes_out
+    texts = [f"line {n}" for n in range(20)]
+    talker.sock.sendall(b"".join(text.encode() + b"\n" for text in texts))  # one chunk: the server reads it whole
+    assert [talker.line() for _ in texts] == [PREFIX + text for text in texts]
+    for peer in (reader, other):
+        assert [peer.line() for _ in texts] == [f"#r talker: {text}" for text in texts]
+    # The situation: the lines went out through the hub's flush, and no writer greenlet was spawned for them.
+    receivers = {member for member, _handed in flushes}
+    assert len(receivers) == 2 and writers == []
+    # Batched: one chunk's twenty lines reach a member in fewer sends than lines (one, when read as one chunk).
+    assert len(flushes) < 2 * len(texts)
+    assert server.stats.deliveries - deliveries == 2 * len(texts)
+    room_bytes = sum(len(f"#r talker: {text}\n") for text in texts)
+    assert server.stats.bytes_out - bytes_out >= 2 * room_bytes  # counted once out (the echo replies too)
+
+
+def test_a_line_the_socket_takes_in_part_is_finished_before_the_members_own_replies(
+    start_server: StartServer, peers: Callable[..., Peer], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A member with small socket buffers that does not read for a while and sends commands meanwhile: a room line
+    far larger than the buffers is cut by the hub's non-blocking send; its rest must go out before the member's own
+    replies (which wait for the write lock), and every line it then reads is whole and in order."""
+    size = 100_000
+    server = start_server(max_line=4 * size, chat=ChatConfig(room_rate=0))
+    (talker,) = named(peers, server, "talker", room="r")
+    slow = peers(server, rcvbuf=4096)
+    assert slow.command(":nick slow") == "ok: you are slow"
+    assert slow.command(":join r") == "ok: joined #r (2 members)"
+    assert talker.line() == "info: slow joined #r"
+    rooms = server.rooms
+    assert isinstance(rooms, LocalRooms)
+    (connection,) = [c for c in server._connections if c.member is not None and rooms.nick_of(c.member) == "slow"]
+    connection.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    writers = _record_calls(monkeypatch, "_write_queued")
+    texts = [f"{n} " + "abc"[n] * size for n in range(3)]
+    talker.say(texts[0])
+    # The situation: the send took part of the line, and a writer got the lock (taken for it) to finish it.
+    wait_until(lambda: any(handed for _member, handed in writers), what="a writer to finish a cut line")
+    for _ in range(5):
+        slow.send(":who")
+    wait_until(lambda: _blocked_in_its_own_write(connection), what="slow's replies to wait for the cut line")
+    talker.say(texts[1])
+    talker.say(texts[2])
+    own = [PREFIX + ":who", "ok: #r 2: slow talker"] * 5
+    room = [f"#r talker: {text}" for text in texts]
+    got = [slow.line(10) for _ in range(len(own) + len(room))]
+    assert got[0] == room[0]  # the cut line, whole, before any reply of its own
+    assert [line for line in got if line.startswith("#r ")] == room
+    assert [line for line in got if not line.startswith("#r ")] == own
+    assert slow.silent()
+
+
+class _FakeConnection:
+    """What a :class:`ChatMember` uses of its connection, over one end of a socket pair."""
+
+    def __init__(self, sock: Any, tls: object | None) -> None:
+        self.sock = sock
+        self.server = SimpleNamespace(config=ServerConfig(), stats=ServerStats(), tls=tls)
+        self.in_room = False
+        self.greenlet = gevent.getcurrent()
+
+    def request_too_slow(self) -> None:
+        raise AssertionError("not expected here")
+
+
+@pytest.mark.parametrize("tls", [False, True])
+def test_a_tls_member_keeps_the_writer_greenlet_a_plain_one_the_flush(tls: bool) -> None:
+    near, far = gevent.socket.socketpair()
+    try:
+        member = ChatMember(cast("Connection", _FakeConnection(near, object() if tls else None)), LocalRooms())
+        member.deliver(b"@a: hi\n")
+        # The situation: TLS spawns a writer (its socket may need to read to write); plain TCP waits for the flush.
+        assert (member._writer is not None) is tls
+        assert member._flush_due is not tls
+        with gevent.Timeout(5, NoLine):
+            assert far.recv(100) == b"@a: hi\n"
+        assert member._stats.deliveries == 1
+        wait_until(lambda: member._stats.bytes_out == len(b"@a: hi\n"), what="the line counted as written")
+    finally:
+        near.close()
+        far.close()
+
+
+def test_stop_writing_before_the_writer_starts_returns_the_cut_lines_rest_and_frees_the_lock() -> None:
+    near, far = gevent.socket.socketpair()
+    try:
+        member = ChatMember(cast("Connection", _FakeConnection(near, None)), LocalRooms())
+        line = b"@a: " + b"x" * (1 << 19) + b"\n"  # far more than a socket pair's buffers, less than the queue
+        member.deliver(line)
+        gevent.sleep(0)  # the hub's turn: the flush sends part, takes the lock and spawns the writer
+        writer = member._writer
+        # The situation: part of the line went out and the writer that is to finish it has not run yet (it clears
+        # _lock_handed first thing, taking the lock over).
+        assert member._lock_handed and writer is not None
+        assert member.write_lock.locked() and 0 < member._cut_at < len(line)
+        cut_at = member._cut_at
+        rest = member.stop_writing()
+        assert writer.dead and rest == line[cut_at:]
+        assert not member.write_lock.locked()
+        member.deliver(b"@a: late\n")  # after stop_writing: dropped
+        assert member.outbox.pending_bytes == 0 and not member._flush_due
+    finally:
+        near.close()
+        far.close()
 
 
 ROOMS_OFF = "error: rooms are off: --workers without --redis"
