@@ -314,6 +314,25 @@ class TrickleServer:
             thread.join(15)
 
 
+@pytest.mark.parametrize(
+    ("program", "option", "value"),
+    [
+        ("loadgen", "--connections", "3000000000"),  # over INT_MAX: once cast to int unchecked (undefined)
+        ("loadgen", "--port", "1e300"),
+        ("fanout_gen", "--rooms", "3000000000"),  # atoi() out of range: undefined
+        ("fanout_gen", "--port", "-99999999999"),
+    ],
+)
+def test_the_c_generators_refuse_a_number_out_of_range_in_one_line(program: str, option: str, value: str) -> None:
+    result = subprocess.run(
+        [str(cbuild.build(program)), option, value], capture_output=True, text=True, timeout=30, check=False
+    )
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and option in result.stderr and value in result.stderr
+    assert "range" in result.stderr  # it says what is wrong with the number
+    assert result.stdout == ""
+
+
 def test_the_c_generator_frames_replies_split_across_reads(c_loadgen: Path) -> None:
     server = TrickleServer(connections=3)
     try:
