@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import select
 import socket
 import subprocess
 import sys
@@ -22,7 +23,7 @@ import pytest
 
 from benchmarks import cbuild
 from geventchat.config import DEFAULT_GREETING, DEFAULT_PREFIX
-from geventchat.testing import QUIET, ServerProcess
+from geventchat.testing import QUIET, ServerProcess, wait_until
 
 pytest.importorskip("uvloop")
 pytest.importorskip("matplotlib")
@@ -155,6 +156,86 @@ def test_the_c_echo_server_says_bye_after_the_idle_timeout(c_echo: ServerProcess
         assert sock.recv(4096) == b""
 
 
+#: A line the tests below send over and over; its echo is a little longer (the prefix).
+LONG_LINE = b"x" * 999 + b"\n"
+
+
+def reader_of_peer(address: tuple[str, int], idle_timeout: float = 3600) -> socket.socket:
+    """A connection that has read the greeting and asked for ``idle_timeout``, with a small receive buffer
+    (set before connecting, so the server's window stays small and its replies back up quickly)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 65536)
+    sock.settimeout(10)
+    sock.connect(address)
+    read_lines(sock, 1)
+    sock.sendall(f"{idle_timeout:g}\n".encode())
+    return sock
+
+
+def send_until_stalled(sock: socket.socket, limit: int) -> tuple[int, bytes]:
+    """Send LONG_LINEs without reading until the socket stays unwritable for a second or ``limit`` bytes went;
+    returns the bytes sent and the rest of the line sent last (to complete it)."""
+    chunk = LONG_LINE * 64
+    pending = memoryview(chunk)
+    sent = 0
+    sock.setblocking(False)
+    while sent < limit:  # bounded: each turn sends bytes or ends the loop
+        try:
+            count = sock.send(pending)
+        except BlockingIOError:
+            _, writable, _ = select.select([], [sock], [], 1.0)
+            if not writable:
+                break
+            continue
+        sent += count
+        pending = pending[count:] or memoryview(chunk)
+    return sent, bytes(pending[: len(pending) % len(LONG_LINE)])
+
+
+def test_the_c_echo_server_stops_reading_a_peer_that_does_not_read_and_resumes_when_it_does(
+    c_echo: ServerProcess,
+) -> None:
+    rss_before = c_echo.rss()
+    limit = 256 * 1024 * 1024  # far more than the kernel's buffers hold (tcp_rmem's 32 MiB max and more)
+    with reader_of_peer(c_echo.address) as sock:
+        sent, rest = send_until_stalled(sock, limit)
+        assert sent < limit, "the server kept reading a peer that reads nothing"
+        grown = c_echo.rss() - rss_before
+        assert grown < 8 * 1024 * 1024, f"the server's RSS grew {grown} bytes for one peer that does not read"
+
+        # Now read everything: the server must read again as its output drains, and answer every line.
+        sock.setblocking(True)
+        sock.settimeout(30)
+        total, tail = [0], bytearray()
+
+        def read_all() -> None:
+            while chunk := sock.recv(1 << 20):  # bounded by the socket's timeout and the server's close
+                total[0] += len(chunk)
+                tail[:] = (tail + chunk)[-2048:]
+
+        reader = threading.Thread(target=read_all)
+        reader.start()
+        sock.sendall(rest + b":q\n")
+        reader.join(60)
+        assert not reader.is_alive()
+    lines = (sent + len(rest)) // len(LONG_LINE)
+    assert total[0] == lines * len(PREFIX + LONG_LINE) + len(PREFIX + b":q\n")
+    assert tail.endswith(PREFIX + LONG_LINE + PREFIX + b":q\n")
+
+
+def test_the_c_echo_server_closes_a_closing_peer_that_never_reads_its_replies(c_echo: ServerProcess) -> None:
+    fds_before = c_echo.fds()
+    with reader_of_peer(c_echo.address, idle_timeout=0.5) as sock:
+        try:
+            sent, _ = send_until_stalled(sock, 64 * 1024 * 1024)
+        except ConnectionError:  # the server closed us already (a slow machine): what the test waits for below
+            sent = 0
+        assert sent < 64 * 1024 * 1024  # the situation: the server stopped reading, replies wait for us
+        # Idle, the server says bye and is closing with its output unsent; after its grace period it closes anyway.
+        wait_until(lambda: c_echo.fds() == fds_before, timeout=30, what="the server to close the connection")
+
+
 def run_loadgen(binary: Path, *args: str, timeout: float = 60) -> dict[str, Any]:
     result = subprocess.run([str(binary), *args], capture_output=True, text=True, timeout=timeout, check=False)
     assert result.returncode == 0, result.stderr
@@ -231,6 +312,25 @@ class TrickleServer:
         self.listener.close()
         for thread in self.threads:
             thread.join(15)
+
+
+@pytest.mark.parametrize(
+    ("program", "option", "value"),
+    [
+        ("loadgen", "--connections", "3000000000"),  # over INT_MAX: once cast to int unchecked (undefined)
+        ("loadgen", "--port", "1e300"),
+        ("fanout_gen", "--rooms", "3000000000"),  # atoi() out of range: undefined
+        ("fanout_gen", "--port", "-99999999999"),
+    ],
+)
+def test_the_c_generators_refuse_a_number_out_of_range_in_one_line(program: str, option: str, value: str) -> None:
+    result = subprocess.run(
+        [str(cbuild.build(program)), option, value], capture_output=True, text=True, timeout=30, check=False
+    )
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and option in result.stderr and value in result.stderr
+    assert "range" in result.stderr  # it says what is wrong with the number
+    assert result.stdout == ""
 
 
 def test_the_c_generator_frames_replies_split_across_reads(c_loadgen: Path) -> None:

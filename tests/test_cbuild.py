@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -40,6 +41,41 @@ def test_an_edited_source_is_rebuilt_under_a_new_name(tmp_path: Path) -> None:
 
     assert first.exists() and second.exists()
     assert second != first
+
+
+@pytest.mark.parametrize("source", sorted(cbuild.SOURCES.glob("*.c")), ids=lambda path: path.name)
+def test_our_c_sources_compile_without_a_warning(source: Path, tmp_path: Path) -> None:
+    # The benchmark builds without -Werror (a new compiler's new warning must not stop a run); this keeps ours clean.
+    assert "-Werror" not in cbuild.CFLAGS and "-Wall" in cbuild.CFLAGS and "-Wextra" in cbuild.CFLAGS
+    command = [cbuild.compiler(), *cbuild.CFLAGS, "-Werror", "-o", str(tmp_path / source.stem), str(source)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 0, result.stderr
+    assert "warning" not in result.stderr
+
+
+def test_another_compiler_or_version_builds_under_another_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    sources, cache, tools = tmp_path / "src", tmp_path / "cache", tmp_path / "tools"
+    sources.mkdir()
+    tools.mkdir()
+    (sources / "hello.c").write_text(HELLO % "one")
+    real = shutil.which(cbuild.compiler())
+    assert real is not None
+    wrapper = tools / "othercc"  # the same compiler under another name and path, as CC=othercc would pick
+    wrapper.write_text(f'#!/bin/sh\nexec "{real}" "$@"\n')
+    wrapper.chmod(0o755)
+    monkeypatch.setenv("CC", str(real))
+    first = cbuild.build("hello", cache=cache, sources=sources)
+
+    monkeypatch.setenv("PATH", f"{tools}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("CC", "othercc")
+    second = cbuild.build("hello", cache=cache, sources=sources)
+    # The same path answering with another version (an upgraded compiler) builds afresh too.
+    wrapper.write_text(f'#!/bin/sh\n[ "$1" = --version ] && {{ echo "othercc 99.0"; exit 0; }}\nexec "{real}" "$@"\n')
+    third = cbuild.build("hello", cache=cache, sources=sources)
+
+    assert first.exists() and second.exists() and third.exists()
+    assert len({first, second, third}) == 3
+    assert cbuild.build("hello", cache=cache, sources=sources) == third  # and it is reused
 
 
 def test_no_compiler_is_one_clear_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

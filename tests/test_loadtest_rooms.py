@@ -8,15 +8,23 @@ Like :mod:`tests.test_loadtest_runs`, every Locust run is a subprocess (importin
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
+import gevent
 import pytest
+from gevent import socket as gsocket
 
-from geventchat.config import ChatConfig
-from geventchat.loadtest.rooms import FanoutTally, format_fanout, room_name
+from geventchat.config import DEFAULT_PREFIX, ChatConfig
+from geventchat.loadtest.latency import LatencyRecorder
+from geventchat.loadtest.rooms import FanoutTally, RoomSession, format_fanout, room_name
+from geventchat.loadtest.session import RunContext
 from geventchat.loadtest.settings import BadSettings, Settings
+from geventchat.loadtest.target import parse_targets
 from geventchat.server import ChatServer
+from geventchat.testing import wait_until
 
 from .test_loadtest_runs import latency, locust_on_two_processes, run_users
 
@@ -49,6 +57,78 @@ def test_room_rate_is_a_rate_of_zero_or_more() -> None:
     assert Settings().room_rate == 20.0  # the server's --room-rate default: RoomUser stays under it unless told
     with pytest.raises(BadSettings, match="--gc-room-rate"):
         Settings(room_rate=-1.0)
+
+
+class _StubRoomServer:
+    """A scripted chat server on loopback for one connection: greets, answers ``:join`` with 3 members, and answers
+    the first message it reads with ``after_message`` (its echo is written as ``{echo}``)."""
+
+    def __init__(self, after_message: str) -> None:
+        self.after_message = after_message
+        self.listener = gsocket.socket(gsocket.AF_INET, gsocket.SOCK_STREAM)
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(1)
+        self.address: tuple[str, int] = self.listener.getsockname()
+        self.greenlet = gevent.spawn(self._serve)
+
+    def _serve(self) -> None:
+        conn, _ = self.listener.accept()
+        with conn, conn.makefile("rb") as lines:
+            conn.sendall(b"welcome\n")
+            join = lines.readline().decode().rstrip("\n")
+            conn.sendall(f"{DEFAULT_PREFIX}{join}\nok: joined #r (3 members)\n".encode())
+            message = lines.readline().decode().rstrip("\n")
+            conn.sendall(self.after_message.format(echo=DEFAULT_PREFIX + message, message=message).encode())
+            lines.readline()  # until the client closes
+
+    def close(self) -> None:
+        self.greenlet.kill()
+        self.listener.close()
+
+
+@pytest.fixture
+def room_session() -> Iterator[Callable[[str], RoomSession]]:
+    """``room_session(after_message)``: a RoomSession joined to room ``r`` of a :class:`_StubRoomServer`."""
+    made: list[tuple[RoomSession, _StubRoomServer, RunContext]] = []
+
+    def make(after_message: str) -> RoomSession:
+        server = _StubRoomServer(after_message)
+        host, port = server.address
+        context = RunContext(Settings(reply_timeout=5.0), parse_targets(f"{host}:{port}"), LatencyRecorder())
+        environment: Any = SimpleNamespace(events=SimpleNamespace(request=SimpleNamespace(fire=lambda **_: None)))
+        session = RoomSession(environment, "RoomUser", context, "u1")
+        made.append((session, server, context))
+        assert session.connect(None) and session.join("r") and session.members == 3
+        return session
+
+    yield make
+    for session, server, context in made:
+        session.close()
+        server.close()
+        context.watchdog.close()
+
+
+def test_an_error_after_a_room_line_is_not_charged_to_the_echo_before_it(
+    room_session: Callable[[str], RoomSession],
+) -> None:
+    # The echo, then a room line from someone else, then an 'error:' that follows no echo of ours.
+    session = room_session("{echo}\n#r u2: m u2 1 1\nerror: unknown command\n")
+    assert session.say()
+    tally = session.tally
+    wait_until(lambda: tally.delivered == 1 and bool(tally.refused or session._replies.qsize()), what="the error")
+    assert tally.sent == 1 and tally.expected == 2  # the message counted for the 2 others
+    assert tally.refused == 0  # the error refused nothing: it did not follow the echo
+    assert session._replies.get_nowait().reason == "unknown command"  # it is left as an error that follows no echo
+
+
+def test_an_error_right_after_the_echo_is_charged_to_that_message(
+    room_session: Callable[[str], RoomSession],
+) -> None:
+    session = room_session("{echo}\nerror: too fast, not delivered\n")
+    assert session.say()
+    wait_until(lambda: session.tally.refused == 1, what="the refusal")
+    assert session.tally.sent == 1 and session.tally.expected == 0  # refused: the others will not receive it
+    assert session._replies.empty()
 
 
 def test_room_users_report_fanout_and_deliver_every_expected_line(

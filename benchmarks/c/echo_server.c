@@ -8,8 +8,11 @@
  *   echo_server [--host 127.0.0.1] [--port 0] [--name c-epoll] [--cpu N]
  * prints "NAME listening on HOST:PORT" (geventchat.testing's listening line) once it accepts, and runs until killed.
  *
- * Memory: a connection owns 32 bytes of state; input and output buffers exist only while a partial line or unsent
- * bytes are pending, so an idle connection costs the kernel's socket and little else.
+ * Memory: a connection owns 40 bytes of state; input and output buffers exist only while a partial line or unsent
+ * bytes are pending, so an idle connection costs the kernel's socket and little else. A peer that sends without
+ * reading stops being read once OUT_CAP bytes of replies wait for it (read again when they drain), so its output
+ * stays under OUT_CAP plus the replies to one read; a connection closing (after ":q" or the idle bye) that cannot
+ * flush within CLOSE_GRACE seconds is closed anyway.
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -41,11 +44,14 @@
 #define BACKLOG 4096
 #define SWEEP_SECONDS 0.25 /* idle timeouts are enforced by a sweep this often: their resolution */
 #define LISTEN_TAG UINT32_MAX
+#define OUT_CAP (256 * 1024) /* unsent reply bytes past which the peer's input is no longer read */
+#define CLOSE_GRACE 2.0      /* seconds a closing connection gets to flush its output */
 
 struct conn {
-    double deadline; /* monotonic seconds; 0 = no connection on this fd */
+    double deadline; /* monotonic seconds (idle, or closing: flush by then); 0 = no connection on this fd */
     float timeout;   /* negotiated idle timeout; 0 until the timeout line came */
     bool closing;    /* close once the output is flushed */
+    uint8_t watched; /* the epoll events registered for this fd */
     uint32_t in_len, out_len;
     char *in, *out; /* heap, only while a partial line / unsent bytes are pending */
 };
@@ -90,6 +96,17 @@ static float negotiate(const char *text, size_t len) {
     return (float)(v < MIN_TIMEOUT ? MIN_TIMEOUT : v > MAX_TIMEOUT ? MAX_TIMEOUT : v);
 }
 
+/* Watches the fd for what its state needs: output while replies are pending, input unless OUT_CAP bytes of them
+ * wait (a peer that does not read must not make us buffer without limit). */
+static void watch(int fd) {
+    struct conn *c = &conns[fd];
+    uint8_t want = (uint8_t)((c->out_len > OUT_CAP ? 0 : EPOLLIN) | (c->out_len ? EPOLLOUT : 0));
+    if (want == c->watched) return;
+    struct epoll_event ev = {.events = want, .data.u32 = (uint32_t)fd};
+    epoll_ctl(ep, EPOLL_CTL_MOD, fd, &ev);
+    c->watched = want;
+}
+
 /* Sends what it can of data now and keeps the rest; false if the peer is gone. */
 static bool send_or_keep(int fd, const char *data, size_t len) {
     struct conn *c = &conns[fd];
@@ -98,12 +115,11 @@ static bool send_or_keep(int fd, const char *data, size_t len) {
         if (n < 0 && errno != EAGAIN) return false;
         if (n == (ssize_t)len) return true;
         if (n > 0) data += n, len -= (size_t)n;
-        struct epoll_event ev = {.events = EPOLLIN | EPOLLOUT, .data.u32 = (uint32_t)fd};
-        epoll_ctl(ep, EPOLL_CTL_MOD, fd, &ev);
     }
     c->out = grow(c->out, c->out_len + len);
     memcpy(c->out + c->out_len, data, len);
-    c->out_len += (uint32_t)len;
+    c->out_len += (uint32_t)len; /* at most OUT_CAP plus the replies to one read: no wrap */
+    watch(fd);
     return true;
 }
 
@@ -116,15 +132,15 @@ static void flush(int fd) {
     }
     memmove(c->out, c->out + n, c->out_len - (size_t)n);
     c->out_len -= (uint32_t)n;
-    if (c->out_len) return;
-    free(c->out);
-    c->out = NULL;
-    if (c->closing) {
-        drop(fd);
-        return;
+    if (c->out_len == 0) {
+        free(c->out);
+        c->out = NULL;
+        if (c->closing) {
+            drop(fd);
+            return;
+        }
     }
-    struct epoll_event ev = {.events = EPOLLIN, .data.u32 = (uint32_t)fd};
-    epoll_ctl(ep, EPOLL_CTL_MOD, fd, &ev);
+    watch(fd); /* input again once the output is under OUT_CAP; no output watch once it is empty */
 }
 
 /* Answers every complete line in data (the pending partial line first); keeps the new partial line. */
@@ -194,7 +210,7 @@ static void on_data(int fd, const char *data, size_t len) {
     }
     if (quit) {
         if (c->out_len == 0) drop(fd);
-        else c->closing = true;
+        else c->closing = true, c->deadline = now() + CLOSE_GRACE;
         return;
     }
     if (any_line) c->deadline = now() + (c->timeout ? c->timeout : DEFAULT_TIMEOUT);
@@ -223,18 +239,21 @@ static void accept_all(int listener) {
         int one = 1;
         setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
         conns[fd].deadline = now() + DEFAULT_TIMEOUT;
+        conns[fd].watched = EPOLLIN;
         struct epoll_event ev = {.events = EPOLLIN, .data.u32 = (uint32_t)fd};
         if (epoll_ctl(ep, EPOLL_CTL_ADD, fd, &ev) < 0 || !send_or_keep(fd, GREETING, sizeof GREETING - 1)) drop(fd);
     }
 }
 
+/* Idle connections get the bye and start closing; closing ones whose peer did not take their output in
+ * CLOSE_GRACE seconds are closed with it unsent (else a peer that never reads would keep its fd and buffer). */
 static void sweep_idle(double t) {
     for (int fd = 0; fd < conns_cap; fd++) {
         struct conn *c = &conns[fd];
-        if (c->deadline != 0 && !c->closing && t >= c->deadline) {
-            if (!send_or_keep(fd, BYE_IDLE, sizeof BYE_IDLE - 1) || conns[fd].out_len == 0) drop(fd);
-            else c->closing = true;
-        }
+        if (c->deadline == 0 || t < c->deadline) continue;
+        if (c->closing) drop(fd);
+        else if (!send_or_keep(fd, BYE_IDLE, sizeof BYE_IDLE - 1) || c->out_len == 0) drop(fd);
+        else c->closing = true, c->deadline = t + CLOSE_GRACE;
     }
 }
 

@@ -27,6 +27,7 @@
 #include <netinet/tcp.h>
 #include <sched.h>
 #include <stdint.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -472,27 +473,39 @@ static void usage(void) {
     exit(2);
 }
 
+/* A whole number in int's range (atoi's result out of range is undefined), or one clear line and exit 2. */
+static int int_arg(const char *name, const char *text) {
+    char *end;
+    errno = 0;
+    long v = strtol(text, &end, 10);
+    if (*text == 0 || *end != 0 || errno == ERANGE || v < INT_MIN || v > INT_MAX) {
+        fprintf(stderr, "fanout_gen: %s wants a whole number in range %d..%d, not %s\n", name, INT_MIN, INT_MAX, text);
+        exit(2);
+    }
+    return (int)v;
+}
+
 int main(int argc, char **argv) {
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (i + 1 >= argc) usage();
         const char *v = argv[++i];
-        if (!strcmp(a, "--port")) port = atoi(v);
-        else if (!strcmp(a, "--rooms")) n_rooms = atoi(v);
-        else if (!strcmp(a, "--size")) room_size = atoi(v);
-        else if (!strcmp(a, "--senders")) senders = atoi(v);
-        else if (!strcmp(a, "--window")) window = atoi(v);
+        if (!strcmp(a, "--port")) port = int_arg(a, v);
+        else if (!strcmp(a, "--rooms")) n_rooms = int_arg(a, v);
+        else if (!strcmp(a, "--size")) room_size = int_arg(a, v);
+        else if (!strcmp(a, "--senders")) senders = int_arg(a, v);
+        else if (!strcmp(a, "--window")) window = int_arg(a, v);
         else if (!strcmp(a, "--duration")) duration = atof(v);
         else if (!strcmp(a, "--warmup")) warmup = atof(v);
         else if (!strcmp(a, "--drain")) drain_s = atof(v);
         else if (!strcmp(a, "--setup-timeout")) setup_timeout = atof(v);
         else if (!strcmp(a, "--rate")) { rate_per_room = atof(v); open_mode = 1; }
         else if (!strcmp(a, "--timeout-line")) timeout_line = v;
-        else if (!strcmp(a, "--sources")) sources = atoi(v);
-        else if (!strcmp(a, "--join-concurrency")) join_concurrency = atoi(v);
-        else if (!strcmp(a, "--cpu")) cpu = atoi(v);
-        else if (!strcmp(a, "--server-pid") && n_server_pids < MAX_PIDS) server_pids[n_server_pids++] = atoi(v);
-        else if (!strcmp(a, "--broker-pid") && n_broker_pids < MAX_PIDS) broker_pids[n_broker_pids++] = atoi(v);
+        else if (!strcmp(a, "--sources")) sources = int_arg(a, v);
+        else if (!strcmp(a, "--join-concurrency")) join_concurrency = int_arg(a, v);
+        else if (!strcmp(a, "--cpu")) cpu = int_arg(a, v);
+        else if (!strcmp(a, "--server-pid") && n_server_pids < MAX_PIDS) server_pids[n_server_pids++] = int_arg(a, v);
+        else if (!strcmp(a, "--broker-pid") && n_broker_pids < MAX_PIDS) broker_pids[n_broker_pids++] = int_arg(a, v);
         else usage();
     }
     /* senders: at most 64, the batch that send_messages() flushes at once */
@@ -561,10 +574,11 @@ int main(int argc, char **argv) {
     window_end = window_start + (uint64_t)(duration * 1e9);
     if (open_mode) {
         timer_fd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK);
+        if (timer_fd < 0) fail("timerfd_create failed");
         struct itimerspec spec = {.it_interval = {0, 250000}, .it_value = {0, 250000}};
-        timerfd_settime(timer_fd, 0, &spec, NULL);
+        if (timerfd_settime(timer_fd, 0, &spec, NULL) < 0) fail("timerfd_settime failed");
         struct epoll_event ev = {.events = EPOLLIN, .data.u64 = TIMER_TAG};
-        epoll_ctl(epfd, EPOLL_CTL_ADD, timer_fd, &ev);
+        if (epoll_ctl(epfd, EPOLL_CTL_ADD, timer_fd, &ev) < 0) fail("epoll_ctl ADD of the send timer failed");
         for (int r = 0; r < n_rooms; r++) rooms[r].next_due = t0 + (uint64_t)(1e9 / rate_per_room * r / n_rooms);
     } else {
         for (int r = 0; r < n_rooms; r++) pump_closed(r);

@@ -25,6 +25,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
+#include <limits.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <sched.h>
@@ -622,9 +623,9 @@ static void run_rate(void) {
     int tfd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
     if (tfd < 0) die("timerfd_create");
     struct itimerspec tick = {.it_interval = {0, RATE_TICK_NS}, .it_value = {0, RATE_TICK_NS}};
-    timerfd_settime(tfd, 0, &tick, NULL);
+    if (timerfd_settime(tfd, 0, &tick, NULL) < 0) die("timerfd_settime");
     struct epoll_event ev = {.events = EPOLLIN, .data.u32 = TIMER_TAG};
-    epoll_ctl(ep, EPOLL_CTL_ADD, tfd, &ev);
+    if (epoll_ctl(ep, EPOLL_CTL_ADD, tfd, &ev) < 0) die("epoll_ctl adding the rate timer");
     double start = now(), warm_until = start + opt.warmup, end = warm_until + opt.duration;
     long issued = 0;
     for (double t = now(); t < end; t = now()) {
@@ -804,6 +805,10 @@ static double parse_double(const char *name, const char *text) {
 
 static int parse_int(const char *name, const char *text) {
     double v = parse_double(name, text);
+    if (v > INT_MAX) { /* checked before the cast: converting a double out of int's range is undefined */
+        fprintf(stderr, "loadgen: --%s is out of range (at most %d), not %s\n", name, INT_MAX, text);
+        exit(2);
+    }
     if (v != (double)(int)v) {
         fprintf(stderr, "loadgen: --%s wants a whole number, not %s\n", name, text);
         exit(2);

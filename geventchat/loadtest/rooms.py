@@ -124,7 +124,8 @@ class RoomSession(ChatSession):
         self._joined_at = 0.0
         # Expected deliveries counted per message until its echo comes back (one in flight; say() waits for it).
         self._counted: dict[str, int] = {}
-        # Those of the message whose echo came last, until an 'error:' right after it claims them.
+        # Those of the message whose echo was the last event read, for the 'error:' that may come right after it
+        # (the server writes an echo and its refusal together); any other event ends that chance.
         self._after_echo: int | None = None
 
     @property
@@ -178,6 +179,8 @@ class RoomSession(ChatSession):
         except ChatClientError as exc:
             return self._error("echo", started, exc)
         except Empty:
+            # Its echo never came: nothing may claim its count any more (a late echo then counts as nothing).
+            self._counted.pop(message, None)
             return self._failed("echo", started, "reply timeout", f"no reply within {self.settings.reply_timeout:g}s")
         if isinstance(reply, ChatClientError):
             return self._error("echo", started, reply)
@@ -208,6 +211,8 @@ class RoomSession(ChatSession):
             if isinstance(event, ErrorNotice) and self._after_echo is not None:
                 self._refused(self._after_echo, event.reason)
                 continue
+            # Not that echo's error: an 'error:' after this event follows no echo of ours and refuses nothing.
+            self._after_echo = None
             if not isinstance(event, Reply) or (prefix and event.text.startswith(prefix)):
                 if isinstance(event, Reply):
                     self._after_echo = self._counted.pop(event.message, 0)
