@@ -19,9 +19,8 @@ What is used, why, and what dropping it would cost (figures from docs/performanc
 - :class:`HandlerGreenlets`: :func:`spawn_handler` with greenlets reused: one that has served a client and closed its
   socket parks (up to a bound) and serves the next client accepted, instead of dying. A new greenlet costs more
   than its object: CPython 3.11 maps a fresh 16 KiB chunk for its Python frames on its first run and unmaps it
-  when it dies (an ``mmap``, page faults and a ``munmap`` per connection). Dropping it: about 20 µs of server CPU
-  per connection (``timeit`` of a greenlet made, run and ended, on the loaded 2-core machine), about 6% of a
-  churn cycle (docs/performance.md).
+  when it dies (an ``mmap``, page faults and a ``munmap`` per connection). Dropping it: server CPU per churn
+  cycle 0.81x → 1x, about 50 µs more per connection on the loaded 2-core machine (docs/performance.md, item 12).
 - :func:`read_watcher` and :func:`wait_readable`: wait for input on the socket's own read watcher
   (``gevent.socket.socket._read_event``, private), by starting it with the greenlet's ``switch`` and switching to
   the hub directly (``greenlet.switch(hub)``, skipping ``Hub.switch``). The server waits *before* ``recv()``,
