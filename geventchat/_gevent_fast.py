@@ -16,6 +16,11 @@ What is used, why, and what dropping it would cost (figures from docs/performanc
   ``_handle`` and its ``do_close`` from a function of ours instead of gevent's ``_handle_and_close_when_done``,
   whose ``handle(*args)`` (a call Python 3.11 cannot inline) adds a C-level interpreter frame to the stack
   greenlet saves for every idle client. Dropping it: see docs/performance.md (idle memory per connection).
+- :class:`HandlerGreenlets`: :func:`spawn_handler` with greenlets reused: one that has served a client and closed its
+  socket parks (up to a bound) and serves the next client accepted, instead of dying. A new greenlet costs more
+  than its object: CPython 3.11 maps a fresh 16 KiB chunk for its Python frames on its first run and unmaps it
+  when it dies (an ``mmap``, page faults and a ``munmap`` per connection). Dropping it: server CPU per churn
+  cycle 0.81x → 1x, about 50 µs more per connection on the loaded 2-core machine (docs/performance.md, item 12).
 - :func:`read_watcher` and :func:`wait_readable`: wait for input on the socket's own read watcher
   (``gevent.socket.socket._read_event``, private), by starting it with the greenlet's ``switch`` and switching to
   the hub directly (``greenlet.switch(hub)``, skipping ``Hub.switch``). The server waits *before* ``recv()``,
@@ -60,9 +65,11 @@ from typing import Any
 import gevent
 from gevent.server import StreamServer
 from gevent.socket import socket as GeventSocket
+from greenlet import getcurrent as _current
 from greenlet import greenlet as RawGreenlet
 
 __all__ = [
+    "HandlerGreenlets",
     "IdleTimeout",
     "RawGreenlet",
     "RepeatingTimer",
@@ -126,6 +133,63 @@ def spawn_handler(server: StreamServer, sock: GeventSocket, address: Any) -> Raw
     server's handle in a new raw greenlet, then its ``do_close`` (which closes ``sock``), with one C frame less
     in the greenlet's stack than gevent's own wrapper."""
     return spawn_connection(_serve_then_close, server._handle, server.do_close, sock, address)
+
+
+class HandlerGreenlets:
+    """A StreamServer's ``do_handle`` for short-lived clients: :meth:`spawn` runs the server's handle, then its
+    ``do_close``, in a raw greenlet under the hub (as :func:`spawn_handler`), and a greenlet that is done with its
+    client parks for the next one, keeping at most ``spare`` parked, instead of dying.
+
+    A parked greenlet holds no client: its frame keeps no socket, and nothing else refers to it but this pool. A
+    kill that reaches it while parked (``gevent.kill`` of a :class:`~geventchat.server.connection.Connection`'s
+    greenlet just after that client left) ends it, and :meth:`spawn` skips it. An exception out of the handle ends
+    the greenlet as before (the hub reports it): it is not reused.
+    """
+
+    __slots__ = ("_close", "_handle", "_hub", "_parked", "_spare")
+
+    def __init__(self, server: StreamServer, spare: int) -> None:
+        self._handle: Callable[[GeventSocket, Any], object] = server._handle
+        self._close: Callable[[GeventSocket, Any], object] = server.do_close
+        self._spare = spare
+        self._parked: list[RawGreenlet] = []
+        self._hub = gevent.get_hub()
+
+    @property
+    def parked(self) -> int:
+        """Greenlets parked now, waiting for a client (dead ones not yet skipped included)."""
+        return len(self._parked)
+
+    def spawn(self, sock: GeventSocket, address: Any) -> RawGreenlet:
+        """Serve ``sock`` on the hub's next loop turn, in a parked greenlet if there is one, else a new one."""
+        parked = self._parked
+        glet = None
+        while parked:  # bounded by the number parked
+            glet = parked.pop()
+            if not glet.dead:
+                break
+            glet = None
+        if glet is None:
+            glet = RawGreenlet(self._serve_clients, self._hub)
+        self._hub.loop.run_callback(glet.switch, sock, address)
+        return glet
+
+    def _serve_clients(self, sock: GeventSocket, address: Any) -> None:
+        handle = self._handle
+        close = self._close
+        parked = self._parked
+        hub = self._hub
+        while True:  # one client per turn; ends when no spare slot is left (or a kill arrives while parked)
+            # Plain positional calls: Python 3.11 runs them in this interpreter loop, not a nested C one.
+            try:
+                handle(sock, address)
+            finally:
+                close(sock, address)
+            del sock, address  # a parked greenlet must not keep its last client's socket
+            if len(parked) >= self._spare:
+                return
+            parked.append(_current())
+            sock, address = _switch(hub)  # from spawn's callback: glet.switch(sock, address)
 
 
 def read_watcher(sock: GeventSocket) -> tuple[Any, bool]:

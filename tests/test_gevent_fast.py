@@ -17,6 +17,7 @@ from gevent.socket import socket as GeventSocket
 from greenlet import greenlet as RawGreenlet
 
 from geventchat._gevent_fast import (
+    HandlerGreenlets,
     IdleTimeout,
     RepeatingTimer,
     call_soon,
@@ -259,3 +260,64 @@ def test_a_watcher_kept_started_wakes_switch_to_hub_once_per_readiness(pair: tup
     writer.sendall(b"two")
     server.join(timeout=5)
     assert got == [b"one", b"two"] and not watcher.active
+
+
+def _recording_server() -> tuple[StreamServer, list[tuple[GeventSocket, Any]], list[Any]]:
+    """A StreamServer (never started) whose handle records each client and the greenlet that served it."""
+    served: list[tuple[GeventSocket, Any]] = []
+    servers: list[Any] = []
+
+    def handle(sock: GeventSocket, address: Any) -> None:
+        served.append((sock, address))
+        servers.append(gevent.getcurrent())
+
+    return StreamServer(("127.0.0.1", 0), handle), served, servers
+
+
+def test_handler_greenlets_serve_the_next_client_in_the_greenlet_the_last_one_left() -> None:
+    server, served, servers = _recording_server()
+    assert callable(server._handle) and callable(server.do_close)  # the private handle slot and the close hook
+    greenlets = HandlerGreenlets(server, spare=4)
+    first, second = socket.socketpair()
+    third, fourth = socket.socketpair()
+    clients = [GeventSocket(fileno=s.detach()) for s in (first, second, third, fourth)]
+    try:
+        glet = greenlets.spawn(clients[0], ("127.0.0.1", 1))
+        assert type(glet) is RawGreenlet and glet.parent is gevent.get_hub()
+        wait_until(lambda: greenlets.parked == 1, timeout=5, what="the greenlet to park after its client")
+        assert served == [(clients[0], ("127.0.0.1", 1))] and clients[0].closed  # handled, then closed
+        assert not glet.dead  # the situation: parked, not ended
+        again = greenlets.spawn(clients[2], ("127.0.0.1", 2))
+        assert again is glet and greenlets.parked == 0
+        wait_until(lambda: len(served) == 2 and greenlets.parked == 1, timeout=5, what="the second client")
+        assert served[1] == (clients[2], ("127.0.0.1", 2)) and clients[2].closed
+        assert servers == [glet, glet]  # one greenlet served both
+        assert glet.gr_frame is not None and "sock" not in glet.gr_frame.f_locals  # keeps no closed socket
+    finally:
+        for client in clients:
+            client.close()
+
+
+def test_handler_greenlets_park_no_more_than_spare_and_skip_one_killed_while_parked() -> None:
+    server, served, servers = _recording_server()
+    greenlets = HandlerGreenlets(server, spare=1)
+    pairs = [socket.socketpair() for _ in range(2)]
+    clients = [GeventSocket(fileno=s.detach()) for pair in pairs for s in pair]
+    try:
+        one = greenlets.spawn(clients[0], ("127.0.0.1", 1))
+        two = greenlets.spawn(clients[2], ("127.0.0.1", 2))  # both made before either runs: two greenlets
+        assert one is not two
+        wait_until(lambda: len(served) == 2, timeout=5, what="both clients served")
+        wait_until(lambda: one.dead or two.dead, timeout=5, what="the greenlet past the spare bound to end")
+        assert greenlets.parked == 1  # the bound: one parked, the other ended
+        (parked,) = [glet for glet in (one, two) if not glet.dead]
+        gevent.kill(parked)  # as a shutdown's kill that lands after its client left
+        wait_until(lambda: parked.dead, timeout=5, what="the parked greenlet to end")
+        assert greenlets.parked == 1  # the situation: a dead greenlet is still listed
+        fresh = greenlets.spawn(clients[1], ("127.0.0.1", 3))
+        assert fresh is not parked and not fresh.dead and greenlets.parked == 0  # skipped
+        wait_until(lambda: len(served) == 3, timeout=5, what="the third client")
+        assert servers[2] is fresh
+    finally:
+        for client in clients:
+            client.close()

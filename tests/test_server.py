@@ -14,10 +14,12 @@ import pytest
 from gevent.socket import create_connection
 from gevent.socket import socket as GeventSocket
 
+from geventchat._net import unread_bytes
 from geventchat.client import ChatClient, ClosedByServer, ConnectionReset, ReplyTimeout
 from geventchat.config import Framing
 from geventchat.protocol import ErrorNotice
 from geventchat.server import ChatServer
+from geventchat.server import connection as server_connection
 from geventchat.testing import wait_until
 
 PREFIX = "我收到了你的信息:"
@@ -446,6 +448,34 @@ def test_a_polite_quit_closes_without_lingering(start_server: StartServer) -> No
     assert sock.recv(1024) == b""  # the server's FIN, while we keep our side open
     wait_until(lambda: server.stats.current == 0, timeout=3, what="the server to let go (linger is 30 s)")
     sock.close()
+
+
+def test_a_quit_with_more_input_queued_behind_it_still_lingers(
+    start_server: StartServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Reads of 16 bytes: ':q' comes in a full chunk with input still queued in the kernel, so the server asks
+    (FIONREAD), finds it, and closes lingering: the client reads the answer to ':q' and an EOF, not a reset."""
+    asked: list[int] = []
+
+    def counting_unread_bytes(sock: socket.socket) -> int:
+        asked.append(unread_bytes(sock))
+        return asked[-1]
+
+    monkeypatch.setattr(server_connection, "unread_bytes", counting_unread_bytes)
+    server = start_server(recv_size=16, linger=5)
+    sock = create_connection(server.address, timeout=5)
+    try:
+        sock.sendall(b"5\n")
+        greeting = sock.recv(1024)
+        assert greeting  # the conversation is open
+        sock.sendall(b":q\n" + b"x" * 13 + b"after the quit, unread\n" * 100)
+        received = read_to_eof(sock)
+    finally:
+        sock.close()
+    assert len(asked) == 1 and asked[0] > 0  # the situation: the kernel was asked, and input was queued
+    assert (PREFIX + ":q\n").encode() in greeting + received  # answered, and no reset cut it off
+    wait_until(lambda: server.stats.current == 0, timeout=10, what="the server to finish its lingering close")
+    assert server.stats.closed.get("quit") == 1
 
 
 def test_refused_lines_are_activity_for_the_idle_timeout(start_server: StartServer) -> None:

@@ -197,6 +197,8 @@ class Connection:
         return self._reading or (self._writing and self._stop_reason is CloseReason.TOO_SLOW)
 
     def _interrupt_wait(self) -> None:
+        # _interruptible() is False once this connection has ended, and that matters: its greenlet does not die with
+        # it but may be serving the next client by now (see Acceptor.spare_greenlets).
         if self._interruptible() and not self.greenlet.dead:
             throw(self.greenlet, TooSlow() if self._stop_reason is CloseReason.TOO_SLOW else ShutdownRequested())
 

@@ -5,6 +5,7 @@ statistics. Accepting is :mod:`.acceptor`'s, deciding whom to serve :mod:`.admis
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import secrets
@@ -17,7 +18,9 @@ import gevent
 import gevent.event
 from gevent import Greenlet
 from gevent.socket import socket as GeventSocket
+from greenlet import GreenletExit
 
+from .._gevent_fast import call_soon, throw
 from ..chat.rooms import LocalRooms, RoomService, RoomsOff
 from ..config import ServerConfig
 from ..protocol import CloseReason, format_peer
@@ -179,9 +182,15 @@ class ChatServer:
     def _kill_connections(self, timeout: float) -> None:
         # Connection greenlets are raw greenlets, which gevent.killall(block=True) cannot join: throw GreenletExit
         # into each and wait for the last one to leave (each removes itself from _connections on the way out).
+        # Thrown from the hub's next turn, as gevent.kill does, but only into a connection still being served: a
+        # greenlet whose client left meanwhile may be serving (or rejecting) the next client (spare_greenlets).
         for connection in list(self._connections):
-            gevent.kill(connection.greenlet)
+            call_soon(functools.partial(self._kill_connection, connection))
         self._drained.wait(timeout)
+
+    def _kill_connection(self, connection: Connection) -> None:
+        if connection in self._connections and not connection.greenlet.dead:
+            throw(connection.greenlet, GreenletExit())
 
     def _finish(self) -> None:
         if self._stats_greenlet is not None:
