@@ -75,14 +75,21 @@ class Results:
     def saturated(self, server: str, mode: str, key: int) -> str:
         """:func:`saturation` of the medians of one row."""
         m = self.median
-        cores = m(server, mode, key, "server_cores") or 1.0
+        cores = self.server_cores(server, mode, key)
         srv, gen = m(server, mode, key, "server_cpu"), m(server, mode, key, "loadgen_cpu")
         return saturation(srv, cores, gen, m(server, mode, key, "server_wait"), m(server, mode, key, "loadgen_wait"))
+
+    def server_cores(self, server: str, mode: str, key: int) -> float:
+        """The cores the server could use: 1 when pinned; unpinned, the machine's, but no more than its worker
+        processes (one ``--workers 1`` process busy on one of two cores is saturated, not at 50%)."""
+        cores = self.median(server, mode, key, "server_cores") or 1.0
+        workers = self.median(server, mode, key, "workers")
+        return min(cores, workers) if workers else cores
 
     def cpu_cells(self, server: str, mode: str, key: int) -> str:
         """``server CPU % | generator CPU % | saturated`` cells; the server's share is of its cores; a run-queue
         wait is shown as ``(+N% wait)``."""
-        cores = self.median(server, mode, key, "server_cores") or 1.0
+        cores = self.server_cores(server, mode, key)
 
         def share(cpu_field: str, wait_field: str, divisor: float) -> str:
             cpu, wait = self.median(server, mode, key, cpu_field), self.median(server, mode, key, wait_field)
@@ -259,7 +266,8 @@ def _workers_section(r: Results) -> list[str]:
         "",
         "Nothing is pinned: with two cores the generator cannot have one of its own, so replies/s says little about"
         " the workers; server CPU µs per reply (the whole process tree's CPU over its replies) is the figure to"
-        " compare. Server CPU is the share of both cores.",
+        " compare. Server CPU is the share of the cores its workers can use: one per worker process, at most the"
+        " machine's two (the supervisor's own CPU, next to nothing, is counted in the tree).",
         "",
         "| server | connections | replies/s | server CPU µs/reply | p99 ms | server CPU | generator CPU | saturated |",
         "|---|---:|---:|---:|---:|---:|---:|---|",
