@@ -680,3 +680,40 @@ def test_a_server_accepts_clients_only_once_its_broker_answered(redis_server: Re
         assert isinstance(server.rooms, RedisRooms) and server.rooms.available  # from the first client on
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize("going", ["leave", "part"])
+def test_leaving_right_after_a_join_drops_the_member_from_its_old_room_too(
+    redis_server: RedisServer, going: str
+) -> None:
+    """A member stays in its old room on its server until its join notice comes back from Redis. Leaving (':join b'
+    then ':leave' in one chunk) or going (':join b' then ':q') before that must drop it from the old room as well:
+    it used to keep receiving the old room's lines, and a gone member stayed in it for good."""
+    rooms = RedisRooms(redis_server.url, server_id="s1", max_rooms=100, max_line=65536)
+    rooms.start(wait=10)
+    try:
+        other = Fake(rooms.barrier)
+        rooms.connect(other)
+        rooms.join(other, "a")
+        in_flight = 0
+        for index in range(30):  # bounded; the race is hit in some of them (counted below)
+            member = Fake(rooms.barrier)
+            rooms.connect(member)
+            rooms.join(member, "a")
+            rooms.barrier()
+            assert rooms.join(member, "b").startswith(b"ok: joined #b")
+            seat = rooms._seats[member]
+            in_flight += seat.id in rooms._entering  # its join notice not read back yet
+            if going == "leave":
+                assert rooms.leave(member) == b"ok: left #b\n"
+            else:
+                rooms.part(member, "quit")
+            rooms.barrier()
+            assert rooms.say(other, f"hello {index}") is None
+            assert not [line for line in member.take() if b"hello" in line]  # no line of its old room
+            if going == "leave":
+                rooms.part(member, "quit")
+        assert in_flight > 0  # the situation: some left while their join was still in flight
+        assert list(rooms._local_rooms.get("a", {})) == [other]  # nobody gone is left behind in #a
+    finally:
+        rooms.stop()

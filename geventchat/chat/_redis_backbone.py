@@ -273,6 +273,13 @@ class RedisBackbone:
                 del self._joining[entry.key]
         return entry
 
+    def _abandon_going(self, member: Member, member_id: str) -> None:
+        """The member leaves or goes with a join perhaps still in flight: forget the join, and drop it from its old
+        room here too, where it stays until its join notice comes back (which then no longer counts)."""
+        entry = self._abandon(member_id)
+        if entry is not None and entry.old is not None and entry.old != entry.key:
+            self._drop_local(member, entry.old)
+
     def _entered(self, member_id: str, key: str) -> None:
         """The member's join notice came back (or the connection that carried it was lost): from now on this server
         delivers it the room's lines, and no longer its old room's."""

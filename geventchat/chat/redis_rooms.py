@@ -217,7 +217,7 @@ class RedisRooms(RedisBackbone):
         except BrokerUnavailable:
             return ROOMS_UNAVAILABLE
         seat.room = None
-        self._abandon(seat.id)
+        self._abandon_going(member, seat.id)
         self._drop_local(member, room)
         return ok_left(seat.room_name)
 
@@ -289,7 +289,7 @@ class RedisRooms(RedisBackbone):
         if seat is None:
             return
         del self._by_id[seat.id]
-        self._abandon(seat.id)
+        self._abandon_going(member, seat.id)
         if seat.room is not None:
             self._drop_local(member, seat.room)
         notice = _around_room(lambda shown: info_left(seat.nick, shown, reason))
