@@ -174,6 +174,15 @@ class HandlerGreenlets:
         self._hub.loop.run_callback(glet.switch, sock, address)
         return glet
 
+    def close(self) -> None:
+        """No more parking, and end the parked greenlets (each on the hub's next turn, as :func:`gevent.kill` ends a
+        raw greenlet): a parked frame refers to this pool and the server's handle, a cycle through a suspended
+        greenlet that the garbage collector cannot free, so a stopped server would otherwise live on."""
+        self._spare = 0
+        parked, self._parked = self._parked, []
+        for glet in parked:
+            gevent.kill(glet)
+
     def _serve_clients(self, sock: GeventSocket, address: Any) -> None:
         handle = self._handle
         close = self._close

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import socket
 import struct
 import time
+import weakref
 from collections.abc import Callable
+from typing import Any
 
 import gevent
 import gevent.pool
@@ -16,7 +19,7 @@ from gevent.socket import socket as GeventSocket
 
 from geventchat._net import unread_bytes
 from geventchat.client import ChatClient, ClosedByServer, ConnectionReset, ReplyTimeout
-from geventchat.config import Framing
+from geventchat.config import Framing, ServerConfig
 from geventchat.protocol import ErrorNotice
 from geventchat.server import ChatServer
 from geventchat.server import connection as server_connection
@@ -593,3 +596,28 @@ def test_the_handshake_timeout_stays_armed_unless_the_idle_timeout_is_shorter(
         assert connection.conversation.handshake_done  # the situation: the timeout line was read
         assert connection._timeout is not None and connection._timeout.pending
         assert connection._timeout.seconds == armed_seconds
+
+
+def _serve_three_clients_then_stop() -> tuple[weakref.ref[ChatServer], list[Any]]:
+    server = ChatServer(ServerConfig(host="127.0.0.1", port=0, stats_interval=0, linger=1.0))
+    server.start()
+    for _ in range(3):
+        with connect(server, idle_timeout=5) as client:
+            assert client.request("hi").message == "hi"
+            client.quit(wait_for_close=True)
+    acceptor = server._acceptor
+    assert acceptor is not None
+    wait_until(lambda: acceptor._greenlets.parked > 0, what="a greenlet to park")  # the situation
+    parked = list(acceptor._greenlets._parked)
+    server.stop()
+    return weakref.ref(server), parked
+
+
+def test_a_stopped_server_is_freed_with_its_parked_greenlets() -> None:
+    """Greenlets parked for the next clients refer to the server (its handle): stopping it must end them, or the
+    server, its rooms and its statistics live as long as the process (a cycle through suspended greenlets that
+    the garbage collector cannot free)."""
+    freed, parked = _serve_three_clients_then_stop()
+    wait_until(lambda: all(glet.dead for glet in parked), what="the parked greenlets to end")
+    gc.collect()
+    assert freed() is None

@@ -38,6 +38,10 @@ class Acceptor(QuietAcceptServer):
         super().__init__(listener, handle, spawn=spawn_connection)
         self._greenlets = HandlerGreenlets(self, self.spare_greenlets)
 
+    def close(self) -> None:
+        super().close()
+        self._greenlets.close()  # greenlets still serving a client end with it instead of parking
+
     def do_handle(self, sock: GeventSocket, address: tuple[str, int]) -> None:
         # gevent's do_handle spawns its own wrapper, one C frame deeper (see _gevent_fast.spawn_handler), in a new
         # greenlet per client.
