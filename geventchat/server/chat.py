@@ -7,10 +7,10 @@ Made lazily, on the first line that concerns chat (a command): a client that nev
 
 from __future__ import annotations
 
-import threading
 import time
+import weakref
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import gevent
 import gevent.lock
@@ -59,18 +59,17 @@ class _TurnFlush:
                 raise
 
 
-class _HubLocal(threading.local):
-    # gevent runs one hub per thread, and a turn is that hub's: one _TurnFlush per thread, made on first use.
-    turn_flush: _TurnFlush | None = None
-
-
-_hub_local = _HubLocal()
+# A turn is its hub's: one _TurnFlush per hub (gevent runs one per thread), made on first use. Keyed by the hub
+# itself, not a threading.local: in a monkey-patched process (a server embedded in a Locust run) threading.local
+# is gevent's, one per greenlet, and every member would get a flush of its own.
+_turn_flushes: weakref.WeakKeyDictionary[Any, _TurnFlush] = weakref.WeakKeyDictionary()
 
 
 def _turn_flush() -> _TurnFlush:
-    flush = _hub_local.turn_flush
+    hub = gevent.get_hub()
+    flush = _turn_flushes.get(hub)
     if flush is None:
-        flush = _hub_local.turn_flush = _TurnFlush()
+        flush = _turn_flushes[hub] = _TurnFlush()
     return flush
 
 
@@ -222,10 +221,14 @@ class ChatMember:
                 finally:
                     lock.release()
             while True:  # bounded: ends when the outbox is empty (each round takes everything queued)
-                data = self.outbox.take()
-                if not data:
-                    return
                 with lock:
+                    # Taken under the lock: the connection may have written its ':q' reply (or bye) meanwhile and
+                    # begun closing, and nothing may follow that.
+                    if self._closing:
+                        return
+                    data = self.outbox.take()
+                    if not data:
+                        return
                     self._pending = data
                     self._cut_at = 0
                     self._send_pending(sock_send)
