@@ -19,17 +19,22 @@ once it accepts.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import itertools
-import os
 import socket
 import sys
 from collections.abc import Callable
 
-from geventchat._listening import format_listening_line
-
-from .refservers import BACKLOG, BYE_IDLE, DEFAULT_TIMEOUT, GREETING, MAX_LINE, PREFIX, negotiate
+from .refservers import (
+    BACKLOG,
+    BYE_IDLE,
+    DEFAULT_TIMEOUT,
+    GREETING,
+    MAX_LINE,
+    PREFIX,
+    negotiate,
+    run_reference,
+)
 
 #: The broadcast references by name (the order reports list them in).
 NAMES = ("gevent-broadcast", "uvloop-broadcast")
@@ -46,14 +51,6 @@ def room_name(argument: bytes) -> bytes:
 def joined_reply(room: bytes, members: int) -> bytes:
     noun = b"member" if members == 1 else b"members"
     return b"ok: joined #%s (%d %s)\n" % (room, members, noun)
-
-
-def _listener(host: str, port: int) -> socket.socket:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    sock.listen(BACKLOG)
-    return sock
 
 
 # --------------------------------------------------------------------------------------------- gevent broadcast
@@ -253,25 +250,9 @@ def serve(name: str, sock: socket.socket, ready: Callable[[], None]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.broadcast_refs", description=__doc__)
-    parser.add_argument("name", choices=NAMES)
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=0)
-    parser.add_argument("--cpu", type=int, default=None, help="pin this process to one CPU")
-    args = parser.parse_args(argv)
-    if args.cpu is not None:
-        os.sched_setaffinity(0, {args.cpu})
-    sock = _listener(args.host, args.port)
-    host, port = sock.getsockname()[:2]
-
-    def ready() -> None:
-        print(format_listening_line((host, port), name=args.name), flush=True)
-
-    try:
-        serve(args.name, sock, ready)
-    except KeyboardInterrupt:
-        return 0
-    return 0
+    return run_reference(
+        argv, prog="python -m benchmarks.broadcast_refs", description=__doc__, names=NAMES, serve=serve
+    )
 
 
 if __name__ == "__main__":

@@ -46,7 +46,8 @@ def negotiate(line: bytes) -> float:
     return min(max(requested, MIN_TIMEOUT), MAX_TIMEOUT)
 
 
-def _listener(host: str, port: int) -> socket.socket:
+def listener(host: str, port: int) -> socket.socket:
+    """A listening IPv4 TCP socket (stdlib, blocking) for a reference server."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
@@ -235,16 +236,25 @@ def serve(name: str, sock: socket.socket, ready: Callable[[], None]) -> None:
         raise ValueError(f"unknown reference server {name!r}; choose from {', '.join(NAMES)}")
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.refservers", description=__doc__)
-    parser.add_argument("name", choices=NAMES)
+def run_reference(
+    argv: list[str] | None,
+    *,
+    prog: str,
+    description: str | None,
+    names: tuple[str, ...],
+    serve: Callable[[str, socket.socket, Callable[[], None]], None],
+) -> int:
+    """The command line of a module of reference servers (this one, :mod:`benchmarks.broadcast_refs`): listen,
+    print the listening line the runner waits for once ``serve`` says it accepts, run until killed."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("name", choices=names)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--cpu", type=int, default=None, help="pin this process to one CPU")
     args = parser.parse_args(argv)
     if args.cpu is not None:
         os.sched_setaffinity(0, {args.cpu})
-    sock = _listener(args.host, args.port)
+    sock = listener(args.host, args.port)
     host, port = sock.getsockname()[:2]
 
     def ready() -> None:
@@ -255,6 +265,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 0
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_reference(argv, prog="python -m benchmarks.refservers", description=__doc__, names=NAMES, serve=serve)
 
 
 if __name__ == "__main__":
