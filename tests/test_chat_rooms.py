@@ -170,22 +170,6 @@ def test_leave_and_not_in_a_room() -> None:
     assert run(rooms, a, ":rooms") == b"ok: 0 rooms\n"
 
 
-def test_say_reaches_every_other_member_of_the_room_only() -> None:
-    rooms = LocalRooms()
-    a, b, c, elsewhere, nowhere = connect(rooms, "a", "b", "c", "d", "e")
-    for member in (a, b, c):
-        run(rooms, member, ":join r")
-    run(rooms, elsewhere, ":join s")
-    for member in (a, b, c, elsewhere):
-        member.take()
-    assert rooms.say(b, "hi all") is None
-    assert a.take() == c.take() == [b"#r b: hi all\n"]
-    assert b.take() == []  # the sender has its echo reply
-    assert elsewhere.take() == nowhere.take() == []
-    assert rooms.say(nowhere, "anyone?") is None  # not in a room: the echo alone
-    assert a.take() == b.take() == c.take() == elsewhere.take() == []
-
-
 def test_who_lists_100_sorted_then_counts_the_rest() -> None:
     rooms = LocalRooms()
     nicks = [f"m{i:03d}" for i in range(130)]
