@@ -12,11 +12,11 @@ What is used, why, and what dropping it would cost (figures from docs/performanc
   ``loop`` stored in a per-greenlet dict). Dropping it for ``gevent.spawn_raw``: about 0.15 KB more per idle
   client (tracemalloc, 20,000 waiting greenlets); for ``gevent.spawn``: about 0.7 KB (links, a result slot, the
   captured spawning stack).
-- :func:`spawn_handler`: a StreamServer's ``do_handle`` for :func:`spawn_connection`, calling the server's private
-  ``_handle`` and its ``do_close`` from a function of ours instead of gevent's ``_handle_and_close_when_done``,
-  whose ``handle(*args)`` (a call Python 3.11 cannot inline) adds a C-level interpreter frame to the stack
-  greenlet saves for every idle client. Dropping it: see docs/performance.md (idle memory per connection).
-- :class:`HandlerGreenlets`: :func:`spawn_handler` with greenlets reused: one that has served a client and closed its
+- :class:`HandlerGreenlets`: a StreamServer's ``do_handle`` in :func:`spawn_connection` greenlets, calling the
+  server's private ``_handle`` and its ``do_close`` from a function of ours instead of gevent's
+  ``_handle_and_close_when_done``, whose ``handle(*args)`` (a call Python 3.11 cannot inline) adds a C-level
+  interpreter frame to the stack greenlet saves for every idle client (dropping that: see docs/performance.md, idle
+  memory per connection); and with greenlets reused: one that has served a client and closed its
   socket parks (up to a bound) and serves the next client accepted, instead of dying. A new greenlet costs more
   than its object: CPython 3.11 maps a fresh 16 KiB chunk for its Python frames on its first run and unmaps it
   when it dies (an ``mmap``, page faults and a ``munmap`` per connection). Dropping it: server CPU per churn
@@ -78,7 +78,6 @@ __all__ = [
     "plain_socket",
     "read_watcher",
     "spawn_connection",
-    "spawn_handler",
     "switch_to_hub",
     "throw",
     "wait_readable",
@@ -88,7 +87,6 @@ __all__ = [
 #: adds no frame to the stack greenlet saves while a client is idle. A caller that keeps a read watcher started
 #: with its greenlet's ``switch`` (see :func:`wait_readable`) waits for input with it alone, per message.
 switch_to_hub: Callable[[Any], Any] = RawGreenlet.switch
-_switch = switch_to_hub
 # libev/libuv's event mask for "readable".
 _READ = 1
 
@@ -115,29 +113,9 @@ def spawn_connection(function: Callable[..., object], *args: object) -> RawGreen
     return glet
 
 
-def _serve_then_close(
-    handle: Callable[[GeventSocket, Any], object],
-    close: Callable[[GeventSocket, Any], object],
-    sock: GeventSocket,
-    address: Any,
-) -> None:
-    # Plain positional calls: Python 3.11 runs them in the caller's interpreter loop, not a nested C one.
-    try:
-        handle(sock, address)
-    finally:
-        close(sock, address)
-
-
-def spawn_handler(server: StreamServer, sock: GeventSocket, address: Any) -> RawGreenlet:
-    """What ``StreamServer.do_handle(sock, address)`` does when its spawn is :func:`spawn_connection`: run the
-    server's handle in a new raw greenlet, then its ``do_close`` (which closes ``sock``), with one C frame less
-    in the greenlet's stack than gevent's own wrapper."""
-    return spawn_connection(_serve_then_close, server._handle, server.do_close, sock, address)
-
-
 class HandlerGreenlets:
     """A StreamServer's ``do_handle`` for short-lived clients: :meth:`spawn` runs the server's handle, then its
-    ``do_close``, in a raw greenlet under the hub (as :func:`spawn_handler`), and a greenlet that is done with its
+    ``do_close``, in a raw greenlet under the hub (:func:`spawn_connection`), and a greenlet that is done with its
     client parks for the next one, keeping at most ``spare`` parked, instead of dying.
 
     A parked greenlet holds no client: its frame keeps no socket, and nothing else refers to it but this pool. A
@@ -170,7 +148,7 @@ class HandlerGreenlets:
                 break
             glet = None
         if glet is None:
-            glet = RawGreenlet(self._serve_clients, self._hub)
+            return spawn_connection(self._serve_clients, sock, address)
         self._hub.loop.run_callback(glet.switch, sock, address)
         return glet
 
@@ -198,7 +176,7 @@ class HandlerGreenlets:
             if len(parked) >= self._spare:
                 return
             parked.append(_current())
-            sock, address = _switch(hub)  # from spawn's callback: glet.switch(sock, address)
+            sock, address = switch_to_hub(hub)  # from spawn's callback: glet.switch(sock, address)
 
 
 def read_watcher(sock: GeventSocket) -> tuple[Any, bool]:
@@ -226,7 +204,7 @@ def wait_readable(watcher: Any, wake: Callable[[], object], hub: Any) -> None:
     waits again by itself when nothing is there, or expect ``BlockingIOError`` from a :func:`plain_socket`."""
     watcher.start(wake)
     try:
-        _switch(hub)
+        switch_to_hub(hub)
     finally:
         watcher.stop()
 

@@ -25,7 +25,6 @@ from geventchat._gevent_fast import (
     plain_socket,
     read_watcher,
     spawn_connection,
-    spawn_handler,
     switch_to_hub,
     throw,
     wait_readable,
@@ -219,20 +218,6 @@ def test_idle_timeout_keeps_no_dict_and_raises_what_it_was_given() -> None:
         with IdleTimeout(0.01, TookTooLong) as timeout:
             assert vars(timeout) == {}  # every attribute gevent.Timeout set went to a slot
             gevent.sleep(5)
-
-
-def test_spawn_handler_runs_the_servers_handle_then_its_close_in_a_raw_greenlet(
-    pair: tuple[GeventSocket, ...],
-) -> None:
-    reader, _writer = pair
-    handled = gevent.event.AsyncResult()
-    server = StreamServer(("127.0.0.1", 0), lambda sock, address: handled.set((sock, address, gevent.getcurrent())))
-    assert callable(server._handle) and callable(server.do_close)  # the private handle slot and the close hook
-    glet = spawn_handler(server, reader, ("127.0.0.1", 1))
-    assert type(glet) is RawGreenlet
-    assert handled.get(timeout=5) == (reader, ("127.0.0.1", 1), glet)  # the situation: handle ran, in glet
-    wait_until(lambda: glet.dead, timeout=5, what="the handler greenlet to finish")
-    assert reader.closed  # then StreamServer.do_close closed the socket, as gevent's wrapper does
 
 
 def test_a_watcher_kept_started_wakes_switch_to_hub_once_per_readiness(pair: tuple[GeventSocket, ...]) -> None:

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from gevent.socket import socket as GeventSocket
 
 from .._accept import QuietAcceptServer
-from .._gevent_fast import HandlerGreenlets, spawn_connection
+from .._gevent_fast import HandlerGreenlets
 from .._net import bind_tcp
 
 __all__ = ["Acceptor", "create_listener"]
@@ -35,7 +35,7 @@ class Acceptor(QuietAcceptServer):
     spare_greenlets = 64
 
     def __init__(self, listener: GeventSocket, handle: Callable[[GeventSocket, tuple[str, int]], None]) -> None:
-        super().__init__(listener, handle, spawn=spawn_connection)
+        super().__init__(listener, handle)
         self._greenlets = HandlerGreenlets(self, self.spare_greenlets)
 
     def close(self) -> None:
@@ -43,7 +43,7 @@ class Acceptor(QuietAcceptServer):
         self._greenlets.close()  # greenlets still serving a client end with it instead of parking
 
     def do_handle(self, sock: GeventSocket, address: tuple[str, int]) -> None:
-        # gevent's do_handle spawns its own wrapper, one C frame deeper (see _gevent_fast.spawn_handler), in a new
+        # gevent's do_handle spawns its own wrapper, one C frame deeper (see _gevent_fast.HandlerGreenlets), in a new
         # greenlet per client.
         try:
             self._greenlets.spawn(sock, address)
