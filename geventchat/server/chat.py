@@ -16,7 +16,7 @@ import gevent
 import gevent.lock
 from gevent import Greenlet
 
-from .._gevent_fast import call_soon
+from .._gevent_fast import call_soon, plain_socket
 from ..chat.outbox import Outbox
 from ..chat.rooms import RoomService, answer
 from ..protocol.chat import TOO_FAST, Join, Leave, PrivateMessage, RateLimiter, parse_command
@@ -115,12 +115,13 @@ class ChatMember:
         self._lock_handed = False  # write_lock taken by _flush() for a writer not started yet
         self._stats = connection.server.stats
         self._turn = _turn_flush()
-        # Sends what it can now or raises BlockingIOError: gevent's socket.send with timeout 0.0 does not wait. TLS:
-        # None, every line goes through the writer greenlet (an SSL socket may need to read to write, and a record
-        # cut by EAGAIN must be retried with the same bytes: not for the hub). Made on the first command, so after
-        # the TLS handshake.
-        self._send_now: Callable[[bytes, int, float], int] | None = (
-            connection.sock.send if connection.server.tls is None else None
+        # Sends what it can now or raises BlockingIOError: the stdlib socket inside gevent's (non-blocking at the
+        # OS level), without gevent's Python wrapper, as the connection's plain loop sends. TLS: None, every line
+        # goes through the writer greenlet (an SSL socket may need to read to write, and a record cut by EAGAIN
+        # must be retried with the same bytes: not for the hub). Made on the first command, so after the TLS
+        # handshake.
+        self._send_now: Callable[[bytes], int] | None = (
+            plain_socket(connection.sock).send if connection.server.tls is None else None
         )
         service.connect(self)
 
@@ -191,7 +192,7 @@ class ChatMember:
         send_now = self._send_now
         assert send_now is not None  # scheduled for plain TCP only
         try:
-            sent = send_now(data, 0, 0.0)
+            sent = send_now(data)
         except BlockingIOError:
             sent = 0  # the socket buffer is full
         except OSError:
