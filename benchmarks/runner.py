@@ -220,6 +220,20 @@ class RunningServer:
         self.process.kill()
 
 
+def run_json(command: list[str], *, timeout: float, what: str) -> dict[str, Any]:
+    """Run a measuring process (a load generator, the GC probe) to its end; its record is the last JSON line it
+    printed. Raises :class:`BenchmarkError` naming ``what`` if it failed, printed none or overran ``timeout``."""
+    try:
+        result = subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False)
+    except subprocess.TimeoutExpired as exc:
+        raise BenchmarkError(f"{what} did not finish within {timeout:.0f}s") from exc
+    lines = [line for line in result.stdout.splitlines() if line.startswith("{")]
+    if result.returncode != 0 or not lines:
+        raise BenchmarkError(f"{what} failed: {result.stderr.strip()[-500:]}")
+    record: dict[str, Any] = json.loads(lines[-1])
+    return record
+
+
 def loadgen(
     mode: str,
     server: RunningServer,
@@ -240,11 +254,7 @@ def loadgen(
     ]
     if pinned and LOADGEN_CPU is not None:
         command += ["--cpu", str(LOADGEN_CPU)]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False)
-    lines = [line for line in result.stdout.splitlines() if line.startswith("{")]
-    if result.returncode != 0 or not lines:
-        raise BenchmarkError(f"load generator ({generator.name}) {mode} failed: {result.stderr.strip()[-500:]}")
-    record: dict[str, Any] = json.loads(lines[-1])
+    record = run_json(command, timeout=timeout, what=f"load generator ({generator.name}) {mode}")
     record["generator"] = generator.name
     # CPU shares are of one core for the generator (single-threaded) and of the cores the server may use.
     record["server_cores"] = 1 if server.spec.pinned and SERVER_CPU is not None else len(_CPUS)
@@ -330,12 +340,7 @@ def gc_pauses(connections: int, tuning: str) -> dict[str, Any]:
     command = [PYTHON, "-m", "benchmarks.gcpause", "--connections", str(connections), "--gc-tuning", tuning]
     if SERVER_CPU is not None and LOADGEN_CPU is not None:
         command += ["--cpu", str(SERVER_CPU), "--loadgen-cpu", str(LOADGEN_CPU)]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
-    lines = [line for line in result.stdout.splitlines() if line.startswith("{")]
-    if result.returncode != 0 or not lines:
-        raise BenchmarkError(f"gc pause measurement failed: {result.stderr.strip()[-500:]}")
-    record: dict[str, Any] = json.loads(lines[-1])
-    return record
+    return run_json(command, timeout=600, what="gc pause measurement")
 
 
 def _read_record(process: subprocess.Popen[str], timeout: float) -> dict[str, Any]:
