@@ -18,11 +18,8 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
-import shutil
 import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -32,11 +29,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from geventchat.testing import descendants
+from geventchat.testing import RedisServer, RedisServerFailed, RedisServerMissing, descendants, summed
 
 from . import cbuild
 from .loadgen import run_wait_seconds
-from .runner import LOADGEN_CPU, PYTHON, BenchmarkError, RunningServer, ServerSpec, geventchat_command
+from .runner import LOADGEN_CPU, PYTHON, BenchmarkError, RunningServer, ServerSpec, geventchat_command, run_json, save
 from .saturation import saturation
 
 RESULTS = Path(__file__).parent / "results"
@@ -89,60 +86,25 @@ class RedisMissing(BenchmarkError):
     """``redis-server`` is not installed: the Redis mode cannot be measured here (install the Debian package)."""
 
 
-@dataclass
-class Redis:
-    """A ``redis-server`` for the Redis mode: loopback, free port, persistence off, in a temporary directory."""
-
-    port: int
-    process: subprocess.Popen[bytes]
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
-def _answers_ping(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
-            sock.sendall(b"PING\r\n")
-            return sock.recv(16).startswith(b"+PONG")
-    except OSError:
-        return False
-
-
 @contextmanager
-def redis_server(timeout: float = 10.0) -> Iterator[Redis]:
-    """Start ``redis-server``, wait (bounded) until it answers PING, and kill it on the way out."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        raise RedisMissing("redis-server not found: install the Debian package redis-server for the Redis mode")
+def redis_server() -> Iterator[RedisServer]:
+    """A ``redis-server`` for the Redis mode (:class:`geventchat.testing.RedisServer`, in a temporary directory),
+    killed on the way out."""
     with tempfile.TemporaryDirectory(prefix="fanout-redis-") as directory:
-        port = _free_port()
-        command = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-        command += ["--dir", directory, "--loglevel", "warning"]
-        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
-            deadline = time.monotonic() + timeout
-            while not _answers_ping(port):
-                if process.poll() is not None:
-                    raise BenchmarkError(f"redis-server exited with {process.returncode} before answering")
-                if time.monotonic() > deadline:
-                    raise BenchmarkError(f"redis-server on port {port} did not answer PING within {timeout}s")
-                time.sleep(0.05)  # a process starting: nothing to wait on but its port
-            yield Redis(port, process)
+            server = RedisServer(Path(directory))
+            server.start()
+        except RedisServerMissing as exc:
+            raise RedisMissing(f"{exc} for the Redis mode") from exc
+        except RedisServerFailed as exc:
+            raise BenchmarkError(str(exc)) from exc
+        try:
+            yield server
         finally:
-            process.kill()
-            process.wait(10)
+            server.stop()
 
 
-def server_spec(name: str, redis: Redis | None) -> ServerSpec:
+def server_spec(name: str, redis: RedisServer | None) -> ServerSpec:
     """How to start fan-out server ``name`` (the Redis mode needs ``redis``)."""
     if name == GEVENTCHAT:
         return ServerSpec(name, geventchat_command("--room-rate", "0"))
@@ -220,20 +182,13 @@ def generate(
         command += ["--broker-pid", str(broker_pid)]
     timeout = 120 + settings.duration + settings.warmup + settings.drain
     server_pids = descendants(server.pid)
-    waited_before = sum(run_wait_seconds(pid) for pid in server_pids)
+    waited_before = summed(run_wait_seconds, server_pids)
     started = time.monotonic()
-    try:
-        result = subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False)
-    except subprocess.TimeoutExpired as exc:
-        raise BenchmarkError(f"the fan-out generator did not finish within {timeout:.0f}s") from exc
-    lines = [line for line in result.stdout.splitlines() if line.startswith("{")]
-    if result.returncode != 0 or not lines:
-        raise BenchmarkError(f"the fan-out generator failed: {result.stderr.strip()[-500:]}")
-    record: dict[str, Any] = json.loads(lines[-1])
+    record = run_json(command, timeout=timeout, what="the fan-out generator")
     record["shared_cores"] = not server.spec.pinned
     # The server's run-queue wait over the whole run (setup and drain included: the generator measures only its
     # window, so this is an estimate): a pinned server that waited for its core was held back by other work.
-    waited = sum(run_wait_seconds(pid) for pid in server_pids) - waited_before
+    waited = summed(run_wait_seconds, server_pids) - waited_before
     record["server_wait"] = waited / max(time.monotonic() - started, 1e-9)
     return record
 
@@ -296,7 +251,7 @@ def run_phase(preset: str, log: Callable[[str], None] = print) -> dict[str, Any]
 
 
 @contextmanager
-def _maybe_redis(settings: FanoutSettings, log: Callable[[str], None]) -> Iterator[Redis | None]:
+def _maybe_redis(settings: FanoutSettings, log: Callable[[str], None]) -> Iterator[RedisServer | None]:
     if REDIS_MODE not in settings.servers:
         yield None
         return
@@ -314,7 +269,7 @@ def _measure(
     size: int,
     settings: FanoutSettings,
     *,
-    redis: Redis | None,
+    redis: RedisServer | None,
     rate_per_room: float | None = None,
     window: int | None = None,
     log: Callable[[str], None],
@@ -324,7 +279,7 @@ def _measure(
         server = RunningServer(server_spec(name, redis))
         try:
             wait_rooms_ready(server.port)
-            broker = redis.process.pid if redis is not None and name == REDIS_MODE else None
+            broker = redis.proc.pid if redis is not None and redis.proc is not None and name == REDIS_MODE else None
             record = generate(
                 binary, server, size, settings, rate_per_room=rate_per_room, window=window, broker_pid=broker
             )
@@ -414,13 +369,6 @@ def target_check(data: dict[str, Any], mode: str = "closed") -> dict[str, Any] |
         "ratio_hit": ratio >= TARGET_RATIO,
         "per_core_ratio": per_core / (1e6 / reference["us_per_delivery"]) if reference["us_per_delivery"] else 0.0,
     }
-
-
-def save(data: dict[str, Any], directory: Path, stem: str) -> Path:
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / f"{stem}.json"
-    path.write_text(json.dumps(data, indent=1))
-    return path
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -28,12 +28,15 @@ import os
 import re
 import resource
 import select
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import TypeVar
 
 from ._listening import format_listening_line, parse_listening_line
@@ -41,12 +44,16 @@ from ._procfs import cpu_seconds, descendants, open_fds, pss_bytes, rss_bytes, s
 
 __all__ = [
     "QUIET",
+    "RedisServer",
+    "RedisServerFailed",
+    "RedisServerMissing",
     "ServerExited",
     "ServerProcess",
     "WaitTimedOut",
     "cpu_seconds",
     "descendants",
     "format_listening_line",
+    "free_loopback_port",
     "live_greenlets",
     "open_fds",
     "parse_listening_line",
@@ -377,3 +384,79 @@ def live_greenlets() -> int:
 
     gc.collect()
     return sum(1 for obj in gc.get_objects() if isinstance(obj, greenlet.greenlet) and not obj.dead)
+
+
+def free_loopback_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listened on a moment ago (for a process that takes a port number, not a
+    socket; another process may still take it first, as with any probe)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+class RedisServerMissing(Exception):
+    """``redis-server`` is not installed (the machine's setup): install the Debian package ``redis-server``."""
+
+
+class RedisServerFailed(Exception):
+    """``redis-server`` exited or did not answer PING in time after we started it."""
+
+
+class RedisServer:
+    """One real ``redis-server`` process for tests and benchmarks: loopback, a free port, persistence off, its files
+    and log in ``directory``. :meth:`start` and :meth:`stop` may be called again (same port, same directory: a
+    restart comes back empty, as persistence is off)."""
+
+    def __init__(self, directory: Path) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise RedisServerMissing("redis-server not found: install the Debian package redis-server")
+        self.binary = binary
+        self.directory = directory
+        self.port = free_loopback_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def log(self) -> Path:
+        return self.directory / "redis.log"
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self, timeout: float = 10.0) -> None:
+        """Start and wait (bounded) until it answers PING; :class:`RedisServerFailed` if it does not."""
+        self.proc = subprocess.Popen(
+            [
+                *(self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"),
+                *("--dir", str(self.directory), "--loglevel", "warning", "--logfile", str(self.log)),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + timeout
+        while not self.ping():
+            if self.proc.poll() is not None:
+                log = self.log.read_text() if self.log.exists() else ""
+                raise RedisServerFailed(f"redis-server exited with {self.proc.returncode}; its log: {log}")
+            if time.monotonic() > deadline:
+                self.stop()
+                raise RedisServerFailed(f"redis-server on port {self.port} did not answer PING within {timeout}s")
+            time.sleep(0.02)  # a subprocess starting: nothing to wait on but its port
+
+    def ping(self) -> bool:
+        """True if it answers PING now (a blocking stdlib socket: a probe, not the code under test)."""
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=1) as sock:
+                sock.sendall(b"PING\r\n")
+                return sock.recv(16).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        """Kill it (SIGKILL: as a crash would) and wait for it to exit."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+        self.proc = None

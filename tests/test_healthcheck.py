@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 from collections.abc import Callable
 
 from geventchat.client import ChatClient
-from geventchat.testing import ServerProcess
+from geventchat.testing import ServerProcess, free_loopback_port
 
 
 def healthcheck(*args: str) -> subprocess.CompletedProcess[str]:
@@ -37,10 +36,7 @@ def test_a_full_server_is_unhealthy(server_process: Callable[..., ServerProcess]
 
 
 def test_nothing_listening_is_unhealthy_and_bad_arguments_are_usage_errors() -> None:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        free_port = probe.getsockname()[1]
-    refused = healthcheck("127.0.0.1", str(free_port))
+    refused = healthcheck("127.0.0.1", str(free_loopback_port()))
     assert refused.returncode == 1 and "unhealthy: 127.0.0.1:" in refused.stderr
     assert healthcheck("127.0.0.1", "http").returncode == 2
     assert healthcheck("--help").returncode == 2

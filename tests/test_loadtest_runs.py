@@ -25,6 +25,7 @@ from gevent.socket import socket as GeventSocket
 
 from geventchat.config import DEFAULT_GREETING, DEFAULT_PREFIX
 from geventchat.server import ChatServer
+from geventchat.testing import free_loopback_port
 
 from .test_tls import pki  # noqa: F401 - the fixture: a CA and a server certificate made for the test
 
@@ -60,9 +61,7 @@ def locust_on_two_processes(host: str, port: int, *args: str, cwd: Path) -> subp
     """``locust -f loadtest/locustfile.py --headless --processes 2 ... ARGS`` against ``host:port``: a master and
     two workers, the master on a free loopback port (Locust's default binds 5557 on every interface, so parallel
     runs would collide)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        master_port = str(probe.getsockname()[1])
+    master_port = str(free_loopback_port())
     return locust_cli(
         "-f",
         str(ROOT / "loadtest" / "locustfile.py"),
@@ -118,11 +117,7 @@ def read_lines(sock: GeventSocket, count: int) -> list[bytes]:
 
 def refused_address() -> str:
     """A loopback port nothing listens on."""
-    probe = socket.socket()
-    probe.bind(("127.0.0.1", 0))
-    port = probe.getsockname()[1]
-    probe.close()
-    return f"127.0.0.1:{port}"
+    return f"127.0.0.1:{free_loopback_port()}"
 
 
 # --------------------------------------------------------------------------------------------------- faulty servers

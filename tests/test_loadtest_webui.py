@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import urllib.error
@@ -23,7 +22,7 @@ from typing import Any
 import pytest
 
 from geventchat.loadtest.webui import CSV_ROUTE, TAB_KEY
-from geventchat.testing import ServerProcess, wait_until
+from geventchat.testing import ServerProcess, free_loopback_port, wait_until
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
@@ -54,13 +53,6 @@ class Cells(HTMLParser):
             self._cell.append(data)
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
 def get(url: str) -> bytes:
     with urllib.request.urlopen(url, timeout=5) as response:
         body: bytes = response.read()
@@ -71,7 +63,7 @@ def get(url: str) -> bytes:
 def web_ui(server_process: Callable[..., ServerProcess], tmp_path: Path) -> Iterator[str]:
     """A load test running ChatUser and ChurnUser with its web UI on 127.0.0.1; yields the UI's base URL."""
     server = server_process("--host", "127.0.0.1")
-    port = free_port()
+    port = free_loopback_port()
     log = (tmp_path / "locust.log").open("w", encoding="utf-8")
     locust = subprocess.Popen(
         [
