@@ -32,6 +32,8 @@ from .refservers import (
     GREETING,
     MAX_LINE,
     PREFIX,
+    ClientIdle,
+    IdleTimedProtocol,
     negotiate,
     run_reference,
 )
@@ -54,10 +56,6 @@ def joined_reply(room: bytes, members: int) -> bytes:
 
 
 # --------------------------------------------------------------------------------------------- gevent broadcast
-
-
-class _Idle(Exception):
-    """The client sent no complete line within its idle timeout."""
 
 
 def serve_gevent_broadcast(sock: socket.socket, ready: Callable[[], None]) -> None:
@@ -95,7 +93,7 @@ def serve_gevent_broadcast(sock: socket.socket, ready: Callable[[], None]) -> No
         try:
             conn.sendall(GREETING)
             while True:
-                with gevent.Timeout(timeout or DEFAULT_TIMEOUT, _Idle):
+                with gevent.Timeout(timeout or DEFAULT_TIMEOUT, ClientIdle):
                     line = reader.readline(MAX_LINE + 2)
                 if not line:
                     return
@@ -117,7 +115,7 @@ def serve_gevent_broadcast(sock: socket.socket, ready: Callable[[], None]) -> No
                     return
                 if room is not None:
                     broadcast(room, conn, b"#%s %s: %s\n" % (room, nick, text))
-        except _Idle:
+        except ClientIdle:
             conn.sendall(BYE_IDLE)
         except OSError:
             return
@@ -135,38 +133,17 @@ def serve_gevent_broadcast(sock: socket.socket, ready: Callable[[], None]) -> No
 # --------------------------------------------------------------------------------------------- uvloop broadcast
 
 
-class _BroadcastProtocol(asyncio.Protocol):
-    """Callbacks only: split lines, answer, ``transport.write`` the room line to each other member."""
+class _BroadcastProtocol(IdleTimedProtocol):
+    """Callbacks only: split lines, answer, ``transport.write`` the room line to each other member (the idle timer
+    is :class:`~benchmarks.refservers.IdleTimedProtocol`'s)."""
 
-    __slots__ = ("_buffer", "_deadline", "_handle", "_loop", "_timeout", "nick", "room", "rooms", "transport")
+    __slots__ = ("nick", "room", "rooms")
 
     def __init__(self, rooms: dict[bytes, set[_BroadcastProtocol]], nick: bytes) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._buffer = b""
-        self._timeout: float | None = None
-        self._deadline = 0.0
-        self._handle: asyncio.TimerHandle | None = None
+        super().__init__()
         self.rooms = rooms
         self.nick = nick
         self.room: bytes | None = None
-        self.transport: asyncio.Transport | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-        transport.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.transport.write(GREETING)  # type: ignore[union-attr]
-        self._deadline = self._loop.time() + DEFAULT_TIMEOUT
-        self._handle = self._loop.call_at(self._deadline, self._check)
-
-    def _check(self) -> None:
-        # One timer per connection, re-armed from the deadline that data_received pushes forward.
-        if self._loop.time() < self._deadline:
-            self._handle = self._loop.call_at(self._deadline, self._check)
-            return
-        self._handle = None
-        if self.transport is not None:
-            self.transport.write(BYE_IDLE)
-            self.transport.close()
 
     def _broadcast(self, line: bytes) -> None:
         assert self.room is not None
@@ -216,11 +193,8 @@ class _BroadcastProtocol(asyncio.Protocol):
         self._deadline = self._loop.time() + (self._timeout or DEFAULT_TIMEOUT)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self._handle is not None:
-            self._handle.cancel()
-            self._handle = None
         self._leave()
-        self.transport = None
+        super().connection_lost(exc)
 
 
 async def _uvloop_main(sock: socket.socket, ready: Callable[[], None]) -> None:

@@ -58,8 +58,8 @@ def listener(host: str, port: int) -> socket.socket:
 # --------------------------------------------------------------------------------------------- gevent minimal
 
 
-class _Idle(Exception):
-    pass
+class ClientIdle(Exception):
+    """The client sent no complete line within its idle timeout (a reference server says bye and closes)."""
 
 
 def serve_gevent_minimal(sock: socket.socket, ready: Callable[[], None]) -> None:
@@ -75,7 +75,7 @@ def serve_gevent_minimal(sock: socket.socket, ready: Callable[[], None]) -> None
         try:
             conn.sendall(GREETING)
             while True:
-                with gevent.Timeout(timeout or DEFAULT_TIMEOUT, _Idle):
+                with gevent.Timeout(timeout or DEFAULT_TIMEOUT, ClientIdle):
                     line = reader.readline(MAX_LINE + 2)
                 if not line:
                     return
@@ -86,7 +86,7 @@ def serve_gevent_minimal(sock: socket.socket, ready: Callable[[], None]) -> None
                 conn.sendall(PREFIX + text + b"\n")
                 if text == b":q":
                     return
-        except _Idle:
+        except ClientIdle:
             conn.sendall(BYE_IDLE)
         except OSError:
             return
@@ -140,43 +140,50 @@ async def _streams_main(sock: socket.socket, ready: Callable[[], None]) -> None:
 # --------------------------------------------------------------------------------------------- uvloop Protocol
 
 
-class _EchoProtocol(asyncio.Protocol):
-    """Callbacks only: split lines, answer, and one ``call_later`` per connection checked against a deadline."""
+class IdleTimedProtocol(asyncio.Protocol):
+    """The conversation's frame for a callbacks-only reference: the greeting on connect, and one ``call_later`` per
+    connection checked against a deadline that ``data_received`` pushes forward (the idle timeout, with its bye)."""
 
-    __slots__ = ("_buffer", "_deadline", "_handle", "_loop", "_timeout", "_transport")
+    __slots__ = ("_buffer", "_deadline", "_handle", "_loop", "_timeout", "transport")
 
     def __init__(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._buffer = b""
         self._timeout: float | None = None
-        self._transport: asyncio.Transport | None = None
+        self.transport: asyncio.Transport | None = None
         self._deadline = 0.0
         self._handle: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._transport = transport  # type: ignore[assignment]
+        self.transport = transport  # type: ignore[assignment]
         transport.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self._transport.write(GREETING)  # type: ignore[union-attr]
-        self._arm(DEFAULT_TIMEOUT)
-
-    def _arm(self, seconds: float) -> None:
-        self._deadline = self._loop.time() + seconds
-        if self._handle is not None:
-            self._handle.cancel()
+        self.transport.write(GREETING)  # type: ignore[union-attr]
+        self._deadline = self._loop.time() + DEFAULT_TIMEOUT
         self._handle = self._loop.call_at(self._deadline, self._check)
 
     def _check(self) -> None:
-        now = self._loop.time()
-        if now < self._deadline:
+        if self._loop.time() < self._deadline:
             self._handle = self._loop.call_at(self._deadline, self._check)
             return
         self._handle = None
-        if self._transport is not None:
-            self._transport.write(BYE_IDLE)
-            self._transport.close()
+        if self.transport is not None:
+            self.transport.write(BYE_IDLE)
+            self.transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+        self.transport = None
+
+
+class _EchoProtocol(IdleTimedProtocol):
+    """Callbacks only: split lines, answer (the idle timer is :class:`IdleTimedProtocol`'s)."""
+
+    __slots__ = ()
 
     def data_received(self, data: bytes) -> None:
-        transport = self._transport
+        transport = self.transport
         assert transport is not None
         if self._buffer:
             data = self._buffer + data
@@ -200,12 +207,6 @@ class _EchoProtocol(asyncio.Protocol):
         if out:
             transport.write(b"".join(out))
         self._deadline = self._loop.time() + (self._timeout or DEFAULT_TIMEOUT)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self._handle is not None:
-            self._handle.cancel()
-            self._handle = None
-        self._transport = None
 
 
 async def _protocol_main(sock: socket.socket, ready: Callable[[], None]) -> None:
