@@ -233,7 +233,8 @@ class ServerConversation:
         ):
             # The common case in one step: one whole plain line, nothing pending. The same as the line path (the
             # reply is the prefix and the line as received), with no buffering, split or join. Checked here rather
-            # than with ReceiveBuffer.whole_line(): one call fewer is 6% of this path's instructions.
+            # than with ReceiveBuffer.whole_line(): one call fewer is 6% of this path's instructions. answer_line()
+            # tests the same condition (plus no ':' and no room): change the two together.
             events: list[ServerEvent] = []
             self._accept(data[:-1], self._prefix + data, events)
             return events
@@ -258,7 +259,9 @@ class ServerConversation:
         A plain line: after the handshake, in line framing, nothing pending, ASCII, a ``\n`` ending and no
         ``\r``, within the limit, not starting with ``:`` (commands and ``:q``), and not in a chat room. Such a
         line gives :meth:`receive_data` exactly one :class:`MessageReceived` and this reply, so a shell that does
-        not look at the event may take this path (and save the event and the list it comes in)."""
+        not look at the event may take this path (and save the event and the list it comes in). Its condition is
+        receive_data()'s one-line fast path plus those two: change the two together
+        (tests/test_protocol_properties.py compares the paths for any chunking)."""
         if (
             self._state is _CHATTING
             and self._framing is _LINE
